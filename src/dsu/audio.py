@@ -1,0 +1,266 @@
+"""Audio in and out: streaming decode with resampling and channel conversion, streaming stem writers
+that only ever expose complete files."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import Tensor
+
+from .errors import DSUError
+
+BLOCK = 1 << 16  # frames decoded per read
+FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
+
+
+def resampled_length(frames: int, src: int, dst: int) -> int:
+    """Frames soxr produces for `frames` input frames (streaming and one-shot agree)."""
+    return frames if src == dst else int(frames * dst / src + 0.5)
+
+
+def convert_channels(block: np.ndarray, channels: int) -> np.ndarray:
+    """[frames, c] to [frames, channels]: mono is copied to every channel, more channels than
+    needed are averaged down to mono or cut to the first ones (as Demucs does)."""
+    have = block.shape[1]
+    if have == channels:
+        return block
+    if channels == 1:
+        return block.mean(axis=1, keepdims=True)
+    if have == 1:
+        return np.repeat(block, channels, axis=1)
+    if have > channels:
+        return block[:, :channels]
+    raise DSUError("unsupported_audio", f"cannot make {channels} channels out of {have}")
+
+
+class _Decoded:
+    """Where an input file can be read from: the file itself, or a wav ffmpeg made of it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.temp: Path | None = None
+        try:
+            info = sf.info(str(path))
+        except Exception as e:  # libsndfile does not know it: try ffmpeg when it is installed
+            self.temp = _ffmpeg_to_wav(path, e)
+            info = sf.info(str(self.temp))
+        if info.frames <= 0:
+            raise DSUError("unsupported_audio", f"{path.name} holds no audio frames")
+        self.samplerate, self.channels, self.frames = info.samplerate, info.channels, info.frames
+
+    @property
+    def source(self) -> str:
+        return str(self.temp or self.path)
+
+    def close(self) -> None:
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+            self.temp = None
+
+
+def _ffmpeg_to_wav(path: Path, why: Exception) -> Path:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise DSUError("unsupported_audio",
+                       f"cannot read {path.name}: {why}. Convert it to wav/flac, or install ffmpeg") from None
+    fd, tmp = tempfile.mkstemp(suffix=".wav", prefix="dsu-decode-")
+    os.close(fd)
+    done = subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(path), "-f", "wav", "-acodec", "pcm_f32le", tmp],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        raise DSUError("unsupported_audio", f"cannot read {path.name}: {done.stderr.decode(errors='replace')[-300:]}")
+    return Path(tmp)
+
+
+class FileSignal:
+    """An audio file decoded on demand at `samplerate` with `channels`, holding only the samples not yet
+    forgotten, so a long file costs memory in proportion to the chunk span, not its duration."""
+
+    def __init__(self, path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DSUError("input_not_found", f"input file not found: {self.path}")
+        self._decoded = _Decoded(self.path)
+        self.input_samplerate = self._decoded.samplerate
+        self.input_channels = self._decoded.channels
+        self.input_frames = self._decoded.frames
+        self.samplerate = samplerate or self.input_samplerate
+        self.channels = channels or self.input_channels
+        self.length = resampled_length(self.input_frames, self.input_samplerate, self.samplerate)
+        self._file: sf.SoundFile | None = None
+        self._resampler = None
+        self._buf = np.zeros((0, self.channels), np.float32)
+        self._buf_start = 0  # timeline position of _buf[0]
+        self._produced = 0   # samples decoded so far (== _buf_start + len(_buf))
+        self._exhausted = False
+
+    def fresh(self) -> "FileSignal":
+        """An independent reader of the same file (for a statistics pass before the real one)."""
+        return FileSignal(self.path, self.samplerate, self.channels)
+
+    def _decode_more(self) -> None:
+        if self._file is None:
+            try:
+                self._file = sf.SoundFile(self._decoded.source)
+            except Exception as e:
+                raise DSUError("unsupported_audio", f"cannot read {self.path.name}: {e}") from None
+            if self.samplerate != self.input_samplerate:
+                self._resampler = soxr.ResampleStream(self.input_samplerate, self.samplerate, self.channels,
+                                                      dtype="float32", quality="HQ")
+        try:
+            block = self._file.read(BLOCK, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise DSUError("unsupported_audio", f"{self.path.name} is damaged or truncated: {e}") from None
+        last = len(block) < BLOCK
+        block = convert_channels(block, self.channels)
+        if self._resampler is not None:
+            block = self._resampler.resample_chunk(np.ascontiguousarray(block), last=last)
+        block = block[: max(0, self.length - self._produced)]
+        if last:
+            self._exhausted = True
+            self.close()
+        self._buf = np.concatenate([self._buf, block]) if len(self._buf) else block
+        self._produced += len(block)
+
+    def read(self, start: int, stop: int) -> Tensor:
+        want = min(stop, self.length)
+        while self._produced < want and not self._exhausted:
+            self._decode_more()
+        if max(start, 0) < self._buf_start and max(start, 0) < min(stop, self.length):
+            raise RuntimeError(f"sample {start} was already forgotten (kept from {self._buf_start})")
+        out = np.zeros((stop - start, self.channels), np.float32)
+        lo, hi = max(start, 0), min(stop, self._produced)
+        if hi > lo:
+            out[lo - start:hi - start] = self._buf[lo - self._buf_start:hi - self._buf_start]
+        return torch.from_numpy(out.T.copy())
+
+    def forget(self, before: int) -> None:
+        drop = min(before, self._produced) - self._buf_start
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._exhausted:
+            self._decoded.close()
+
+    def __del__(self):
+        try:
+            self._exhausted = True
+            self.close()
+        except Exception:
+            pass
+
+
+def iter_blocks(signal, size: int = BLOCK * 4) -> Iterator[Tensor]:
+    """The whole signal in order, block by block, without disturbing `signal` itself."""
+    reader = signal.fresh() if hasattr(signal, "fresh") else signal
+    for pos in range(0, signal.length, size):
+        yield reader.read(pos, min(pos + size, signal.length))
+        reader.forget(pos + size)
+
+
+def read_audio(path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None) -> tuple[Tensor, int]:
+    """The whole file as float32 [channels, samples] and its sample rate."""
+    sig = FileSignal(path, samplerate, channels)
+    return sig.read(0, sig.length), sig.samplerate
+
+
+def subtype_for(fmt: str, bit_depth: int) -> str | None:
+    if fmt not in FORMATS:
+        raise DSUError("bad_value", f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if bit_depth not in (16, 24, 32):
+        raise DSUError("bad_value", f"bit_depth must be 16, 24 or 32 (float), not {bit_depth!r}")
+    if fmt == "mp3":
+        return "MPEG_LAYER_III"
+    if fmt == "flac":  # FLAC has no float samples: 32 is written as 24-bit
+        return "PCM_16" if bit_depth == 16 else "PCM_24"
+    return {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}[bit_depth]
+
+
+def partial_name(path: Path) -> Path:
+    """The name a file is written under until it is complete: hidden and not ending in its format."""
+    return path.with_name(f".{path.name}.partial")
+
+
+class StemWriter:
+    """Writes several stems block by block to temporary names; `commit` renames them all, `abort`
+    (or a crash) leaves nothing that looks finished."""
+
+    def __init__(self, paths: dict[str, Path], samplerate: int, channels: int, fmt: str = "wav",
+                 bit_depth: int = 16, out_samplerate: int | None = None):
+        self.paths = {k: Path(v) for k, v in paths.items()}
+        self.samplerate = samplerate
+        self.out_samplerate = out_samplerate or samplerate
+        self.channels = channels
+        self.fmt = fmt
+        self.subtype = subtype_for(fmt, bit_depth)
+        self.clip = self.subtype not in ("FLOAT",)
+        self._files: dict[str, sf.SoundFile] = {}
+        self._resamplers: dict[str, soxr.ResampleStream] = {}
+        for stem, path in self.paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = partial_name(path)
+            self._files[stem] = sf.SoundFile(str(tmp), "w", samplerate=self.out_samplerate, channels=channels,
+                                             format=FORMATS[fmt], subtype=self.subtype)
+            if self.out_samplerate != samplerate:
+                self._resamplers[stem] = soxr.ResampleStream(samplerate, self.out_samplerate, channels,
+                                                             dtype="float32", quality="HQ")
+
+    def write(self, blocks: dict[str, Tensor], last: bool = False) -> None:
+        """`blocks[stem]` is [channels, n] at the model's sample rate."""
+        for stem, f in self._files.items():
+            data = blocks[stem].detach().cpu().float().numpy().T
+            if stem in self._resamplers:
+                data = self._resamplers[stem].resample_chunk(np.ascontiguousarray(data), last=last)
+            if self.clip:
+                data = np.clip(data, -1.0, 1.0)
+            f.write(np.ascontiguousarray(data, dtype=np.float32))
+
+    def commit(self) -> list[Path]:
+        if self._resamplers:
+            empty = {s: torch.zeros(self.channels, 0) for s in self._files}
+            self.write(empty, last=True)
+        for f in self._files.values():
+            f.close()
+        for stem, path in self.paths.items():
+            os.replace(partial_name(path), path)
+        self._files = {}
+        return list(self.paths.values())
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            try:
+                f.close()
+            except Exception:
+                pass
+        for path in self.paths.values():
+            partial_name(path).unlink(missing_ok=True)
+        self._files = {}
+
+
+def write_audio(path: str | os.PathLike, audio: Tensor, samplerate: int, fmt: str | None = None,
+                bit_depth: int = 16) -> Path:
+    """One complete file, written under a temporary name first."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lstrip(".").lower() or "wav"
+    w = StemWriter({"audio": path}, samplerate, audio.shape[0], fmt, bit_depth)
+    try:
+        w.write({"audio": audio})
+        w.commit()
+    except BaseException:
+        w.abort()
+        raise
+    return path

@@ -1,0 +1,90 @@
+"""What a model family gives the runtime: how a request names its files, how they load, how a loaded
+model cuts a signal into engine passes. Families know nothing of JSON or of the worker."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..engine import Pass, Signal
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A request's model, resolved to files but not loaded yet."""
+    family: str                  # key in dsu.families.FAMILIES
+    name: str                    # shown to users; names the output folder of the Demucs layout
+    files: tuple[str, ...] = ()  # every file whose content defines the model
+    options: tuple[tuple[str, Any], ...] = ()  # load-time options, sorted (key, value) pairs
+
+    def option(self, key: str, default=None):
+        return dict(self.options).get(key, default)
+
+    def cache_key(self) -> tuple:
+        """Same files (by path, size and mtime) and options: same loaded model."""
+        stamps = []
+        for f in self.files:
+            st = os.stat(f)
+            stamps.append((f, st.st_size, st.st_mtime_ns))
+        return (self.family, self.name, tuple(stamps), self.options)
+
+
+def make_ref(family: str, name: str, files, **options) -> ModelRef:
+    opts = tuple(sorted((k, _hashable(v)) for k, v in options.items() if v is not None))
+    return ModelRef(family, name, tuple(str(Path(f).resolve()) for f in files), opts)
+
+
+def _hashable(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+class Separator:
+    """A loaded model, ready to separate. Subclasses set the attributes and implement `passes`."""
+    name: str
+    family: str                  # key in dsu.families.FAMILIES
+    samplerate: int
+    audio_channels: int = 2
+    stems: list[str]
+    options: ClassVar[frozenset[str]] = frozenset()  # request fields this family understands
+    device: torch.device = torch.device("cpu")
+
+    def passes(self, signal: Signal, **options) -> list[Pass]:
+        """Engine passes over `signal` (already at `samplerate` with `audio_channels`), whose outputs
+        are [len(stems), audio_channels, n] on the signal's timeline."""
+        raise NotImplementedError
+
+    def finish(self, stems: dict[str, torch.Tensor], mix: torch.Tensor, **options) -> dict[str, torch.Tensor]:
+        """Derived stems for a finished block (e.g. an instrumental as mix minus vocals); default none."""
+        return stems
+
+    def output_stems(self, **options) -> list[str]:
+        """The stems `finish` returns for these options."""
+        return list(self.stems)
+
+    def nbytes(self) -> int:
+        """Memory the loaded model holds, for the cache bound."""
+        return sum(t.numel() * t.element_size() for m in self._modules() for t in
+                   list(m.parameters()) + list(m.buffers()))
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]
+
+
+@dataclass
+class Family:
+    """A model family: how names and paths resolve, how files load, how outputs are laid out."""
+    name: str
+    layout: str = "flat"           # 'demucs': OUT/<model>/<input>/<stem>; 'flat': OUT/<input>/<stem>; 'uvr': OUT/<input>_(<Stem>)_<model>
+    default_bit_depth: int = 32
+    model_types: tuple[str, ...] = ()  # values of `model_type` that pick this family
+    extensions: tuple[str, ...] = ()   # model_path endings this family claims when no model_type says otherwise
+    loader: Any = field(default=None, repr=False)  # callable (ModelRef, torch.device) -> Separator
+    resolver: Any = field(default=None, repr=False)  # callable (request, models_dir) -> ModelRef | None
+    lister: Any = field(default=None, repr=False)  # callable (models_dir) -> list[dict]

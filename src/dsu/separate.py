@@ -1,0 +1,120 @@
+"""One separation job: a file in, stem files out, through a loaded model and the engine.
+
+This is the only place that joins audio files, families and the engine; the worker and the CLI call
+`separate_file` with plain values and get plain values back."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import engine
+from .audio import FileSignal, StemWriter
+from .errors import DSUError
+from .families import FAMILIES, Separator
+
+
+@dataclass
+class JobResult:
+    output_dir: str
+    files: list[str]
+    paths: list[str]
+    stems: list[str]
+    elapsed: float
+    samplerate: int
+    extra: dict = field(default_factory=dict)
+
+
+def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path, stems: list[str],
+               ext: str) -> dict[str, Path]:
+    base = input_path.stem
+    if layout == "demucs":
+        return {s: output_dir / model_name / base / f"{s}.{ext}" for s in stems}
+    if layout == "uvr":
+        return {s: output_dir / f"{base}_({s[:1].upper() + s[1:]})_{model_name}.{ext}" for s in stems}
+    return {s: output_dir / base / f"{s}.{ext}" for s in stems}
+
+
+def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list[str]:
+    if two_stems:
+        if two_stems not in produced:
+            raise DSUError("bad_value", f"two_stems={two_stems!r}: this model has {', '.join(produced)}")
+        return [two_stems, f"no_{two_stems}"]
+    if stems:
+        if isinstance(stems, str):
+            stems = [stems]
+        unknown = [s for s in stems if s not in produced]
+        if unknown:
+            raise DSUError("bad_value", f"stems {unknown} are not produced by {model.name}: "
+                                        f"choose from {', '.join(produced)}")
+        return list(stems)
+    return produced
+
+
+def separate_file(model: Separator, input_path: str | Path, output_dir: str | Path, *,
+                  family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
+                  stems=None, two_stems: str | None = None, sample_rate="model",
+                  options: dict | None = None,
+                  progress: Callable[[float], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> JobResult:
+    started = time.perf_counter()
+    fam = FAMILIES[family or model.family]
+    options = dict(options or {})
+    input_path = Path(input_path)
+    output_dir = Path(output_dir)
+    signal = FileSignal(input_path, model.samplerate, model.audio_channels)
+    if sample_rate in (None, "model"):
+        out_rate = model.samplerate
+    elif sample_rate == "input":
+        out_rate = signal.input_samplerate
+    else:
+        try:
+            out_rate = int(sample_rate)
+        except (TypeError, ValueError):
+            raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
+    produced = model.output_stems(**options)
+    wanted = _pick_stems(model, produced, stems, two_stems)
+    paths = stem_paths(fam.layout, output_dir, model.name, input_path, wanted, fmt)
+    passes = model.passes(signal, **options)
+    needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
+    mix_reader = signal.fresh() if needs_mix else None
+    position = 0
+    writer = StemWriter(paths, model.samplerate, model.audio_channels, fmt,
+                        bit_depth or fam.default_bit_depth, out_rate)
+
+    def sink(block: torch.Tensor) -> None:
+        nonlocal position
+        n = block.shape[-1]
+        by_stem = dict(zip(model.stems, block))
+        mix = None
+        if mix_reader is not None:
+            mix = mix_reader.read(position, position + n)
+            mix_reader.forget(position + n)
+            by_stem = model.finish(by_stem, mix, **options)
+        if two_stems:
+            others = [v for k, v in by_stem.items() if k != two_stems and k in model.stems]
+            by_stem[f"no_{two_stems}"] = sum(others) if others else mix - by_stem[two_stems]
+        writer.write({s: by_stem[s] for s in wanted})
+        position += n
+
+    try:
+        engine.run(passes, signal.length, sink, progress, cancelled)
+        written = writer.commit()
+    except engine.Cancelled:
+        writer.abort()
+        raise DSUError("cancelled", "the job was cancelled; no stem of it was kept") from None
+    except torch.OutOfMemoryError:
+        writer.abort()
+        raise DSUError("out_of_memory", "the device ran out of memory: lower `batch_size` or `segment`, "
+                                        "or use --device cpu") from None
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        signal.close()
+    return JobResult(output_dir=str(output_dir.resolve()), files=[p.name for p in written],
+                     paths=[str(p.resolve()) for p in written], stems=wanted,
+                     elapsed=time.perf_counter() - started, samplerate=out_rate)
