@@ -76,8 +76,13 @@ class ReflectPad:
         out = self.inner.read(lo, hi)[:, j.clamp(lo, hi - 1) - lo]
         return out * inside.to(out.dtype)
 
+    def inner_position(self, pos: int) -> int:
+        """The first inner sample a read from `pos` on may touch (the mirrored tail reaches back to
+        n - 1 - pad)."""
+        return max(0, min(pos - self.pad, self.inner.length - 1 - self.pad))
+
     def forget(self, before: int) -> None:
-        self.inner.forget(max(0, before - 2 * self.pad))
+        self.inner.forget(self.inner_position(before))
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
     heap = [(p.chunks[b[0]].out_start, i, 0) for i, (p, bs) in enumerate(zip(passes, batches))
             for b in bs[:1]]
     heapq.heapify(heap)
+    upcoming: list[int | None] = [min(c.start for c in p.chunks) if p.chunks else None for p in passes]
 
     def flush(stop: int) -> None:
         nonlocal flushed
@@ -208,7 +214,10 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
                 accs[i].add(out[..., k:k + hi - lo], c.window[lo - c.out_start:hi - c.out_start], lo)
         if b + 1 < len(batches[i]):
             heapq.heappush(heap, (p.chunks[batches[i][b + 1][0]].out_start, i, b + 1))
-            p.signal.forget(min(p.chunks[j].start for j in batches[i][b + 1]))
+            upcoming[i] = min(p.chunks[j].start for j in batches[i][b + 1])
+        else:
+            upcoming[i] = None
+        _forget_read(passes, upcoming)
         done += len(chunks)
         flush(heap[0][0] if heap else length)
         if progress is not None:
@@ -216,6 +225,21 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
     if shape is None:
         raise ValueError("nothing to run: the plan has no chunks")
     flush(length)
+
+
+def _forget_read(passes: Sequence[Pass], upcoming: list[int | None]) -> None:
+    """Let each source drop what none of the passes reading it, through whatever views, will read again."""
+    roots: dict[int, tuple[Signal, list[int]]] = {}
+    for p, pos in zip(passes, upcoming):
+        if pos is None:  # this pass is finished
+            continue
+        signal = p.signal
+        while hasattr(signal, "inner"):  # a view: translate to its inner signal's coordinates
+            pos = signal.inner_position(pos)
+            signal = signal.inner
+        roots.setdefault(id(signal), (signal, []))[1].append(pos)
+    for signal, positions in roots.values():
+        signal.forget(min(positions))
 
 
 def _per_source(w: Tensor, like: Tensor) -> Tensor:
