@@ -1,0 +1,420 @@
+"""Demucs models as demucs publishes them: `<sig>.th` / `<sig>-<sha8>.th` packages (a pickled dict of
+`klass, args, kwargs, state, ...`, the state possibly float16 or diffq-quantized) and bag YAMLs
+(`models`, optional `weights` per source, optional `segment`), found by name in `repo` or the models
+dir, or given by `model_path` (a .th or a bag .yaml).
+
+The network classes are demucs' own (`demucs==4.1.0`), so a package builds exactly the module demucs
+builds. Everything around them is DSU's: the package is read by `dsu.packages` (only the demucs
+classes, Fraction and diffq's quantizers may appear in it), the sha8 suffix is checked, and inference
+reproduces the demucs CLI through `dsu.engine`: the mix normalised by its mono mean and std (N-1,
++1e-8), `apply_model`'s segments with triangular weights and context padding, one pass per bag
+member and random shift weighted per source, then de-normalised."""
+from __future__ import annotations
+
+import inspect
+import random
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from ..audio import iter_blocks
+from ..engine import Chunk, Pass, Signal, triangle
+from ..errors import DSUError, missing_keys_message
+from ..packages import first_line, load_package, verify_checksum
+from .base import Family, ModelRef, Separator, make_ref
+
+MODEL_TYPES = ("demucs", "hdemucs", "htdemucs")
+CHECKSUMMED = re.compile(r"^(?P<sig>.+)-(?P<sha>[0-9a-f]{8})$")
+
+
+# ---- files -----------------------------------------------------------------------------------------
+
+def signature(path: Path) -> tuple[str, str | None]:
+    """`<sig>-<sha8>.th` -> (sig, sha8); any other `<name>.th` -> (name, None)."""
+    m = CHECKSUMMED.match(path.stem)
+    return (m["sig"], m["sha"]) if m else (path.stem, None)
+
+
+def find_package(folder: Path, sig: str) -> Path | None:
+    found = [p for p in folder.glob("*.th") if signature(p)[0] == sig]
+    if len(found) > 1:
+        raise DSUError("bad_value", f"{folder} holds {len(found)} files for the Demucs model {sig} "
+                                    f"({', '.join(p.name for p in found)}): keep one")
+    return found[0] if found else None
+
+
+def read_bag(path: Path) -> dict | None:
+    """The bag a YAML describes, or None when the YAML is something else (e.g. another family's config)."""
+    try:
+        bag = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read {path.name}: {e}") from None
+    if not isinstance(bag, dict) or not isinstance(bag.get("models"), list) or not bag["models"]:
+        return None
+    return bag
+
+
+def bag_members(bag_file: Path, bag: dict, folder: Path) -> list[Path]:
+    members = []
+    for sig in bag["models"]:
+        path = find_package(folder, str(sig))
+        if path is None:
+            raise DSUError("model_not_found", f"the bag {bag_file.name} needs the model {sig}: no {sig}.th or "
+                                              f"{sig}-<sha8>.th in {folder}")
+        members.append(path)
+    return members
+
+
+# ---- packages --------------------------------------------------------------------------------------
+
+def model_classes() -> dict[str, type]:
+    from demucs.demucs import Demucs
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+    return {"demucs": Demucs, "hdemucs": HDemucs, "htdemucs": HTDemucs}
+
+
+def quantizer_classes() -> list[type]:
+    try:
+        from diffq import DiffQuantizer, UniformQuantizer
+    except ImportError:
+        return []
+    return [DiffQuantizer, UniformQuantizer]
+
+
+def read_package(path: Path, mmap: bool = False) -> dict:
+    """The package dict, checked for the keys demucs' `serialize_model` writes."""
+    package = load_package(path, [*model_classes().values(), Fraction, *quantizer_classes()],
+                           "Demucs model package", mmap=mmap)
+    if not isinstance(package, dict) or not {"klass", "state"} <= set(package):
+        raise DSUError("bad_value", f"{path.name} is not a Demucs model package (no `klass`/`state`)")
+    if package["klass"] not in model_classes().values():
+        raise DSUError("bad_value", f"{path.name}: `klass` must be one of the Demucs model classes")
+    if not isinstance(package.get("args", ()), (tuple, list)) or not isinstance(package.get("kwargs", {}), dict):
+        raise DSUError("bad_value", f"{path.name}: `args`/`kwargs` are not a list and a mapping")
+    return package
+
+
+def package_sources(package: dict) -> list[str]:
+    args, kwargs = package.get("args") or (), package.get("kwargs") or {}
+    return [str(s) for s in kwargs.get("sources", args[0] if args else [])]
+
+
+def load_model(path: Path) -> torch.nn.Module:
+    """A package file as the module demucs' `load_model` builds, after checking its sha8 suffix."""
+    sha = signature(path)[1]
+    if sha:
+        verify_checksum(path, sha)
+    package = read_package(path)
+    klass = package["klass"]
+    args, kwargs = tuple(package.get("args") or ()), dict(package.get("kwargs") or {})
+    accepted = inspect.signature(klass).parameters
+    for key in [k for k in kwargs if k not in accepted]:  # as demucs: parameters older code had are dropped
+        del kwargs[key]
+    try:
+        model = klass(*args, **kwargs)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise DSUError("config_mismatch", f"{path.name}: its arguments do not build a {klass.__name__}: {e}") from None
+    state = package["state"]
+    if not isinstance(state, dict):
+        raise DSUError("bad_value", f"{path.name}: `state` is not a mapping")
+    if state.get("__quantized"):
+        restore_quantized(model, state, path)
+    else:
+        load_state(model, state, path)
+    return model.eval()
+
+
+def load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)  # strict; Demucs' override renames keys of its older releases first
+    except RuntimeError as e:
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            raise DSUError("config_mismatch", missing_keys_message(missing, unexpected, path.name)) from None
+        raise DSUError("config_mismatch", f"{path.name}: its weights do not fit its arguments "
+                                          f"({first_line(e)})") from None
+
+
+def restore_quantized(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """A diffq-quantized state, restored by diffq's own quantizer class named in the package."""
+    quantizers = quantizer_classes()
+    if not quantizers:
+        raise DSUError("bad_value", f"{path.name} is diffq-quantized: install `diffq` to use it")
+    meta = state.get("meta")
+    if not isinstance(meta, dict) or meta.get("klass") not in quantizers:
+        raise DSUError("bad_value", f"{path.name} is quantized in a diffq format this build cannot read "
+                                    "(its state has no diffq `meta`); use the float version of this model")
+    from diffq import restore_quantized_state
+    try:
+        restore_quantized_state(model, state)
+    except Exception as e:
+        raise DSUError("config_mismatch", f"{path.name}: its quantized weights do not fit its arguments "
+                                          f"({first_line(e)})") from None
+
+
+# ---- apply_model as engine passes ------------------------------------------------------------------
+
+class Normalised:
+    """`inner` as (x - mean) / std, zeros outside the signal: demucs normalises, then pads."""
+
+    def __init__(self, inner: Signal, mean: float, std: float):
+        self.inner, self.mean, self.std = inner, mean, std
+        self.channels, self.length = inner.channels, inner.length
+
+    def read(self, start: int, stop: int) -> Tensor:
+        x = (self.inner.read(start, stop) - self.mean) / self.std
+        if start < 0 or stop > self.length:
+            pos = torch.arange(start, stop)
+            x = x * ((pos >= 0) & (pos < self.length)).to(x.dtype)
+        return x
+
+    def inner_position(self, pos: int) -> int:
+        return pos
+
+    def forget(self, before: int) -> None:
+        self.inner.forget(before)
+
+
+def mix_stats(signal: Signal) -> tuple[float, float]:
+    """The demucs CLI's `ref.mean()` and `ref.std() + 1e-8` of the mono mix `ref`, streamed (blocks
+    merged exactly with Chan's formula) and rounded to float32 as demucs' tensors are."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for block in iter_blocks(signal):
+        mono = block.double().mean(0)
+        k, block_mean = mono.numel(), float(mono.mean())
+        block_m2 = float(((mono - block_mean) ** 2).sum())
+        delta = block_mean - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += block_m2 + delta * delta * n * k / total
+        n = total
+    std = (m2 / (n - 1)) ** 0.5 if n > 1 else 0.0
+    as32 = torch.tensor([mean, std], dtype=torch.float32)
+    return float(as32[0]), float(as32[1] + 1e-8)
+
+
+def valid_length(model: torch.nn.Module, n: int, segment) -> int:
+    """apply_model's input size for a chunk of `n` samples: the HTDemucs training length (or the
+    requested segment), the conv-friendly length of Demucs, `n` itself for HDemucs."""
+    from demucs.htdemucs import HTDemucs
+    if isinstance(model, HTDemucs) and segment is not None:
+        return int(segment * model.samplerate)
+    if hasattr(model, "valid_length"):
+        return model.valid_length(n)
+    return n
+
+
+def segment_chunks(model: torch.nn.Module, length: int, segment, overlap: float, shift: int = 0,
+                   requested_segment=None) -> list[Chunk]:
+    """apply_model's split of the mix seen from `shift` (<= 0: that many zeros before it) to its end:
+    segments every `(1 - overlap) * segment` samples, each fed with context centred around it up to
+    its valid length (TensorChunk.padded), weighted by a triangle; the engine drops outputs before 0."""
+    size = int(model.samplerate * segment)
+    stride = int((1 - overlap) * size)
+    window = triangle(size)  # the CLI's transition_power is 1
+    span = length - shift
+    chunks = []
+    for offset in range(0, span, stride):
+        n = min(span - offset, size)
+        start = shift + offset
+        fed = valid_length(model, n, requested_segment)
+        context = (fed - n) // 2
+        chunks.append(Chunk(start=start - context, size=fed, keep=context, out_start=start, out_size=n,
+                            window=window[:n]))
+    return chunks
+
+
+def replay_forward_draws(model: torch.nn.Module, chunks: int) -> None:
+    """HTDemucs' forward draws from `random` for its sinusoidal time embedding; apply_model runs the
+    chunks of one shift before drawing the next shift, so drawing as many here keeps the shift
+    offsets equal to demucs' for the same seed."""
+    transformer = getattr(model, "crosstransformer", None)
+    if transformer is not None and getattr(transformer, "emb", None) == "sin":
+        for _ in range(chunks):
+            random.randrange(transformer.sin_random_shift + 1)
+
+
+# ---- the loaded model ------------------------------------------------------------------------------
+
+def _whole(name: str, value, default: int, least: int) -> int:
+    if value is None:
+        return default
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = least - 1
+    if out < least or out != float(value):
+        raise DSUError("bad_value", f"{name} must be a whole number >= {least}, not {value!r}")
+    return out
+
+
+class DemucsSeparator(Separator):
+    family = "demucs"
+    options = frozenset({"shifts", "overlap", "segment", "batch_size"})
+
+    def __init__(self, name: str, models: list[torch.nn.Module], weights=None, segment=None,
+                 device: torch.device = torch.device("cpu")):
+        self.name, self.device = name, device
+        first = models[0]
+        for m in models[1:]:
+            if list(m.sources) != list(first.sources) or m.samplerate != first.samplerate \
+                    or m.audio_channels != first.audio_channels:
+                raise DSUError("config_mismatch", f"the bag {name} mixes models with different sources, "
+                                                  "sample rates or channels")
+        self.stems = [str(s) for s in first.sources]
+        self.samplerate, self.audio_channels = int(first.samplerate), int(first.audio_channels)
+        if weights is None:
+            weights = [[1.0] * len(self.stems) for _ in models]
+        if not isinstance(weights, list) or len(weights) != len(models) \
+                or any(not isinstance(w, list) or len(w) != len(self.stems) for w in weights):
+            raise DSUError("config_mismatch", f"the bag {name} needs one weight per source ({len(self.stems)}) "
+                                              f"for each of its {len(models)} models")
+        try:
+            self.weights = [[float(x) for x in w] for w in weights]
+        except (TypeError, ValueError):
+            raise DSUError("config_mismatch", f"the bag {name}: `weights` must be numbers") from None
+        from demucs.htdemucs import HTDemucs
+        if segment is not None:  # a bag's segment, as BagOfModels sets it (never longer for HTDemucs)
+            for m in models:
+                if not isinstance(m, HTDemucs) or segment <= m.segment:
+                    m.segment = segment
+        self.max_segment = min((float(m.segment) for m in models if isinstance(m, HTDemucs)), default=float("inf"))
+        self.bag = torch.nn.ModuleList(models).to(device).eval()
+
+    def passes(self, signal: Signal, shifts=None, overlap=None, segment=None, batch_size=None, **_) -> list[Pass]:
+        shifts = _whole("shifts", shifts, 1, 0)
+        batch = _whole("batch_size", batch_size, 1, 1)
+        overlap = 0.25 if overlap is None else overlap
+        if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+            raise DSUError("bad_value", f"overlap must be a number in [0, 1), not {overlap!r}")
+        if segment is not None:
+            if not isinstance(segment, (int, float)) or segment <= 0:
+                raise DSUError("bad_value", f"segment must be a positive number of seconds, not {segment!r}")
+            if segment > self.max_segment:
+                raise DSUError("bad_value", f"segment {segment} is longer than {self.name} was trained for "
+                                            f"(at most {self.max_segment:g} s)")
+        mean, std = mix_stats(signal)
+        source = Normalised(signal, mean, std)
+        max_shift = int(0.5 * self.samplerate)
+        out = []
+        for model, weight in zip(self.bag, self.weights):
+            seconds = segment if segment is not None else model.segment
+            if int((1 - overlap) * int(model.samplerate * seconds)) < 1:
+                raise DSUError("bad_value", f"overlap {overlap} leaves no step between segments")
+            fn = self.forward(model, mean, std)
+            for _ in range(max(shifts, 1)):  # no shifts: the mix as it is, once
+                offset = random.randint(0, max_shift) if shifts else max_shift
+                chunks = segment_chunks(model, signal.length, seconds, overlap, offset - max_shift,
+                                        requested_segment=segment)
+                replay_forward_draws(model, len(chunks))
+                out.append(Pass(model=fn, signal=source, chunks=chunks, weight=weight, batch_size=batch))
+        return out
+
+    def forward(self, model: torch.nn.Module, mean: float, std: float):
+        def run(x: Tensor) -> Tensor:
+            return model(x.to(self.device)) * std + mean
+        return run
+
+
+# ---- family hooks ----------------------------------------------------------------------------------
+
+def _folder(request: dict, models_dir: Path | None) -> Path | None:
+    repo = request.get("repo")
+    if repo:
+        if not Path(repo).is_dir():
+            raise DSUError("model_not_found", f"repo folder not found: {repo}")
+        return Path(repo)
+    return models_dir if models_dir and models_dir.is_dir() else None
+
+
+def _bag_ref(name: str, bag_file: Path, folder: Path) -> ModelRef | None:
+    bag = read_bag(bag_file)
+    if bag is None:
+        return None
+    return make_ref("demucs", name, [bag_file, *bag_members(bag_file, bag, folder)], bag=True)
+
+
+def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
+    model_type = request.get("model_type")
+    if model_type and model_type not in MODEL_TYPES:
+        return None
+    path = request.get("model_path")
+    if path:
+        path = Path(path)
+        if path.suffix == ".th":
+            return make_ref("demucs", signature(path)[0], [path])
+        if path.suffix in (".yaml", ".yml"):
+            repo = request.get("repo")
+            return _bag_ref(path.stem, path, Path(repo) if repo else path.parent)
+        return None
+    name = request.get("model")
+    folder = _folder(request, models_dir)
+    if not name or folder is None:
+        return None
+    package = find_package(folder, str(name))
+    if package is not None:
+        return make_ref("demucs", str(name), [package])
+    bag_file = folder / f"{name}.yaml"
+    ref = _bag_ref(str(name), bag_file, folder) if bag_file.is_file() else None
+    if ref is None and request.get("repo"):
+        raise DSUError("model_not_found", f"no Demucs model or bag named {name!r} in {folder} "
+                                          f"(looked for {name}.th, {name}-<sha8>.th and {name}.yaml)")
+    return ref
+
+
+def _load(ref: ModelRef, device: torch.device) -> DemucsSeparator:
+    if not ref.option("bag"):
+        return DemucsSeparator(ref.name, [load_model(Path(ref.files[0]))], device=device)
+    bag_file, *members = (Path(f) for f in ref.files)
+    bag = read_bag(bag_file)
+    if bag is None:
+        raise DSUError("bad_value", f"{bag_file.name} is no longer a Demucs bag (it has no `models` list)")
+    segment = bag.get("segment")
+    if segment is not None and (not isinstance(segment, (int, float)) or segment <= 0):
+        raise DSUError("bad_value", f"{bag_file.name}: `segment` must be a positive number of seconds")
+    return DemucsSeparator(ref.name, [load_model(p) for p in members], bag.get("weights"), segment, device)
+
+
+def _describe(path: Path) -> dict:
+    package = read_package(path, mmap=True)
+    kind = next(t for t, k in model_classes().items() if k is package["klass"])
+    return {"type": kind, "stems": package_sources(package)}
+
+
+def _list(models_dir: Path | None) -> list[dict]:
+    """Bags and single models in the models dir; stems come from the packages' pickled arguments
+    (tensors are only mapped, checksums are checked when a model is loaded)."""
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    out = []
+    for path in sorted(models_dir.glob("*.th")):
+        entry = {"name": signature(path)[0], "family": "demucs", "file": path.name}
+        try:
+            entry.update(_describe(path))
+        except DSUError as e:
+            entry.update(stems=[], error=e.message)
+        out.append(entry)
+    for path in sorted([*models_dir.glob("*.yaml"), *models_dir.glob("*.yml")]):
+        try:
+            bag = read_bag(path)
+            if bag is None:
+                continue
+            members = bag_members(path, bag, models_dir)
+            entry = {"name": path.stem, "family": "demucs", "file": path.name, **_describe(members[0]),
+                     "type": "bag", "models": [str(s) for s in bag["models"]]}
+        except DSUError as e:
+            entry = {"name": path.stem, "family": "demucs", "type": "bag", "file": path.name, "stems": [],
+                     "error": e.message}
+        out.append(entry)
+    return out
+
+
+FAMILY = Family(name="demucs", layout="demucs", default_bit_depth=16, model_types=MODEL_TYPES,
+                extensions=(".th",), loader=_load, resolver=_resolve, lister=_list)

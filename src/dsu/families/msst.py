@@ -1,0 +1,428 @@
+"""Checkpoints of ZFTurbo's Music-Source-Separation-Training (MSST): BS-RoFormer, Mel-Band-RoFormer,
+SCNet and MDX23C, each a `.ckpt` state dict plus the YAML config it was trained with.
+
+A model is named by `model_path` + `config_path` (+ `model_type`, else detected from the config or the
+file names), or by `model` through `<models-dir>/models.json`:
+
+    {"kim_vocals": {"type": "mel_band_roformer", "config": "kim/config.yaml",
+                    "checkpoint": "kim/model.ckpt", "stems": ["vocals"]}}
+
+(an object keyed by name, or a list of such entries each with a "name"; paths are relative to the
+models dir).
+
+Inference reproduces MSST's `demix` for the config's `inference` section: chunks of `chunk_size` every
+`chunk_size // num_overlap` samples over the mix reflect-padded by the overlap at both ends, a short
+last chunk mirrored (or zero-filled when under half a chunk), linear fades of a tenth of a chunk whose
+first/last-chunk exceptions depend on how the chunks fall into batches, exactly as MSST's loop does;
+then optional normalisation by the mix's mean/std, test-time augmentation (channel swap, polarity) and
+`extract_instrumental` as in MSST's `inference.py`."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from ..audio import iter_blocks
+from ..engine import Chunk, Pass, ReflectPad, Signal, linear_fade
+from ..errors import DSUError, missing_keys_message
+from .base import Family, ModelRef, Separator, make_ref
+
+MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+CATALOGUE = "models.json"
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as MSST writes it: the safe subset plus `!!python/tuple`, nothing that builds objects."""
+
+
+ConfigLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple",
+    lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
+
+
+def load_config(path: str | Path) -> dict:
+    """The config's sections as plain dicts; `model` and `training` are required."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.load(f, Loader=ConfigLoader)
+    except (OSError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read the MSST config {Path(path).name}: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise DSUError("bad_value", f"{Path(path).name} is not an MSST config: it has no `model:` section")
+    for section in ("audio", "training", "inference"):
+        if not isinstance(config.get(section) or {}, dict):
+            raise DSUError("bad_value", f"{Path(path).name}: `{section}:` must be a mapping")
+        config[section] = config.get(section) or {}
+    return config
+
+
+def instruments(config: dict) -> list[str]:
+    """The model's output stems: `training.target_instrument` alone, or every `training.instruments`
+    (MSST's prefer_target_instrument)."""
+    training = config["training"]
+    if training.get("target_instrument"):
+        return [str(training["target_instrument"])]
+    names = training.get("instruments") or config["model"].get("sources")
+    if not names:
+        raise DSUError("bad_value", "the MSST config names no stems: give `training.instruments`")
+    return [str(n) for n in names]
+
+
+def chunk_size_of(config: dict) -> int:
+    size = config["inference"].get("chunk_size") or config["audio"].get("chunk_size")
+    if not size:
+        raise DSUError("bad_value", "the MSST config has no `inference.chunk_size` nor `audio.chunk_size`")
+    return int(size)
+
+
+# ---- which architecture ----------------------------------------------------------------------------
+
+def type_from_names(*paths) -> str | None:
+    """The model type a file name says, the way users name MSST files ('MelBandRoformer.ckpt',
+    'model_bs_roformer_ep_317.ckpt', 'config_musdb18_scnet_xl.yaml', 'MDX23C-8KFFT.ckpt')."""
+    for path in paths:
+        name = Path(path).name.lower().replace("-", "_")
+        if "roformer" in name:
+            return "mel_band_roformer" if "mel" in name else "bs_roformer"
+        if "scnet" in name:
+            return "scnet"
+        if "mdx23c" in name:
+            return "mdx23c"
+    return None
+
+
+def type_from_config(config: dict) -> str | None:
+    """The model type the config's own keys imply (MSST configs may also state `training.model_type`)."""
+    stated = config["training"].get("model_type")
+    if stated:
+        return str(stated)
+    keys = set(config["model"])
+    if "freqs_per_bands" in keys:
+        return "bs_roformer"
+    if "num_bands" in keys and "dim" in keys:
+        return "mel_band_roformer"
+    if {"band_SR", "num_dplayer"} <= keys:
+        return "scnet"
+    if {"num_subbands", "num_scales"} <= keys:
+        return "mdx23c"
+    return None
+
+
+def build_model(model_type: str, config: dict) -> torch.nn.Module:
+    """The architecture as its config describes it, random weights."""
+    if model_type == "bs_roformer":
+        from ..models.bs_roformer import BSRoformer as Model
+    elif model_type == "mel_band_roformer":
+        from ..models.mel_band_roformer import MelBandRoformer as Model
+    elif model_type == "scnet":
+        from ..models.scnet import SCNet as Model
+    elif model_type == "mdx23c":
+        from ..models.mdx23c import MDX23C
+        return MDX23C.from_config(config)
+    else:
+        raise DSUError("bad_value", f"model_type {model_type!r} is not an MSST type this build knows: "
+                                    f"{', '.join(MODEL_TYPES)}")
+    try:
+        return Model(**config["model"])
+    except TypeError as e:  # a key the architecture does not take: the config is not for this type
+        raise DSUError("config_mismatch", f"the config's `model:` section does not fit {model_type}: {e}; "
+                                          "check `model_type` and that the config is the one published "
+                                          "with these weights") from None
+
+
+# ---- checkpoint ------------------------------------------------------------------------------------
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The weights of an MSST checkpoint: a plain state dict, or one wrapped in `state`, `state_dict`
+    or `model_state_dict` (unwrapped in that order, as MSST does). Tensors only: no code runs."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise DSUError("bad_value", f"cannot read {Path(path).name} as a torch state dict "
+                                    f"(only plain tensors are accepted): {str(e).splitlines()[0]}") from None
+    for wrapper in ("state", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise DSUError("bad_value", f"{Path(path).name} holds no state dict of tensors")
+    return obj
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Strict load; any missing, unexpected or misshapen key is the config's fault, said by name."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and state[k].shape != v.shape]
+    if missing or unexpected:
+        raise DSUError("config_mismatch", missing_keys_message(missing, unexpected))
+    if misshapen:
+        raise DSUError("config_mismatch", f"the checkpoint does not fit its config (shapes differ: "
+                                          f"{'; '.join(misshapen[:3])}{' ...' if len(misshapen) > 3 else ''}); "
+                                          "check that the config file is the one published with these weights")
+    model.load_state_dict(state, strict=True)
+
+
+# ---- MSST demix as engine chunks -------------------------------------------------------------------
+
+def demix_border(length: int, chunk_size: int, num_overlap: int) -> int:
+    """Reflect padding MSST adds at both ends: the overlap, when the mix is long enough for it."""
+    border = chunk_size - chunk_size // num_overlap
+    return border if border > 0 and length > 2 * border else 0
+
+
+def demix_chunks(length: int, chunk_size: int, num_overlap: int, batch_size: int) -> list[Chunk]:
+    """MSST demix's chunks over a `length`-sample mix, as engine chunks on the padded signal
+    (see `demix_border`) landing on the unpadded timeline.
+
+    The fades follow MSST's batch loop: the window is chosen once per batch from the position of its
+    last chunk, so fade-in is dropped only when the first batch holds the first chunk alone, and
+    fade-out is dropped for every chunk of the last batch (unless that batch is also the first)."""
+    step = chunk_size // num_overlap
+    fade = chunk_size // 10
+    pad = demix_border(length, chunk_size, num_overlap)
+    padded = length + 2 * pad
+    starts = range(0, padded, step)
+    n = len(starts)
+    windows = {(fade_in, fade_out): linear_fade(chunk_size, fade, fade_in, fade_out)
+               for fade_in in (False, True) for fade_out in (False, True)}
+    chunks = []
+    for k, start in enumerate(starts):
+        last_of_batch = min((k // batch_size + 1) * batch_size, n) - 1
+        first_alone = last_of_batch == 0
+        fade_in, fade_out = not first_alone, first_alone or last_of_batch != n - 1
+        valid = min(chunk_size, padded - start)
+        lo, hi = max(start, pad), min(start + valid, pad + length)
+        if hi <= lo:  # lands wholly in the padding that is cut off
+            continue
+        chunks.append(Chunk(start=start, size=chunk_size, keep=lo - start, out_start=lo - pad,
+                            out_size=hi - lo, window=windows[fade_in, fade_out][lo - start:hi - start],
+                            reflect_tail=valid > chunk_size // 2))
+    return chunks
+
+
+class Standardised:
+    """`inner` as (x - mean) / std, zeros outside the signal (MSST normalises before it pads)."""
+
+    def __init__(self, inner: Signal, mean: float, std: float):
+        self.inner, self.mean, self.std = inner, mean, std
+        self.channels, self.length = inner.channels, inner.length
+
+    def read(self, start: int, stop: int) -> Tensor:
+        x = (self.inner.read(start, stop) - self.mean) / self.std
+        if start < 0 or stop > self.length:
+            pos = torch.arange(start, stop)
+            x = x * ((pos >= 0) & (pos < self.length)).to(x.dtype)
+        return x
+
+    def inner_position(self, pos: int) -> int:
+        return pos
+
+    def forget(self, before: int) -> None:
+        self.inner.forget(before)
+
+
+def mono_stats(signal: Signal) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the mix averaged to mono, in one streaming read."""
+    total = squares = 0.0
+    for block in iter_blocks(signal):
+        mono = block.double().mean(0)
+        total += float(mono.sum())
+        squares += float((mono * mono).sum())
+    mean = total / signal.length
+    return mean, math.sqrt(max(squares / signal.length - mean * mean, 0.0))
+
+
+# ---- the loaded model ------------------------------------------------------------------------------
+
+def _positive_int(name: str, value, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = 0
+    if out < 1 or out != float(value):
+        raise DSUError("bad_value", f"{name} must be a whole number >= 1, not {value!r}")
+    return out
+
+
+class MSSTSeparator(Separator):
+    family = "msst"
+    options = frozenset({"overlap", "batch_size", "extract_instrumental", "use_tta", "chunk_size", "precision"})
+
+    def __init__(self, name: str, model_type: str, config: dict, model: torch.nn.Module, device: torch.device):
+        self.name, self.model_type, self.config = name, model_type, config
+        self.model = model.to(device).eval()
+        self.device = device
+        self.samplerate = int(config["audio"].get("sample_rate", 44100))
+        self.audio_channels = int(config["audio"].get("num_channels", 2))
+        self.stems = instruments(config)
+        self.chunk_size = chunk_size_of(config)
+        self.num_overlap = int(config["inference"].get("num_overlap", 2))
+        self.batch_size = int(config["inference"].get("batch_size", 1))
+        self.normalize = config["inference"].get("normalize") is True
+        self.use_amp = bool(config["training"].get("use_amp", True))
+
+    def passes(self, signal: Signal, overlap=None, batch_size=None, chunk_size=None, use_tta=False,
+               precision="auto", **_) -> list[Pass]:
+        size = _positive_int("chunk_size", chunk_size, self.chunk_size)
+        num_overlap = _positive_int("overlap", overlap, self.num_overlap)
+        batch = _positive_int("batch_size", batch_size, self.batch_size)
+        if num_overlap > size:
+            raise DSUError("bad_value", f"overlap {num_overlap} is more than chunk_size {size} samples")
+        source: Signal = signal
+        scale = None
+        if self.normalize:
+            mean, std = mono_stats(signal)
+            if std > 0:  # MSST would divide by zero on digital silence; leave such a mix as it is
+                scale = (mean, std)
+                source = Standardised(signal, mean, std)
+        border = demix_border(signal.length, size, num_overlap)
+        if border:
+            source = ReflectPad(source, border)
+        fn = self.chunk_fn(self.autocast(precision), bool(use_tta), scale)
+        return [Pass(model=fn, signal=source, chunks=demix_chunks(signal.length, size, num_overlap, batch),
+                     batch_size=batch)]
+
+    def autocast(self, precision):
+        """Mixed precision for the model's forward: MSST's float16 autocast on CUDA (its
+        `training.use_amp`, on by default) unless asked otherwise; float32 elsewhere unless asked."""
+        if precision not in PRECISIONS:
+            raise DSUError("bad_value", f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        kind = self.device.type
+        if precision == "auto":
+            precision = "float16" if kind == "cuda" and self.use_amp else "float32"
+        if precision == "float32":
+            return nullcontext
+        dtype = getattr(torch, precision)
+        return lambda: torch.autocast(kind, dtype=dtype)
+
+    def chunk_fn(self, autocast, use_tta: bool, scale: tuple[float, float] | None):
+        """[batch, channels, n] -> [batch, stems, channels, n]; with TTA, the mean of the model on the
+        chunk, on it with channels swapped (swapped back) and on it negated (negated back), which is
+        MSST's average of three demixes since windowing and overlap-add are linear."""
+        def separate(x: Tensor) -> Tensor:
+            with autocast():
+                y = self.model(x)
+            y = y.float()
+            if y.dim() == 3:  # single-stem RoFormers drop the stem axis
+                y = y[:, None]
+            if y.shape[1] != len(self.stems):
+                raise DSUError("config_mismatch", f"the model gives {y.shape[1]} stems but the config names "
+                                                  f"{len(self.stems)} ({', '.join(self.stems)}): check "
+                                                  "`training.instruments` / `target_instrument`")
+            if y.shape[-1] != x.shape[-1]:  # e.g. a Mel-RoFormer's STFT cuts a chunk that is not whole hops
+                raise DSUError("bad_value", f"the model returns {y.shape[-1]} samples for a chunk of "
+                                            f"{x.shape[-1]}: choose a chunk_size that is a multiple of its hop")
+            return y
+
+        def run(x: Tensor) -> Tensor:
+            x = x.to(self.device)
+            y = separate(x)
+            if use_tta:
+                y = (y + separate(x.flip(1)).flip(2) - separate(-x)) / 3
+            if scale is not None:
+                y = y * scale[1] + scale[0]
+            return y
+        return run
+
+    def output_stems(self, extract_instrumental=False, **_) -> list[str]:
+        if extract_instrumental and "instrumental" not in self.stems:
+            return [*self.stems, "instrumental"]
+        return list(self.stems)
+
+    def finish(self, stems: dict[str, Tensor], mix: Tensor, extract_instrumental=False, **_) -> dict[str, Tensor]:
+        """MSST's `extract_instrumental`: the mix minus vocals (or the first stem), replacing any
+        `instrumental` the model gives."""
+        if extract_instrumental:
+            target = "vocals" if "vocals" in self.stems else self.stems[0]
+            stems = {**stems, "instrumental": mix - stems[target]}
+        return stems
+
+
+# ---- family hooks ----------------------------------------------------------------------------------
+
+def _catalogue(models_dir: Path | None) -> dict[str, dict]:
+    """`models.json` entries of MSST types, by name."""
+    path = models_dir / CATALOGUE if models_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DSUError("bad_value", f"cannot read {path}: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("models"), list):
+        data = data["models"]
+    if isinstance(data, list):
+        data = {e.get("name"): e for e in data if isinstance(e, dict) and e.get("name")}
+    if not isinstance(data, dict):
+        raise DSUError("bad_value", f"{path} must map model names to {{type, config, checkpoint, stems}}")
+    return {str(k): v for k, v in data.items() if isinstance(v, dict) and v.get("type") in MODEL_TYPES}
+
+
+def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
+    model_type = request.get("model_type")
+    if model_type and model_type not in MODEL_TYPES:
+        return None
+    path = request.get("model_path")
+    if path:
+        config = request.get("config_path")
+        if not config:
+            if model_type or type_from_names(path):
+                raise DSUError("missing_field", f"{Path(path).name} is an MSST checkpoint: give `config_path`, "
+                                                "the YAML config published with it")
+            return None
+        model_type = model_type or type_from_config(load_config(config)) or type_from_names(path, config)
+        if model_type not in MODEL_TYPES:
+            return None
+        return make_ref("msst", Path(path).stem, (path, config), model_type=model_type)
+    name = request.get("model")
+    entry = _catalogue(models_dir).get(name) if name else None
+    if entry is None or (model_type and entry["type"] != model_type):
+        return None
+    files = []
+    for key in ("checkpoint", "config"):
+        if not entry.get(key):
+            raise DSUError("bad_value", f"{CATALOGUE} entry {name!r} has no `{key}`")
+        f = models_dir / entry[key]
+        if not f.is_file():
+            raise DSUError("model_not_found", f"{name}: {key} file not found: {f}")
+        files.append(f)
+    return make_ref("msst", name, files, model_type=entry["type"])
+
+
+def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
+    checkpoint, config_path = ref.files
+    config = load_config(config_path)
+    model_type = ref.option("model_type")
+    model = build_model(model_type, config)
+    load_weights(model, read_state_dict(checkpoint))
+    return MSSTSeparator(ref.name, model_type, config, model, device)
+
+
+def _list(models_dir: Path | None) -> list[dict]:
+    out = []
+    for name, entry in _catalogue(models_dir).items():
+        stems = entry.get("stems")
+        if not stems and entry.get("config") and (models_dir / entry["config"]).is_file():
+            try:
+                stems = instruments(load_config(models_dir / entry["config"]))
+            except DSUError:
+                stems = []
+        out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
+    return out
+
+
+FAMILY = Family(name="msst", layout="flat", default_bit_depth=32, model_types=MODEL_TYPES,
+                extensions=(".ckpt",), loader=_load, resolver=_resolve, lister=_list)

@@ -1,0 +1,98 @@
+"""The jobs the worker and the CLI run, from validated request fields to the fields of their answer.
+
+Both front ends call these with the same dicts (`dsu.worker.spec` validates them), so a job behaves
+the same whether it came as a JSON line or as command-line arguments."""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import families
+from .cache import ModelCache
+from .errors import DSUError
+from .families import ModelRef, Separator
+from .separate import JobResult, separate_file
+
+Emit = Callable[..., None]          # emit(status, **fields): an interim message of this job
+Progress = Callable[[float], None]
+Cancelled = Callable[[], bool]
+
+MODEL_KEYS = ("model", "model_path", "config_path", "model_type", "repo")
+OPTION_TYPES = (str, int, float, bool, list, type(None))
+
+
+def resolve(fields: dict, models_dir: Path | None, default_model: str | None = None) -> ModelRef:
+    return families.resolve({k: fields[k] for k in MODEL_KEYS if k in fields}, models_dir, default_model)
+
+
+def load(ref: ModelRef, cache: ModelCache, emit: Emit) -> tuple[Separator, bool]:
+    """The model through the cache, announcing a real load and any eviction."""
+    return cache.get(ref, on_evict=lambda name: emit("cache_evicted", model=name),
+                     on_load=lambda: emit("loading_model", model=ref.name))
+
+
+def family_options(model: Separator, extra: dict) -> tuple[dict, list[str]]:
+    """(the request fields `model` understands, the names of the others)."""
+    options = {k: v for k, v in extra.items() if k in model.options}
+    for k, v in options.items():
+        if not isinstance(v, OPTION_TYPES):
+            raise DSUError("bad_value", f"option `{k}` must be a number, string, boolean or list, not an object")
+    return options, sorted(k for k in extra if k not in model.options)
+
+
+def load_model(fields: dict, *, cache: ModelCache, models_dir: Path | None, default_model: str | None,
+               emit: Emit) -> dict:
+    ref = resolve(fields, models_dir, default_model)
+    model, cached = load(ref, cache, emit)
+    return {"model": ref.name, "family": ref.family, "stems": model.output_stems(), "cached": cached}
+
+
+def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None, default_model: str | None,
+             emit: Emit, progress: Progress | None = None, cancelled: Cancelled | None = None) -> dict:
+    started = time.perf_counter()
+    if not Path(fields["input"]).is_file():  # before a model load that could take seconds
+        raise DSUError("input_not_found", f"input file not found: {fields['input']}")
+    ref = resolve(fields, models_dir, default_model)
+    model, from_cache = load(ref, cache, emit)
+    if cancelled is not None and cancelled():
+        raise DSUError("cancelled", "the job was cancelled before it started")
+    options, ignored = family_options(model, extra)
+    emit("separating", input=fields["input"], model=ref.name)
+    result = separate_file(model, fields["input"], fields["output_dir"], fmt=fields.get("format", "wav"),
+                           bit_depth=fields.get("bit_depth"), stems=fields.get("stems"),
+                           two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
+                           options=options, progress=progress, cancelled=cancelled)
+    done = _done(result, ref, from_cache, started)
+    if ignored:
+        done["ignored"] = ignored
+    return done
+
+
+def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: Emit,
+            progress: Progress | None = None, cancelled: Cancelled | None = None) -> dict:
+    started = time.perf_counter()
+    if not Path(fields["input"]).is_file():
+        raise DSUError("input_not_found", f"input file not found: {fields['input']}")
+    try:
+        restore_module = importlib.import_module("dsu.restore")
+    except ModuleNotFoundError as e:
+        if e.name != "dsu.restore":
+            raise
+        raise DSUError("internal", "audio restoration (dsu.restore) is not part of this installation") from None
+    ref = families.resolve({"model_path": fields["model_path"], "config_path": fields.get("config_path"),
+                            "model_type": "apollo"}, models_dir)
+    model, from_cache = load(ref, cache, emit)
+    emit("restoring", input=fields["input"], model=ref.name)
+    tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds") if fields.get(k) is not None}
+    result = restore_module.restore_file(model, fields["input"], fields["output"], progress=progress,
+                                         cancelled=cancelled, **tuning)
+    return _done(result, ref, from_cache, started)
+
+
+def _done(result: JobResult, ref: ModelRef, from_cache: bool, started: float) -> dict[str, Any]:
+    """The fields of a job's `done` message; `elapsed` counts from the job's start, model load included."""
+    return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": result.output_dir,
+            "files": result.files, "paths": result.paths, "stems": result.stems, "model": ref.name,
+            "model_from_cache": from_cache, **result.extra}

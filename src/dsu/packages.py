@@ -1,0 +1,71 @@
+"""Pickled model packages (torch files holding classes and objects, not only tensors), read without
+letting the file run code.
+
+A package names the globals it needs; before anything is unpickled, every global outside torch's own
+tensor-only allow list is read from the file and compared with the ones the caller expects, so a file
+that refers to anything else (`os.system`, `builtins.eval`, ...) is refused with its names and nothing
+in it runs. The load itself then goes through torch's weights-only unpickler with just those globals
+added."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .errors import DSUError
+
+
+def _qualified_name(obj) -> str:
+    """The name a pickle uses for a class or function: `module.qualname`."""
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def load_package(path: str | Path, allowed: Iterable, what: str = "model package", mmap: bool = False) -> Any:
+    """The object pickled in the torch file `path`, which may refer to tensors, plain data and the
+    classes/functions in `allowed`, nothing else. With `mmap`, tensor data is mapped, not read."""
+    path = Path(path)
+    allowed = list(allowed)
+    names = {_qualified_name(g) for g in allowed}
+    if not zipfile.is_zipfile(path):
+        raise DSUError("bad_value", f"cannot read {path.name} as a {what}: it is not a torch zip file (torch.save's "
+                                    "format since torch 1.6); it may be damaged or something else")
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:  # a damaged torch file
+        raise DSUError("bad_value", f"cannot read {path.name} as a {what}: {first_line(e)}") from None
+    refused = sorted(set(found) - names)
+    if refused:
+        raise DSUError("bad_value", f"{path.name} refers to {', '.join(refused)}, which a {what} has no reason "
+                                    "to hold; it was refused unread (nothing in it ran). Use the file as its "
+                                    "authors published it")
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:  # an allowed global used in a way plain data never is
+        raise DSUError("bad_value", f"{path.name} does more than a {what} needs (its pickle builds objects "
+                                    "it has no reason to); it was refused (nothing in it ran)") from None
+    except Exception as e:
+        raise DSUError("bad_value", f"cannot read {path.name} as a {what}: {first_line(e)}") from None
+
+
+def verify_checksum(path: str | Path, prefix: str) -> None:
+    """Raise unless the file's sha256 starts with `prefix` (the `-<sha8>` of demucs file names)."""
+    path = Path(path)
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    actual = sha.hexdigest()[:len(prefix)]
+    if actual != prefix.lower():
+        raise DSUError("bad_value", f"{path.name} is damaged or not the file its name promises: its sha256 "
+                                    f"starts with {actual}, not {prefix}. Download it again")
+
+
+def first_line(e: Exception) -> str:
+    """An exception's first line, for messages that must stay one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

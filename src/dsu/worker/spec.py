@@ -1,0 +1,273 @@
+"""The worker protocol as data: every command with its fields, every message, every error code.
+
+The server validates requests against this table (so `missing_field` and `bad_value` come from it),
+the client reads which replies end a request from it, and docs/protocol.md is generated from it:
+what is written here is what the worker does. Nothing here imports torch."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CODES, DSUError
+
+PROTOCOL = 1
+
+# ---- types ------------------------------------------------------------------------------------------
+
+TYPES = {  # name -> (check, how it is written in docs and errors)
+    "any": (lambda v: True, "any JSON value"),
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool)
+                or isinstance(v, float) and v.is_integer(), "an integer"),
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "boolean": (lambda v: isinstance(v, bool), "true or false"),
+    "string[]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "string|string[]": (lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        "a string or a list of strings"),
+    "integer|string": (lambda v: isinstance(v, str) or isinstance(v, int) and not isinstance(v, bool),
+                       "an integer or a string"),
+    "object[]": (lambda v: isinstance(v, list), "a list of objects"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    doc: str
+    required: bool = False
+    default: Any = None           # None: absent unless given (the doc says what absence means)
+    choices: tuple = ()
+    minimum: float | None = None
+    aliases: tuple[str, ...] = ()  # other names accepted for the same field (older clients)
+
+    def __post_init__(self):
+        assert self.type in TYPES, self.type
+
+    def check(self, value: Any, cmd: str) -> Any:
+        ok, described = TYPES[self.type]
+        if not ok(value):
+            raise DSUError("bad_value", f"`{self.name}` of {cmd} must be {described}, not {json.dumps(value)}")
+        if self.type == "integer" and isinstance(value, float):
+            value = int(value)
+        if self.choices and value not in self.choices and not (self.type == "integer|string" and isinstance(value, int)):
+            raise DSUError("bad_value", f"`{self.name}` of {cmd} must be one of "
+                                        f"{', '.join(json.dumps(c) for c in self.choices)}, not {json.dumps(value)}")
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            raise DSUError("bad_value", f"`{self.name}` of {cmd} must be at least {self.minimum:g}, not {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    doc: str
+    fields: tuple[Field, ...] = ()
+    final: tuple[str, ...] = ()     # statuses that end the request (besides `error`)
+    interim: tuple[str, ...] = ()   # statuses it may send before that
+    immediate: bool = False         # answered at once, even while a job runs; else queued in order
+    cancellable: bool = False       # `cancel` stops it at its next chunk while it runs (any queued job can be dropped)
+    family_options: bool = False    # fields a model family understands pass through (see `options`)
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Message:
+    status: str
+    doc: str
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+
+ID = Field("id", "any", "echoed on every message the request causes; `cancel` names the job to stop by it")
+
+MODEL_FIELDS = (
+    Field("model", "string", "a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, "
+                             "a file name in the models dir, ...; default: the worker's default model "
+                             "(`dsu`: dsp, `dsu-demucs`: htdemucs, others: none)"),
+    Field("model_path", "string", "a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name"),
+    Field("config_path", "string", "the config (YAML) published with `model_path`, for families that have one"),
+    Field("model_type", "string", "the family/architecture of `model_path` when its file name does not tell "
+                                  "(demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...)"),
+    Field("repo", "string", "a folder of Demucs packages to look `model` up in instead of the models dir"),
+)
+
+SEPARATE_FIELDS = (
+    Field("input", "string", "the audio file to separate (wav, flac, ogg, mp3, aiff; others through ffmpeg)",
+          required=True),
+    Field("output_dir", "string", "the folder the stems are written under", required=True, aliases=("output",)),
+    *MODEL_FIELDS,
+    Field("format", "string", "stem file format", default="wav", choices=("wav", "flac", "mp3")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, "
+                                  "32 for others", choices=(16, 24, 32)),
+    Field("stems", "string|string[]", "write only these stems (default: every stem the model makes)"),
+    Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
+    Field("sample_rate", "integer|string", "output sample rate: `model` (the model's), `input` (the input "
+                                           "file's) or a number of Hz", default="model", choices=("model", "input")),
+)
+
+RESTORE_FIELDS = (
+    Field("input", "string", "the audio file to restore", required=True),
+    Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
+          aliases=("output_path",)),
+    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin)", required=True),
+    Field("config_path", "string", "its YAML config"),
+    Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1),
+    Field("overlap_seconds", "number", "crossfade between chunks; default: the model's", minimum=0,
+          aliases=("chunk_overlap",)),
+)
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("ping", "is the worker alive (answered even while a job runs)", (ID,), final=("pong",), immediate=True),
+    Command("get_status", "what the worker is doing: the running job, the queue, the cache", (ID,),
+            final=("status",), immediate=True),
+    Command("list_models", "the models the worker can find: built in and in the models dir", (ID,),
+            final=("models",), immediate=True),
+    Command("list_cached", "the loaded models in the cache, least recently used first", (ID,),
+            final=("cached_models",), immediate=True),
+    Command("cancel", "stop the job whose `id` is given: a queued job of any kind is dropped, a running "
+                      "separate/apollo stops at its next chunk; without `id`, the running job. That job "
+                      "then answers error `cancelled`",
+            (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
+    Command("load_model", "load a model into the cache (or find it there)", (ID, *MODEL_FIELDS),
+            final=("model_loaded",), interim=("loading_model", "cache_evicted")),
+    Command("preload_model", "like load_model, for warming the cache ahead of jobs", (ID, *MODEL_FIELDS),
+            final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
+    Command("separate", "separate one file into stem files. It also takes the options of the model's family: "
+                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`; MSST `overlap`, `batch_size`, "
+                        "`chunk_size`, `use_tta`, `extract_instrumental`, `precision`; dsp `segment`. Fields the "
+                        "model does not use are ignored and listed in `done` as `ignored`",
+            (ID, *SEPARATE_FIELDS), final=("done",),
+            interim=("loading_model", "cache_evicted", "separating", "progress", "cancelling"),
+            cancellable=True, family_options=True),
+    Command("apollo", "restore one file with an Apollo model (lossy-codec and band-limit repair)",
+            (ID, *RESTORE_FIELDS), final=("done",),
+            interim=("loading_model", "cache_evicted", "restoring", "progress", "cancelling"),
+            cancellable=True, aliases=("restore",)),
+    Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
+    Command("set_cache_size", "change how many models the cache keeps (0 disables it); evicts the oldest",
+            (ID, Field("n", "integer", "models to keep", required=True, minimum=0, aliases=("max_cached_models",)),
+             Field("max_memory_mb", "number", "memory the cached models may hold, MiB", minimum=0)),
+            final=("cache_size_updated",), interim=("cache_evicted",)),
+    Command("exit", "finish the jobs queued before it, then exit", (ID,), final=("exiting",)),
+)}
+
+ALIASES = {alias: c.name for c in COMMANDS.values() for alias in c.aliases}
+
+_NAME = Field("model", "string", "the model's name")
+_STEMS = Field("stems", "string[]", "its stems")
+_FAMILY = Field("family", "string", "its family (dsp, demucs, msst, ...)")
+
+MESSAGES: dict[str, Message] = {m.status: m for m in (
+    Message("loading", "first line: the worker started and is importing its libraries"),
+    Message("ready", "the worker answers commands from now on", (
+        Field("device", "string", "cpu, cuda or mps"),
+        Field("threads", "integer", "intra-op CPU threads"),
+        Field("cache_enabled", "boolean", "models stay loaded between jobs"),
+        Field("max_cached_models", "integer", "how many"),
+        Field("max_cache_memory_mb", "number", "memory the cached models may hold"),
+        Field("default_model", "string", "the model used when a request names none (null: none)"),
+        Field("worker", "string", "the name the worker was started as"),
+        Field("version", "string", "DSU's version"),
+        Field("protocol", "integer", f"protocol version ({PROTOCOL})"),
+        Field("device_warning", "string", "present when the device asked for was not available"))),
+    Message("pong", "answer to ping", (ID, Field("model_loaded", "string", "the last model used (null: none)"))),
+    Message("status", "answer to get_status", (
+        ID, Field("model_loaded", "string", "the last model used"), Field("device", "string", "cpu, cuda or mps"),
+        Field("ready", "boolean", "always true"), Field("busy", "boolean", "a job is running"),
+        Field("job", "object", "the running job: `id`, `cmd`, `progress` (null when idle)"),
+        Field("queued", "integer", "jobs waiting"), Field("cached_models", "string[]", "names in the cache"),
+        Field("cache_size", "integer", "models in the cache"),
+        Field("max_cache_size", "integer", "max_cached_models"),
+        Field("threads", "integer", "intra-op CPU threads"))),
+    Message("models", "answer to list_models", (
+        ID, Field("models", "string[]", "model names"),
+        Field("details", "object[]", "per model: `name`, `family`, `stems`, and what its family adds"))),
+    Message("cached_models", "answer to list_cached", (
+        ID, Field("models", "object[]", "per cached model: `model`, `family`, `stems`, `bytes`, `active`"),
+        Field("count", "integer", "models in the cache"), Field("max", "integer", "max_cached_models"),
+        Field("bytes", "integer", "memory held"), Field("max_bytes", "integer", "the memory bound"))),
+    Message("cancelling", "answer to cancel: the job will stop; its own `error` `cancelled` follows", (ID,)),
+    Message("loading_model", "a model is being loaded (not cached)", (ID, _NAME)),
+    Message("model_loaded", "answer to load_model", (
+        ID, _NAME, _STEMS, _FAMILY, Field("cached", "boolean", "it was already loaded"))),
+    Message("model_preloaded", "answer to preload_model", (
+        ID, _NAME, _STEMS, _FAMILY, Field("cached", "boolean", "it was already loaded"))),
+    Message("cache_evicted", "a model was dropped from the cache to respect its bounds", (ID, _NAME)),
+    Message("separating", "a separation started", (ID, Field("input", "string", "the input as given"),
+                                                   _NAME)),
+    Message("restoring", "a restoration started", (ID, Field("input", "string", "the input as given"), _NAME)),
+    Message("progress", "at least once per processed chunk", (
+        ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"))),
+    Message("done", "the job finished; every file it names is complete", (
+        ID, Field("elapsed", "number", "seconds from the request being taken from the queue"),
+        Field("output_dir", "string", "absolute"), Field("files", "string[]", "basenames of the files written"),
+        Field("paths", "string[]", "their absolute paths"), Field("stems", "string[]", "the stems written"),
+        _NAME, Field("model_from_cache", "boolean", "the model was already loaded"),
+        Field("ignored", "string[]", "request fields the model does not use (only when there are any)"))),
+    Message("cache_cleared", "answer to clear_cache", (ID, Field("models_cleared", "integer", "how many were dropped"))),
+    Message("cache_size_updated", "answer to set_cache_size", (
+        ID, Field("max_cached_models", "integer", "the new bound"),
+        Field("cache_enabled", "boolean", "false when it is 0"),
+        Field("max_cache_memory_mb", "number", "the memory bound"))),
+    Message("exiting", "last line before the worker exits with code 0", (
+        ID, Field("reason", "string", "exit (command), eof (stdin closed), signal (SIGTERM/SIGINT)"))),
+    Message("error", "the request failed; the worker goes on", (
+        ID, Field("code", "string", "one of the error codes"), Field("message", "string", "what went wrong, what to do"))),
+)}
+
+ERRORS: dict[str, str] = {
+    "bad_json": "the line is not a JSON object",
+    "unknown_command": "`cmd` names no command",
+    "missing_field": "a required field is absent",
+    "bad_value": "a field has the wrong type or an unusable value",
+    "input_not_found": "the input file does not exist",
+    "unsupported_audio": "the input cannot be decoded (not audio, damaged, truncated, no frames)",
+    "model_not_found": "no model of that name or path (or a file it needs is missing)",
+    "config_mismatch": "the checkpoint does not fit its config (first missing/unexpected keys named)",
+    "cancelled": "the job was cancelled (by `cancel`, a timeout or the worker stopping); nothing of it was kept",
+    "out_of_memory": "the device ran out of memory",
+    "internal": "a bug or an unexpected failure; the message and the worker's stderr tell more",
+}
+assert tuple(ERRORS) == CODES, "errors.CODES and spec.ERRORS must list the same codes"
+
+
+def command_of(request: Any) -> Command:
+    """The command a parsed request line asks for."""
+    if not isinstance(request, dict):
+        raise DSUError("bad_json", f"a request is one JSON object per line, not {type(request).__name__}")
+    if "cmd" not in request:
+        raise DSUError("missing_field", "the request has no `cmd`; commands: " + ", ".join(COMMANDS))
+    name = request["cmd"]
+    if not isinstance(name, str) or ALIASES.get(name, name) not in COMMANDS:
+        raise DSUError("unknown_command", f"unknown command {json.dumps(name)}; commands: "
+                                          + ", ".join([*COMMANDS, *ALIASES]))
+    return COMMANDS[ALIASES.get(name, name)]
+
+
+def validate(command: Command, request: dict) -> tuple[dict, dict]:
+    """(the command's fields under their main names, with defaults; the other fields of the request)."""
+    values, rest = {}, {k: v for k, v in request.items() if k != "cmd"}
+    for f in command.fields:
+        names = [n for n in (f.name, *f.aliases) if n in rest]
+        given = [rest.pop(n) for n in names]
+        value = next((v for v in given if v is not None), None)
+        if f.name == "id" and "id" in names:
+            values["id"] = value
+            continue
+        if value is None:
+            if f.required:
+                raise DSUError("missing_field", f"{command.name} needs `{f.name}`: {f.doc}")
+            if f.default is not None:
+                values[f.name] = f.default
+            continue
+        values[f.name] = f.check(value, command.name)
+    return values, rest
+
+
+def final_statuses() -> dict[str, list[str]]:
+    """Per command and alias, the statuses that end it (clients wait for one of these or `error`)."""
+    out = {name: list(c.final) for name, c in COMMANDS.items()}
+    out.update({alias: list(COMMANDS[name].final) for alias, name in ALIASES.items()})
+    return out

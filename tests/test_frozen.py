@@ -1,0 +1,172 @@
+"""The frozen folder (freeze/build.py): built into a temp dir, each executable started from an
+unrelated cwd with no Python in its environment, driven through the protocol, and fed the command
+lines a library would use to start `sys.executable` as Python.
+
+Building takes ~30 s and ~800 MB of temp disk; DSU_SKIP_FROZEN=1 skips the tests that need it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import dsu
+from dsu.runtime import interpreter_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = {"dsu": ["worker"], "dsu-demucs": [], "dsu-bsroformer": [], "dsu-audio-separator": []}
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Iterator[Path]:
+    if os.environ.get("DSU_SKIP_FROZEN") == "1":
+        pytest.skip("DSU_SKIP_FROZEN=1")
+    if importlib.util.find_spec("cx_Freeze") is None:
+        pytest.fail("cx_Freeze is not installed: pip install -e '.[test]' (or skip with DSU_SKIP_FROZEN=1)")
+    target = tmp_path_factory.mktemp("frozen") / "dsu"
+    subprocess.run([sys.executable, str(ROOT / "freeze" / "build.py"), "--dist", str(target)],
+                   check=True, timeout=600, cwd=tmp_path_factory.getbasetemp())
+    yield target
+    shutil.rmtree(target)  # ~800 MB: not left for pytest's kept temp dirs
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory) -> Path:
+    """A cwd with nothing of DSU in it."""
+    return tmp_path_factory.mktemp("cwd")
+
+
+def bare_env(home: Path) -> dict[str, str]:
+    """No venv, no PYTHONPATH/PYTHONHOME: only the folder itself can provide Python."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
+
+
+class FrozenWorker:
+    """A worker process spoken to in raw JSON lines, every stdout line checked to be JSON."""
+
+    def __init__(self, argv: list[str], cwd: Path):
+        self.stderr = open(cwd / f"{Path(argv[0]).name}.stderr", "w+")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=bare_env(cwd), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stderr.seek(0)
+            raise AssertionError(f"worker ended (rc {self.proc.poll()}); stderr:\n{self.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def send(self, **message):
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def until(self, status: str) -> list[dict]:
+        messages = [self.read()]
+        while messages[-1]["status"] not in (status, "error"):
+            messages.append(self.read())
+        assert messages[-1]["status"] == status, messages[-1]
+        return messages
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
+
+
+def test_layout(dist):
+    names = {p.name for p in dist.iterdir()}
+    assert set(WORKERS) | {"lib", "configs", "VERSION.txt"} <= names
+    assert [p for p in dist.rglob("lib") if p.is_dir() and (p / "dsu").is_dir()] == [dist / "lib"]
+    for name in WORKERS:
+        assert os.access(dist / name, os.X_OK)
+    assert f"dsu {dsu.__version__}\n" in (dist / "VERSION.txt").read_text()
+
+
+@pytest.mark.parametrize("name", list(WORKERS))
+def test_worker_protocol(dist, elsewhere, name):
+    song = elsewhere / "song.wav"
+    if not song.exists():
+        t = np.arange(2 * 44100) / 44100
+        mix = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1) * 0.3
+        sf.write(song, mix.astype(np.float32), 44100)
+    # `dsu` runs through a symlink in another folder, as an installer's link on the PATH would
+    exe = dist / name
+    if name == "dsu":
+        (elsewhere / "bin").mkdir(exist_ok=True)
+        exe = elsewhere / "bin" / name
+        exe.symlink_to(dist / name)
+    worker = FrozenWorker([str(exe), *WORKERS[name], "--threads", "1"], elsewhere)
+    try:
+        assert worker.until("ready")[-1]["protocol"] == 1
+        # every shared object it loaded (libpython, torch, numpy, libsndfile ...) comes from the folder
+        mapped = {line.split()[-1] for line in Path(f"/proc/{worker.proc.pid}/maps").read_text().splitlines()
+                  if line.split()[-1].startswith("/")}
+        assert [m for m in mapped if m.startswith((sys.prefix, sys.base_prefix, str(ROOT / "src")))] == []
+        assert any(m.startswith(str(dist / "lib" / "torch")) for m in mapped)
+        worker.send(cmd="ping", id="p")
+        assert worker.until("pong")[-1]["id"] == "p"
+        out = elsewhere / f"out-{name}"
+        # `dsu` separates with its default model, dsp; the others are told to use it
+        model = {} if name == "dsu" else {"model": "dsp"}
+        worker.send(cmd="separate", id=7, input="song.wav", output_dir=str(out), **model)
+        messages = worker.until("done")
+        assert any(m["status"] == "progress" for m in messages)
+        done = messages[-1]
+        assert done["id"] == 7 and len(done["paths"]) == 4
+        for path in done["paths"]:
+            assert Path(path).is_file() and Path(path).is_relative_to(out)
+        worker.send(cmd="exit")
+        worker.until("exiting")
+        assert worker.proc.wait(timeout=30) == 0
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("argv", [["-c", "print('looped')"], ["-m", "dsu.worker"], ["-I", "-c", "pass"],
+                                  ["-B", "-s", "-c", "from multiprocessing.spawn import spawn_main"],
+                                  ["script.py"]])
+def test_interpreter_argv_is_refused_at_once(dist, elsewhere, argv):
+    for name in WORKERS:
+        started = time.perf_counter()
+        # stdin left open: an executable that started a worker instead would block here
+        proc = subprocess.Popen([str(dist / name), *argv], cwd=elsewhere, env=bare_env(elsewhere),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            rc = proc.wait(timeout=20)
+        finally:
+            proc.kill()
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdin.close()
+        assert rc == 2, err
+        assert out == ""
+        assert "not a Python interpreter" in err
+        assert time.perf_counter() - started < 5, "refused before importing torch"
+
+
+def test_own_options_pass_the_guard(dist, elsewhere):
+    for argv in (["dsu-demucs", "--help"], ["dsu", "-h"]):
+        done = subprocess.run([str(dist / argv[0]), *argv[1:]], cwd=elsewhere, env=bare_env(elsewhere),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "usage" in done.stdout.lower()
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["-c", "pass"], "-c"), (["-Bc", "pass"], "-Bc"), (["-X", "dev", "-c", "pass"], "-X"), (["-"], "-"),
+    (["-s", "-m", "pip"], "-s"), (["--multiprocessing-fork", "pipe_handle=5"], "--multiprocessing-fork"),
+    (["tool.py", "--x"], "tool.py"), (["--check-hash-based-pycs", "never"], "--check-hash-based-pycs"),
+    ([], None), (["-h"], None), (["--threads", "2", "--models-dir", "m"], None), (["worker", "--worker"], None),
+    (["separate", "a.wav", "-m", "dsp", "-o", "out", "-O", "shifts=2"], None), (["models", "list"], None),
+])
+def test_interpreter_argv(argv, refused):
+    assert interpreter_argv(argv) == refused

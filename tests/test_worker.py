@@ -1,0 +1,373 @@
+"""The worker as integrations see it: real `python -m dsu.worker` processes spoken to in raw JSON lines.
+Every stdout line of every worker here is parsed: one that is not a JSON object fails the test."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from dsu.errors import CODES
+from dsu.worker import spec
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+FIXTURES = Path(__file__).parent / "fixtures" / "msst"
+
+
+def write_song(path: Path, seconds: float, sr: int = 44100, channels: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    audio = np.stack([tone * (0.5 + 0.5 * c) for c in range(channels)], 1)
+    sf.write(path, audio.astype(np.float32), sr, subtype="PCM_16")
+    return path
+
+
+class RawWorker:
+    """A worker process, JSON lines both ways; `log` keeps every message read."""
+
+    def __init__(self, tmp: Path, *args: str, argv: list[str] | None = None):
+        self.stderr = open(tmp / f"worker-{time.monotonic_ns()}.stderr", "w+")
+        argv = argv or [sys.executable, "-m", "dsu.worker"]
+        self.proc = subprocess.Popen([*argv, "--threads", "1", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=ENV, cwd=tmp)
+        self.log: list[dict] = []
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout] + [self.lines.put(b"")],
+                         daemon=True).start()
+
+    def read(self, timeout: float = 60) -> dict:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message within {timeout} s; last ones: {self.log[-3:]}") from None
+        if not line:
+            self.stderr.seek(0)
+            raise AssertionError(f"worker ended (rc {self.proc.poll()}); stderr:\n{self.stderr.read()[-3000:]}")
+        message = json.loads(line)  # the protocol promise: nothing but JSON objects on stdout
+        assert isinstance(message, dict) and message.get("status") in spec.MESSAGES, message
+        self.log.append(message)
+        return message
+
+    def send_line(self, line: str | bytes) -> None:
+        self.proc.stdin.write(line.encode() if isinstance(line, str) else line)
+        self.proc.stdin.flush()
+
+    def send(self, **message) -> None:
+        self.send_line(json.dumps(message) + "\n")
+
+    def until(self, status: str, id=None) -> list[dict]:
+        """Messages up to `status` (or an error) for request `id`; fails on an error unless asked for."""
+        seen = []
+        while True:
+            m = self.read()
+            seen.append(m)
+            if m.get("id") == id and m["status"] in (status, "error"):
+                assert m["status"] == status, m
+                return seen
+
+    def ask(self, id=None, **message) -> dict:
+        self.send(**message, **({} if id is None else {"id": id}))
+        return self.until(_final(message["cmd"]), id)[-1]
+
+    def error(self, **message) -> dict:
+        self.send(**message)
+        return self.until("error", message.get("id"))[-1]
+
+    def __enter__(self) -> "RawWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
+
+
+def _final(cmd: str) -> str:
+    return spec.COMMANDS[spec.ALIASES.get(cmd, cmd)].final[0]
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("worker")
+
+
+@pytest.fixture(scope="module")
+def song(tmp) -> Path:
+    return write_song(tmp / "song.wav", 3.0)
+
+
+@pytest.fixture(scope="module")
+def long_song(tmp) -> Path:
+    return write_song(tmp / "long.wav", 60.0)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp):
+    with RawWorker(tmp) as w:
+        assert w.read() == {"status": "loading"}
+        w.ready = w.read()
+        yield w
+
+
+# ---- start, quick commands, validation ---------------------------------------------------------------
+
+def test_ready_message(worker):
+    ready = worker.ready
+    assert ready["status"] == "ready" and ready["protocol"] == spec.PROTOCOL and ready["threads"] == 1
+    assert {f.name for f in spec.MESSAGES["ready"].fields} - {"device_warning"} <= set(ready)
+    assert ready["device"] == "cpu" and ready["cache_enabled"] and ready["max_cached_models"] == 2
+    assert ready["default_model"] == "dsp"
+
+
+def test_ping_echoes_any_id(worker):
+    for id in (1, "a", {"nested": [1, 2]}, 2.5):
+        assert worker.ask(cmd="ping", id=id) == {"status": "pong", "id": id, "model_loaded": None}
+    worker.send(cmd="ping")  # no id: no id in the answer
+    assert "id" not in worker.until("pong")[-1]
+
+
+def test_bad_lines_are_answered_and_the_worker_goes_on(worker):
+    worker.send_line("\n   \n\t\n")  # blank lines: ignored
+    worker.send_line("{not json\n")
+    assert worker.read() == {"status": "error", "code": "bad_json", "message": worker.log[-1]["message"]}
+    worker.send_line(b"\xff\xfe\n")
+    assert worker.read()["code"] == "bad_json"
+    worker.send_line("[1, 2]\n")
+    assert worker.read()["code"] == "bad_json"
+    assert worker.error(cmd="fly", id=2)["code"] == "unknown_command"
+    assert worker.error(id=3)["code"] == "missing_field"
+    assert worker.ask(cmd="ping", id=4)["status"] == "pong"
+
+
+@pytest.mark.parametrize("fields, code, words", [
+    ({}, "missing_field", "input"),
+    ({"input": "x.wav"}, "missing_field", "output_dir"),
+    ({"input": 5, "output_dir": "o"}, "bad_value", "input"),
+    ({"input": "x.wav", "output_dir": "o", "format": "ogg"}, "bad_value", "format"),
+    ({"input": "x.wav", "output_dir": "o", "bit_depth": 20}, "bad_value", "bit_depth"),
+    ({"input": "x.wav", "output_dir": "o", "bit_depth": True}, "bad_value", "bit_depth"),
+    ({"input": "x.wav", "output_dir": "o", "stems": [1]}, "bad_value", "stems"),
+    ({"input": "x.wav", "output_dir": "o", "sample_rate": "fast"}, "bad_value", "sample_rate"),
+    ({"input": "missing.wav", "output_dir": "o"}, "input_not_found", "missing.wav"),
+])
+def test_separate_field_errors(worker, fields, code, words):
+    error = worker.error(cmd="separate", id="bad", **fields)
+    assert error["code"] == code and words in error["message"], error
+
+
+def test_every_code_is_documented():
+    assert tuple(spec.ERRORS) == CODES
+    for command in spec.COMMANDS.values():
+        for status in command.final + command.interim:
+            assert status in spec.MESSAGES, (command.name, status)
+
+
+def test_list_models_and_status(worker):
+    models = worker.ask(cmd="list_models", id="lm")
+    assert "dsp" in models["models"] and {"name", "family", "stems"} <= set(models["details"][0])
+    status = worker.ask(cmd="get_status", id="gs")
+    assert status["ready"] and status["busy"] is False and status["queued"] == 0 and status["job"] is None
+
+
+# ---- jobs --------------------------------------------------------------------------------------------
+
+def test_separate_messages_and_files(worker, song, tmp):
+    out = tmp / "out"
+    worker.send(cmd="separate", id=7, input=str(song), output=str(out), model="dsp", format="flac",
+                bit_depth=16, segment=1.0, shifts=3)
+    messages = worker.until("done", 7)
+    assert all(m["id"] == 7 for m in messages)
+    statuses = [m["status"] for m in messages]
+    assert statuses[0] == "loading_model" and statuses[1] == "separating" and statuses[-1] == "done"
+    progress = [m["progress"] for m in messages if m["status"] == "progress"]
+    chunks = int(np.ceil(3.0 / 0.75))  # dsp chunks: `segment` long, every 3/4 of it
+    assert len(progress) >= chunks and progress == sorted(progress) and progress[-1] == 1.0
+    done = messages[-1]
+    assert done["files"] == [f"{s}.flac" for s in ("drums", "bass", "other", "vocals")]
+    assert done["paths"] == [str(out / "song" / f) for f in done["files"]]
+    assert done["output_dir"] == str(out) and done["model_from_cache"] is False and done["ignored"] == ["shifts"]
+    info = sf.info(done["paths"][0])
+    assert info.format == "FLAC" and info.subtype == "PCM_16" and info.frames == sf.info(song).frames
+    again = worker.ask(cmd="separate", id=8, input=str(song), output_dir=str(out), model="dsp", two_stems="vocals")
+    assert again["model_from_cache"] and again["files"] == ["vocals.wav", "no_vocals.wav"]
+    assert sf.info(again["paths"][0]).subtype == "FLOAT"  # dsp's family default: 32-bit float
+    assert worker.ask(cmd="ping", id=9)["model_loaded"] == "dsp"
+
+
+def test_default_model_and_wrong_model(worker, song, tmp):
+    done = worker.ask(cmd="separate", id="d", input=str(song), output_dir=str(tmp / "default"))
+    assert done["model"] == "dsp"
+    assert worker.error(cmd="separate", id="m", input=str(song), output_dir=str(tmp), model="nope")["code"] \
+        == "model_not_found"
+    assert worker.error(cmd="separate", id="p", input=str(song), output_dir=str(tmp),
+                        model_path=str(tmp / "none.ckpt"))["code"] == "model_not_found"
+    assert worker.error(cmd="separate", id="s", input=str(song), output_dir=str(tmp), model="dsp",
+                        stems=["guitar"])["code"] == "bad_value"
+    assert worker.error(cmd="separate", id="o", input=str(song), output_dir=str(tmp), model="dsp",
+                        segment={"a": 1})["code"] == "bad_value"
+
+
+def test_corrupt_and_unsupported_audio(worker, song, tmp):
+    text = tmp / "notes.wav"
+    text.write_text("this is not audio\n" * 100)
+    truncated = tmp / "truncated.wav"
+    truncated.write_bytes(song.read_bytes()[:30])  # cut inside the header
+    for path in (text, truncated):
+        error = worker.error(cmd="separate", id=path.name, input=str(path), output_dir=str(tmp / "bad"), model="dsp")
+        assert error["code"] == "unsupported_audio", error
+    assert not list((tmp / "bad").rglob("*.wav"))
+    assert worker.ask(cmd="ping", id="alive")["status"] == "pong"
+
+
+def test_cancel_running_and_queued_jobs(worker, long_song, song, tmp):
+    worker.send(cmd="separate", id="long", input=str(long_song), output_dir=str(tmp / "c"), model="dsp", segment=0.5)
+    worker.send(cmd="separate", id="queued", input=str(song), output_dir=str(tmp / "c"), model="dsp")
+    while worker.read()["status"] != "progress":
+        pass
+    status = worker.ask(cmd="get_status", id="s")  # answered while the job runs
+    assert status["busy"] and status["job"]["id"] == "long" and status["queued"] == 1
+    assert worker.ask(cmd="ping", id="p")["status"] == "pong"
+    worker.send(cmd="cancel", id="queued")
+    worker.send(cmd="cancel", id="long")
+    seen = worker.until("error", "long")
+    assert seen[-1]["code"] == "cancelled"
+    queued = [m for m in seen if m.get("id") == "queued"]
+    assert [m["status"] for m in queued] == ["cancelling", "error"] and queued[-1]["code"] == "cancelled"
+    assert not [p for p in (tmp / "c").rglob("*") if p.is_file()]  # no stem kept, not even a partial one
+    assert worker.error(cmd="cancel", id="long")["code"] == "bad_value"  # nothing left to cancel
+
+
+def test_restore_without_the_restore_module(worker, song, tmp):
+    error = worker.error(cmd="restore", id="r", input=str(song), output=str(tmp / "r.wav"),
+                         model_path=str(tmp / "apollo.ckpt"))
+    assert error["code"] in ("internal", "model_not_found", "bad_value"), error
+
+
+# ---- lifecycle: fresh workers ------------------------------------------------------------------------
+
+def test_eof_finishes_queued_jobs_then_exits(tmp, song):
+    with RawWorker(tmp) as w:
+        w.send(cmd="separate", id=1, input=str(song), output_dir=str(tmp / "eof"), model="dsp")
+        w.proc.stdin.close()
+        w.until("done", 1)
+        assert w.read() == {"status": "exiting", "reason": "eof"}
+        assert w.proc.wait(timeout=30) == 0
+
+
+def test_named_worker_without_cache_and_exit(tmp):
+    with RawWorker(tmp, "--name", "dsu-demucs", "--device", "cuda", "--max-cached-models", "0") as w:
+        ready = w.until("ready")[-1]
+        assert ready["default_model"] == "htdemucs" and ready["worker"] == "dsu-demucs"
+        if ready["device"] == "cpu":
+            assert "cuda" in ready["device_warning"]
+        assert ready["cache_enabled"] is False and ready["max_cached_models"] == 0
+        for _ in range(2):  # no cache: loaded each time
+            assert w.ask(cmd="load_model", id="l", model="dsp")["cached"] is False
+        assert w.ask(cmd="list_cached", id="c")["count"] == 0
+        assert w.error(cmd="load_model", id="h")["code"] == "model_not_found"  # its default, htdemucs, is absent
+        w.send(cmd="exit", id="bye")
+        assert w.read() == {"status": "exiting", "id": "bye", "reason": "exit"}
+        assert w.proc.wait(timeout=30) == 0
+
+
+def test_sigterm_aborts_the_job(tmp, long_song):
+    out = tmp / "term"
+    with RawWorker(tmp) as w:
+        w.until("ready")
+        w.send(cmd="separate", id="j", input=str(long_song), output_dir=str(out), model="dsp", segment=0.5)
+        w.send(cmd="separate", id="k", input=str(long_song), output_dir=str(out), model="dsp")
+        while w.read()["status"] != "progress":
+            pass
+        w.proc.send_signal(signal.SIGTERM)
+        rest = []
+        while not rest or rest[-1]["status"] != "exiting":
+            rest.append(w.read())
+        errors = {m["id"]: m["code"] for m in rest if m["status"] == "error"}
+        assert errors == {"j": "cancelled", "k": "cancelled"} and rest[-1]["reason"] == "signal"
+        assert w.proc.wait(timeout=30) == 0
+        assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_sigkill_leaves_no_finished_looking_file(tmp, long_song):
+    out = tmp / "killed"
+    with RawWorker(tmp) as w:
+        w.until("ready")
+        w.send(cmd="separate", id="j", input=str(long_song), output_dir=str(out), model="dsp", segment=2.0)
+        progress = 0
+        while progress < 2:  # blocks already written to the partial files
+            progress += w.read()["status"] == "progress"
+        w.proc.kill()
+        w.proc.wait()
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and all(p.name.startswith(".") and p.name.endswith(".partial") for p in files), files
+
+
+NOISY = """
+import os
+from dsu.families import dsp
+plain = dsp.DSPSeparator.separate_chunk
+def chatty(self, x):
+    print("a library printing to stdout")
+    os.write(1, b"a C library writing to fd 1\\n")
+    return plain(self, x)
+dsp.DSPSeparator.separate_chunk = chatty
+from dsu.worker import main
+main()
+"""
+
+
+def test_third_party_output_stays_off_the_protocol(tmp, song):
+    with RawWorker(tmp, argv=[sys.executable, "-c", NOISY]) as w:
+        w.send(cmd="separate", id=1, input=str(song), output_dir=str(tmp / "noisy"), model="dsp")
+        w.until("done", 1)  # RawWorker.read parses every stdout line
+        w.proc.stdin.close()
+        w.until("exiting")
+        assert w.proc.wait(timeout=30) == 0
+    text = Path(w.stderr.name).read_text()
+    assert "a library printing to stdout" in text and "a C library writing to fd 1" in text
+
+
+@pytest.mark.skipif(not (FIXTURES / "mel_band_roformer").is_dir(), reason="MSST fixtures absent")
+def test_cache_bounds_and_eviction(tmp):
+    models = {}
+    for name, kind in (("alpha", "bs_roformer"), ("beta", "mel_band_roformer")):
+        shutil.copy(FIXTURES / kind / "model.ckpt", tmp / f"{name}.ckpt")
+        models[name] = {"model_path": str(tmp / f"{name}.ckpt"), "config_path": str(FIXTURES / kind / "config.yaml")}
+    with RawWorker(tmp, "--max-cached-models", "2") as w:
+        w.until("ready")
+        assert w.ask(cmd="load_model", id=1, **models["alpha"])["cached"] is False
+        assert w.ask(cmd="preload_model", id=2, **models["beta"])["cached"] is False
+        assert w.ask(cmd="load_model", id=3, **models["alpha"])["cached"] is True  # alpha now most recent
+        cached = w.ask(cmd="list_cached", id=4)
+        assert [m["model"] for m in cached["models"]] == ["beta", "alpha"] and cached["count"] == 2
+        assert all(m["bytes"] > 0 for m in cached["models"])
+        w.send(cmd="set_cache_size", id=5, n=1)
+        seen = w.until("cache_size_updated", 5)
+        assert [m for m in seen if m["status"] == "cache_evicted"] == [{"status": "cache_evicted", "id": 5, "model": "beta"}]
+        assert seen[-1]["max_cached_models"] == 1 and seen[-1]["cache_enabled"]
+        # the memory bound: two models over it, the older goes
+        w.ask(cmd="set_cache_size", id=6, n=2, max_memory_mb=cached["models"][1]["bytes"] / 2 ** 20 * 1.5)
+        w.send(cmd="load_model", id=7, **models["beta"])
+        seen = w.until("model_loaded", 7)
+        assert [m["model"] for m in seen if m["status"] == "cache_evicted"] == ["alpha"]
+        assert w.ask(cmd="clear_cache", id=8)["models_cleared"] == 1
+        assert w.ask(cmd="list_cached", id=9)["count"] == 0
+        assert w.error(cmd="set_cache_size", id=10, n=-1)["code"] == "bad_value"
+        mismatch = w.error(cmd="load_model", id=11, model_path=models["alpha"]["model_path"],
+                           config_path=models["beta"]["config_path"])
+        assert mismatch["code"] == "config_mismatch"
