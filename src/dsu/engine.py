@@ -218,10 +218,11 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
         else:
             upcoming[i] = None
         _forget_read(passes, upcoming)
-        done += len(chunks)
         flush(heap[0][0] if heap else length)
-        if progress is not None:
-            progress(done / total_chunks)
+        for _ in chunks:  # one report per processed chunk, whatever the batch size
+            done += 1
+            if progress is not None:
+                progress(done / total_chunks)
     if shape is None:
         raise ValueError("nothing to run: the plan has no chunks")
     flush(length)
