@@ -103,6 +103,7 @@ class Pass:
     chunks: Sequence[Chunk]
     weight: Tensor | float = 1.0       # per-source weight of this pass in the final mix
     batch_size: int = 1
+    unweighted: float = 0.0            # what a sample no chunk gave weight to holds (MSST: the mix mean it de-normalises with)
 
 
 @dataclass
@@ -186,9 +187,9 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
         if stop <= flushed or shape is None:
             return
         mixed = None
-        for acc, w in zip(accs, weights):
+        for p, acc, w in zip(passes, accs, weights):
             total, wsum = acc.take(stop, shape)
-            part = torch.nan_to_num(total / wsum) * _per_source(w, total)
+            part = torch.where(wsum > 0, total / wsum, p.unweighted) * _per_source(w, total)
             mixed = part if mixed is None else mixed + part
         sink(mixed / _per_source(weight_sum, mixed))
         flushed = stop

@@ -292,8 +292,9 @@ class MSSTSeparator(Separator):
         if border:
             source = ReflectPad(source, border)
         fn = self.chunk_fn(self.autocast(precision), bool(use_tta), scale)
+        # MSST de-normalises after its overlap-add, so a sample no window weighted ends up as the mean
         return [Pass(model=fn, signal=source, chunks=demix_chunks(signal.length, size, num_overlap, batch),
-                     batch_size=batch)]
+                     batch_size=batch, unweighted=scale[0] if scale else 0.0)]
 
     def autocast(self, precision):
         """Mixed precision for the model's forward: MSST's float16 autocast on CUDA (its
