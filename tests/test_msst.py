@@ -1,11 +1,7 @@
 """MSST checkpoints (BS-RoFormer, Mel-Band-RoFormer, SCNet, MDX23C) through the family, the job runner
 and a real worker, against outputs MSST's own code produced (tests/fixtures/msst/README.md)."""
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -172,6 +172,22 @@ def iter_blocks(signal, size: int = BLOCK * 4) -> Iterator[Tensor]:
         reader.forget(pos + size)
 
 
+def mono_stats(signal, ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation (divided by n - ddof) of the signal averaged to mono, in float64,
+    streamed block by block (blocks merged with Chan's formula, as exact as one pass over all)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for block in iter_blocks(signal):
+        mono = block.double().mean(0)
+        k, block_mean = mono.numel(), float(mono.mean())
+        block_m2 = float(((mono - block_mean) ** 2).sum())
+        delta = block_mean - mean
+        total = n + k
+        mean += delta * k / total
+        m2 += block_m2 + delta * delta * n * k / total
+        n = total
+    return mean, (m2 / (n - ddof)) ** 0.5 if n > ddof else 0.0
+
+
 def read_audio(path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None) -> tuple[Tensor, int]:
     """The whole file as float32 [channels, samples] and its sample rate."""
     sig = FileSignal(path, samplerate, channels)

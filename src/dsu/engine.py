@@ -85,6 +85,28 @@ class ReflectPad:
         self.inner.forget(self.inner_position(before))
 
 
+class Standardised:
+    """`inner` as (x - mean) / std, zeros outside the signal: models trained on normalised mixes
+    (Demucs, MSST's `inference.normalize`) normalise first, then pad."""
+
+    def __init__(self, inner: Signal, mean: float, std: float):
+        self.inner, self.mean, self.std = inner, mean, std
+        self.channels, self.length = inner.channels, inner.length
+
+    def read(self, start: int, stop: int) -> Tensor:
+        x = (self.inner.read(start, stop) - self.mean) / self.std
+        if start < 0 or stop > self.length:
+            pos = torch.arange(start, stop)
+            x = x * ((pos >= 0) & (pos < self.length)).to(x.dtype)
+        return x
+
+    def inner_position(self, pos: int) -> int:
+        return pos
+
+    def forget(self, before: int) -> None:
+        self.inner.forget(before)
+
+
 @dataclass(frozen=True)
 class Chunk:
     start: int        # first sample of the pass's signal fed to the model

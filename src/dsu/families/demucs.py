@@ -21,8 +21,8 @@ import torch
 import yaml
 from torch import Tensor
 
-from ..audio import iter_blocks
-from ..engine import Chunk, Pass, Signal, triangle
+from ..audio import mono_stats
+from ..engine import Chunk, Pass, Signal, Standardised, triangle
 from ..errors import DSUError, missing_keys_message
 from ..packages import first_line, load_package, verify_checksum
 from .base import Family, ModelRef, Separator, make_ref
@@ -161,41 +161,10 @@ def restore_quantized(model: torch.nn.Module, state: dict, path: Path) -> None:
 
 # ---- apply_model as engine passes ------------------------------------------------------------------
 
-class Normalised:
-    """`inner` as (x - mean) / std, zeros outside the signal: demucs normalises, then pads."""
-
-    def __init__(self, inner: Signal, mean: float, std: float):
-        self.inner, self.mean, self.std = inner, mean, std
-        self.channels, self.length = inner.channels, inner.length
-
-    def read(self, start: int, stop: int) -> Tensor:
-        x = (self.inner.read(start, stop) - self.mean) / self.std
-        if start < 0 or stop > self.length:
-            pos = torch.arange(start, stop)
-            x = x * ((pos >= 0) & (pos < self.length)).to(x.dtype)
-        return x
-
-    def inner_position(self, pos: int) -> int:
-        return pos
-
-    def forget(self, before: int) -> None:
-        self.inner.forget(before)
-
-
 def mix_stats(signal: Signal) -> tuple[float, float]:
-    """The demucs CLI's `ref.mean()` and `ref.std() + 1e-8` of the mono mix `ref`, streamed (blocks
-    merged exactly with Chan's formula) and rounded to float32 as demucs' tensors are."""
-    n, mean, m2 = 0, 0.0, 0.0
-    for block in iter_blocks(signal):
-        mono = block.double().mean(0)
-        k, block_mean = mono.numel(), float(mono.mean())
-        block_m2 = float(((mono - block_mean) ** 2).sum())
-        delta = block_mean - mean
-        total = n + k
-        mean += delta * k / total
-        m2 += block_m2 + delta * delta * n * k / total
-        n = total
-    std = (m2 / (n - 1)) ** 0.5 if n > 1 else 0.0
+    """The demucs CLI's `ref.mean()` and `ref.std() + 1e-8` of the mono mix `ref` (std with N-1),
+    rounded to float32 as demucs' tensors are."""
+    mean, std = mono_stats(signal, ddof=1)
     as32 = torch.tensor([mean, std], dtype=torch.float32)
     return float(as32[0]), float(as32[1] + 1e-8)
 
@@ -301,7 +270,7 @@ class DemucsSeparator(Separator):
                 raise DSUError("bad_value", f"segment {segment} is longer than {self.name} was trained for "
                                             f"(at most {self.max_segment:g} s)")
         mean, std = mix_stats(signal)
-        source = Normalised(signal, mean, std)
+        source = Standardised(signal, mean, std)
         max_shift = int(0.5 * self.samplerate)
         out = []
         for model, weight in zip(self.bag, self.weights):
@@ -342,9 +311,6 @@ def _bag_ref(name: str, bag_file: Path, folder: Path) -> ModelRef | None:
 
 
 def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
-    model_type = request.get("model_type")
-    if model_type and model_type not in MODEL_TYPES:
-        return None
     path = request.get("model_path")
     if path:
         path = Path(path)

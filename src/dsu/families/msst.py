@@ -19,7 +19,6 @@ then optional normalisation by the mix's mean/std, test-time augmentation (chann
 from __future__ import annotations
 
 import json
-import math
 import pickle
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 import yaml
 from torch import Tensor
 
-from ..audio import iter_blocks
-from ..engine import Chunk, Pass, ReflectPad, Signal, linear_fade
+from ..audio import mono_stats
+from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, missing_keys_message
 from .base import Family, ModelRef, Separator, make_ref
 
@@ -211,38 +210,6 @@ def demix_chunks(length: int, chunk_size: int, num_overlap: int, batch_size: int
     return chunks
 
 
-class Standardised:
-    """`inner` as (x - mean) / std, zeros outside the signal (MSST normalises before it pads)."""
-
-    def __init__(self, inner: Signal, mean: float, std: float):
-        self.inner, self.mean, self.std = inner, mean, std
-        self.channels, self.length = inner.channels, inner.length
-
-    def read(self, start: int, stop: int) -> Tensor:
-        x = (self.inner.read(start, stop) - self.mean) / self.std
-        if start < 0 or stop > self.length:
-            pos = torch.arange(start, stop)
-            x = x * ((pos >= 0) & (pos < self.length)).to(x.dtype)
-        return x
-
-    def inner_position(self, pos: int) -> int:
-        return pos
-
-    def forget(self, before: int) -> None:
-        self.inner.forget(before)
-
-
-def mono_stats(signal: Signal) -> tuple[float, float]:
-    """Mean and (population) standard deviation of the mix averaged to mono, in one streaming read."""
-    total = squares = 0.0
-    for block in iter_blocks(signal):
-        mono = block.double().mean(0)
-        total += float(mono.sum())
-        squares += float((mono * mono).sum())
-    mean = total / signal.length
-    return mean, math.sqrt(max(squares / signal.length - mean * mean, 0.0))
-
-
 # ---- the loaded model ------------------------------------------------------------------------------
 
 def _positive_int(name: str, value, default: int) -> int:
@@ -373,9 +340,7 @@ def _catalogue(models_dir: Path | None) -> dict[str, dict]:
 
 
 def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
-    model_type = request.get("model_type")
-    if model_type and model_type not in MODEL_TYPES:
-        return None
+    model_type = request.get("model_type")  # when given, the registry asks only this family
     path = request.get("model_path")
     if path:
         config = request.get("config_path")
