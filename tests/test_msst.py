@@ -307,3 +307,47 @@ def test_progress_per_batch_and_cancel(tmp_path):
         separate_file(model, wav, tmp_path / "cancelled", cancelled=lambda: len(calls) >= 2,
                       progress=calls.append, options={"batch_size": 1})
     assert e.value.code == "cancelled" and not any((tmp_path / "cancelled").rglob("*.wav"))
+
+
+# ---- through a real worker process -----------------------------------------------------------------
+
+def test_through_the_bsroformer_worker(tmp_path):
+    """`dsu-bsroformer` as integrations spawn it: a models.json name, an explicit path pair with
+    `extract_instrumental`, and a config that does not fit its checkpoint, all over JSON lines."""
+    from dsu.client import Worker, WorkerError
+
+    models = tmp_path / "models"
+    shutil.copytree(FIXTURES / "bs_roformer", models / "bs")
+    (models / "models.json").write_text(json.dumps(
+        {"tiny_bs": {"type": "bs_roformer", "config": "bs/config.yaml", "checkpoint": "bs/model.ckpt"}}))
+    wav, _ = input_wav(tmp_path, "bs_roformer")
+    want = np.load(FIXTURES / "bs_roformer" / "expected.npy")
+    stems = instruments_of("bs_roformer")
+    with Worker(["--name", "dsu-bsroformer", "--models-dir", str(models), "--threads", "1"]) as worker:
+        progress = []
+        done = worker.separate(input=str(wav), output_dir=str(tmp_path / "out"), model="tiny_bs",
+                               on_progress=progress.append)
+        assert done["files"] == [f"{s}.wav" for s in stems] and progress and progress[-1] == pytest.approx(1.0)
+        assert all(Path(p).parent == tmp_path / "out" / wav.stem for p in done["paths"])
+        first = sf.read(done["paths"][0], dtype="float32", always_2d=True)[0].T
+        assert sf.info(done["paths"][0]).subtype == "FLOAT" and snr(want[0], first) > 60
+
+        again = worker.separate(input=str(wav), output_dir=str(tmp_path / "inst"), extract_instrumental=True,
+                                **fixture_request("bs_roformer"))
+        assert again["stems"][-1] == "instrumental"
+        inst = sf.read(again["paths"][-1], dtype="float32", always_2d=True)[0].T
+        mix = sf.read(wav, dtype="float32", always_2d=True)[0].T
+        target = "vocals" if "vocals" in stems else stems[0]
+        np.testing.assert_allclose(inst, mix - want[stems.index(target)], atol=1e-4)
+
+        deeper = edited_config(tmp_path, "bs_roformer", lambda c: c["model"].update(depth=2))
+        with pytest.raises(WorkerError) as e:
+            worker.separate(input=str(wav), output_dir=str(tmp_path / "bad"),
+                            model_path=fixture_request("bs_roformer")["model_path"], config_path=deeper)
+        assert e.value.code == "config_mismatch" and "missing keys" in e.value.message
+        assert worker.ping()["status"] == "pong"  # the worker stays up after the error
+
+
+def instruments_of(model_type: str) -> list[str]:
+    config = msst.load_config(FIXTURES / model_type / "config.yaml")
+    return msst.instruments(config)
