@@ -51,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--models-dir", type=Path, default=None, help="where model names are looked up")
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    rest = sub.add_parser("restore", help="restore lossy or band-limited audio with an Apollo model")
+    rest.add_argument("input", type=Path, metavar="FILE")
+    rest.add_argument("-o", "--output", type=Path, required=True, help="the restored file (.wav, .flac, .mp3)")
+    rest.add_argument("--model-path", required=True, help="the Apollo checkpoint (.ckpt or .bin)")
+    rest.add_argument("--config-path", help="its YAML config (model: sr, win, feature_dim, layer)")
+    rest.add_argument("--chunk-seconds", type=float, help="chunk length (default: the model's)")
+    rest.add_argument("--overlap-seconds", type=float, help="crossfade between chunks (default: the model's)")
+    rest.add_argument("--feature-dim", type=int, help="without a config: the model's feature width")
+    rest.add_argument("--layer", type=int, help="without a config: the model's layer count")
+    rest.add_argument("--bit-depth", type=int, choices=(16, 24, 32))
+    rest.add_argument("--device", choices=worker_config.DEVICES, default="auto")
+    rest.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    rest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     models = sub.add_parser("models", help="models this installation can find")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser("list", help="list models (built in and in the models dir)")
@@ -124,6 +138,33 @@ def separate_command(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else 0
 
 
+def restore_command(args: argparse.Namespace) -> int:
+    from . import device as devices, jobs
+    from .cache import ModelCache
+    from .worker import spec
+
+    request = {"cmd": "apollo", "input": str(args.input), "output": str(args.output),
+               "model_path": args.model_path, "config_path": args.config_path,
+               "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
+               "feature_dim": args.feature_dim, "layer": args.layer, "bit_depth": args.bit_depth}
+    device, warning = devices.choose_device(args.device)
+    if warning:
+        print(f"dsu: {warning}", file=sys.stderr)
+    devices.set_threads(args.threads)
+    bar = ProgressBar(args.input.name, not args.quiet)
+    try:
+        fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
+        done = jobs.restore(fields, cache=ModelCache(device, max_models=1), models_dir=None,
+                            emit=lambda status, **_: None, progress=bar)
+    except DSUError as e:
+        bar.end()
+        print(f"dsu: {args.input}: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
+    bar.end()
+    print(done["paths"][0])
+    return 0
+
+
 def models_command(args: argparse.Namespace) -> int:
     from . import families
 
@@ -146,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         from .worker import run
         return run(worker_config.config_from(args))
     try:
-        return separate_command(args) if args.command == "separate" else models_command(args)
+        commands = {"separate": separate_command, "restore": restore_command, "models": models_command}
+        return commands[args.command](args)
     except KeyboardInterrupt:
         print("\ndsu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -19,7 +19,11 @@ Emit = Callable[..., None]          # emit(status, **fields): an interim message
 Progress = Callable[[float], None]
 Cancelled = Callable[[], bool]
 
-MODEL_KEYS = ("model", "model_path", "config_path", "model_type", "repo")
+MODEL_KEYS = ("model", "model_path", "config_path", "model_type", "repo",
+              # UVR per-model settings: they decide how the file loads, so they are part of the model
+              "vr_model_param", "primary_stem", "nout", "nout_lstm", "is_karaoke", "is_bv_model",
+              "is_bv_model_rebalanced", "compensate", "mdx_dim_f_set", "mdx_dim_t_set", "mdx_n_fft_scale_set")
+APOLLO_KEYS = ("feature_dim", "layer", "sr", "win")
 OPTION_TYPES = (str, int, float, bool, list, type(None))
 
 
@@ -82,10 +86,13 @@ def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: E
             raise
         raise DSUError("internal", "audio restoration (dsu.restore) is not part of this installation") from None
     ref = families.resolve({"model_path": fields["model_path"], "config_path": fields.get("config_path"),
-                            "model_type": "apollo"}, models_dir)
+                            "model_type": "apollo", **{k: fields[k] for k in APOLLO_KEYS if k in fields}},
+                           models_dir)
     model, from_cache = load(ref, cache, emit)
     emit("restoring", input=fields["input"], model=ref.name)
-    tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds") if fields.get(k) is not None}
+    tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds", "format", "bit_depth")
+              if fields.get(k) is not None}
+    tuning["fmt"] = tuning.pop("format", None)
     result = restore_module.restore_file(model, fields["input"], fields["output"], progress=progress,
                                          cancelled=cancelled, **tuning)
     return _done(result, ref, from_cache, started)

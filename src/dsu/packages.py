@@ -69,3 +69,61 @@ def first_line(e: Exception) -> str:
     """An exception's first line, for messages that must stay one line."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---- weight files that carry training metadata -------------------------------------------------
+
+# Modules whose objects a training run leaves beside the weights (a Lightning checkpoint's
+# hyper-parameters and callback states, omegaconf configs, numpy scalars in logged metrics).
+# Their objects are read as inert placeholders, never built: the weights are all DSU uses.
+TRAINING_METADATA = ("omegaconf.", "pytorch_lightning.", "lightning.", "lightning_fabric.", "typing.",
+                     "argparse.Namespace", "pathlib.", "numpy.", "collections.defaultdict", "enum.", "_codecs.encode")
+
+
+class Inert:
+    """Stands in for an object of training metadata: takes whatever the pickle gives it, does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):  # a dict subclass's items
+        pass
+
+    def append(self, item):  # a list subclass's items
+        pass
+
+    def extend(self, items):
+        pass
+
+
+def load_weights_file(path: str | Path, what: str) -> Any:
+    """The object in a torch weights file (tensors and plain data), for a checkpoint that may also
+    hold training metadata (see TRAINING_METADATA), which is read as `Inert`. Any other global
+    (`os.system`, a model class, ...) refuses the file unread."""
+    path = Path(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # a global outside torch's plain-data allow list: see whether it is only metadata
+    except Exception as e:
+        raise DSUError("bad_value", f"cannot read {path.name} as {what}: {first_line(e)}") from None
+    try:
+        found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception as e:
+        raise DSUError("bad_value", f"cannot read {path.name} as {what}: {first_line(e)}") from None
+    refused = [g for g in found if not g.startswith(TRAINING_METADATA)]
+    if refused:
+        raise DSUError("bad_value", f"{path.name} refers to {', '.join(refused[:5])}, which {what} has no reason "
+                                    "to hold; it was refused unread (nothing in it ran). Use the file as its "
+                                    "authors published it, or save its state_dict alone with torch.save")
+    try:
+        with torch.serialization.safe_globals([(Inert, name) for name in found]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DSUError("bad_value", f"cannot read {path.name} as {what}: {first_line(e)}") from None

@@ -28,6 +28,28 @@ export interface CommandFields {
     model_type?: string;
     /** a folder of Demucs packages to look `model` up in instead of the models dir */
     repo?: string;
+    /** VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512 */
+    vr_model_param?: string;
+    /** VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...) */
+    primary_stem?: string;
+    /** VR 5.1 networks: channels (e.g. 32, 48, 64) */
+    nout?: number;
+    /** VR 5.1 networks: LSTM width (e.g. 128) */
+    nout_lstm?: number;
+    /** VR/MDX: a karaoke (lead vs backing vocals) model */
+    is_karaoke?: boolean;
+    /** VR: a backing-vocals model */
+    is_bv_model?: boolean;
+    /** VR: the backing-vocals rebalance factor */
+    is_bv_model_rebalanced?: number;
+    /** MDX: the factor on the primary stem where it is taken from the mix to form the secondary (e.g. 1.035) */
+    compensate?: number;
+    /** MDX: frequency bins the network takes (e.g. 3072) */
+    mdx_dim_f_set?: number;
+    /** MDX: log2 of the frames per segment (8: 256 frames) */
+    mdx_dim_t_set?: number;
+    /** MDX: the STFT size (e.g. 7680) */
+    mdx_n_fft_scale_set?: number;
   };
   preload_model: CommandFields["load_model"];
   separate: {
@@ -45,6 +67,28 @@ export interface CommandFields {
     model_type?: string;
     /** a folder of Demucs packages to look `model` up in instead of the models dir */
     repo?: string;
+    /** VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512 */
+    vr_model_param?: string;
+    /** VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...) */
+    primary_stem?: string;
+    /** VR 5.1 networks: channels (e.g. 32, 48, 64) */
+    nout?: number;
+    /** VR 5.1 networks: LSTM width (e.g. 128) */
+    nout_lstm?: number;
+    /** VR/MDX: a karaoke (lead vs backing vocals) model */
+    is_karaoke?: boolean;
+    /** VR: a backing-vocals model */
+    is_bv_model?: boolean;
+    /** VR: the backing-vocals rebalance factor */
+    is_bv_model_rebalanced?: number;
+    /** MDX: the factor on the primary stem where it is taken from the mix to form the secondary (e.g. 1.035) */
+    compensate?: number;
+    /** MDX: frequency bins the network takes (e.g. 3072) */
+    mdx_dim_f_set?: number;
+    /** MDX: log2 of the frames per segment (8: 256 frames) */
+    mdx_dim_t_set?: number;
+    /** MDX: the STFT size (e.g. 7680) */
+    mdx_n_fft_scale_set?: number;
     /** stem file format */
     format?: "wav" | "flac" | "mp3";
     /** 16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, 32 for others */
@@ -71,6 +115,18 @@ export interface CommandFields {
     chunk_seconds?: number;
     /** crossfade between chunks; default: the model's */
     overlap_seconds?: number;
+    /** the output format when the extension does not say */
+    format?: "wav" | "flac" | "mp3";
+    /** 16, 24 or 32 (float) */
+    bit_depth?: 16 | 24 | 32;
+    /** the model's feature width when no config is given (e.g. 256, 384) */
+    feature_dim?: number;
+    /** the model's number of layers when no config is given (e.g. 6) */
+    layer?: number;
+    /** the model's sample rate when no config is given */
+    sr?: number;
+    /** the model's window in milliseconds when no config is given */
+    win?: number;
   };
   clear_cache: Record<never, never>;
   set_cache_size: {

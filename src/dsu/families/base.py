@@ -2,6 +2,7 @@
 model cuts a signal into engine passes. Families know nothing of JSON or of the worker."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any, ClassVar
 import torch
 
 from ..engine import Pass, Signal
+from ..errors import DSUError
+
+CATALOGUE = "models.json"
 
 
 @dataclass(frozen=True)
@@ -88,3 +92,22 @@ class Family:
     loader: Any = field(default=None, repr=False)  # callable (ModelRef, torch.device) -> Separator
     resolver: Any = field(default=None, repr=False)  # callable (request, models_dir) -> ModelRef | None
     lister: Any = field(default=None, repr=False)  # callable (models_dir) -> list[dict]
+
+
+def read_catalogue(models_dir: Path | None, types) -> dict[str, dict]:
+    """`<models-dir>/models.json` entries whose `type` is one of `types`, by name. The file maps names
+    to {type, checkpoint, config, stems} (or holds a list of such entries each with a `name`)."""
+    path = models_dir / CATALOGUE if models_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DSUError("bad_value", f"cannot read {path}: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("models"), list):
+        data = data["models"]
+    if isinstance(data, list):
+        data = {e.get("name"): e for e in data if isinstance(e, dict) and e.get("name")}
+    if not isinstance(data, dict):
+        raise DSUError("bad_value", f"{path} must map model names to {{type, config, checkpoint, stems}}")
+    return {str(k): v for k, v in data.items() if isinstance(v, dict) and v.get("type") in types}

@@ -18,8 +18,6 @@ then optional normalisation by the mix's mean/std, test-time augmentation (chann
 `extract_instrumental` as in MSST's `inference.py`."""
 from __future__ import annotations
 
-import json
-import pickle
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -30,11 +28,11 @@ from torch import Tensor
 from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, missing_keys_message
-from .base import Family, ModelRef, Separator, make_ref
+from ..packages import load_weights_file
+from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
 
 MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
-CATALOGUE = "models.json"
 
 
 # ---- config ----------------------------------------------------------------------------------------
@@ -142,12 +140,9 @@ def build_model(model_type: str, config: dict) -> torch.nn.Module:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The weights of an MSST checkpoint: a plain state dict, or one wrapped in `state`, `state_dict`
-    or `model_state_dict` (unwrapped in that order, as MSST does). Tensors only: no code runs."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DSUError("bad_value", f"cannot read {Path(path).name} as a torch state dict "
-                                    f"(only plain tensors are accepted): {str(e).splitlines()[0]}") from None
+    or `model_state_dict` (unwrapped in that order, as MSST does). Tensors and plain data only
+    (training metadata is read inert): no code runs."""
+    obj = load_weights_file(path, "an MSST checkpoint")
     for wrapper in ("state", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -322,21 +317,7 @@ class MSSTSeparator(Separator):
 # ---- family hooks ----------------------------------------------------------------------------------
 
 def _catalogue(models_dir: Path | None) -> dict[str, dict]:
-    """`models.json` entries of MSST types, by name."""
-    path = models_dir / CATALOGUE if models_dir else None
-    if path is None or not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DSUError("bad_value", f"cannot read {path}: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("models"), list):
-        data = data["models"]
-    if isinstance(data, list):
-        data = {e.get("name"): e for e in data if isinstance(e, dict) and e.get("name")}
-    if not isinstance(data, dict):
-        raise DSUError("bad_value", f"{path} must map model names to {{type, config, checkpoint, stems}}")
-    return {str(k): v for k, v in data.items() if isinstance(v, dict) and v.get("type") in MODEL_TYPES}
+    return read_catalogue(models_dir, MODEL_TYPES)
 
 
 def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:

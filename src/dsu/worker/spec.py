@@ -91,6 +91,19 @@ MODEL_FIELDS = (
     Field("model_type", "string", "the family/architecture of `model_path` when its file name does not tell "
                                   "(demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...)"),
     Field("repo", "string", "a folder of Demucs packages to look `model` up in instead of the models dir"),
+    # UVR's per-model settings, for a VR .pth / MDX-Net .onnx that DSU's tables do not know (or to override them)
+    Field("vr_model_param", "string", "VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512"),
+    Field("primary_stem", "string", "VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...)"),
+    Field("nout", "integer", "VR 5.1 networks: channels (e.g. 32, 48, 64)", minimum=1),
+    Field("nout_lstm", "integer", "VR 5.1 networks: LSTM width (e.g. 128)", minimum=1),
+    Field("is_karaoke", "boolean", "VR/MDX: a karaoke (lead vs backing vocals) model"),
+    Field("is_bv_model", "boolean", "VR: a backing-vocals model"),
+    Field("is_bv_model_rebalanced", "number", "VR: the backing-vocals rebalance factor", minimum=0),
+    Field("compensate", "number", "MDX: the factor on the primary stem where it is taken from the mix to "
+                                            "form the secondary (e.g. 1.035)", minimum=0),
+    Field("mdx_dim_f_set", "integer", "MDX: frequency bins the network takes (e.g. 3072)", minimum=1),
+    Field("mdx_dim_t_set", "integer", "MDX: log2 of the frames per segment (8: 256 frames)", minimum=1),
+    Field("mdx_n_fft_scale_set", "integer", "MDX: the STFT size (e.g. 7680)", minimum=2),
 )
 
 SEPARATE_FIELDS = (
@@ -116,6 +129,12 @@ RESTORE_FIELDS = (
     Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1),
     Field("overlap_seconds", "number", "crossfade between chunks; default: the model's", minimum=0,
           aliases=("chunk_overlap",)),
+    Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
+    Field("feature_dim", "integer", "the model's feature width when no config is given (e.g. 256, 384)", minimum=1),
+    Field("layer", "integer", "the model's number of layers when no config is given (e.g. 6)", minimum=1),
+    Field("sr", "integer", "the model's sample rate when no config is given", minimum=1),
+    Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1),
 )
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -136,7 +155,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
     Command("separate", "separate one file into stem files. It also takes the options of the model's family: "
                         "Demucs `shifts`, `overlap`, `segment`, `batch_size`; MSST `overlap`, `batch_size`, "
-                        "`chunk_size`, `use_tta`, `extract_instrumental`, `precision`; dsp `segment`. Fields the "
+                        "`chunk_size`, `use_tta`, `extract_instrumental`, `precision`; UVR VR `window_size`, "
+                        "`aggression`, `enable_tta`, `enable_post_process`, `post_process_threshold`, "
+                        "`high_end_process`, `batch_size`; MDX-Net `segment_size`, `overlap`, `batch_size`, "
+                        "`hop_length`, `enable_denoise` (also with python-audio-separator's `vr_`/`mdx_` "
+                        "prefixes); dsp `segment`. Fields the "
                         "model does not use are ignored and listed in `done` as `ignored`",
             (ID, *SEPARATE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "separating", "progress", "cancelling"),

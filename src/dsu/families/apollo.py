@@ -1,0 +1,276 @@
+"""Apollo restoration models (JusperLee/Apollo and its community checkpoints: apollo_lew_uni,
+apollo_lew_v2, apollo_edm_big, ...).
+
+A model is a weights file, optionally with a YAML config whose `model:` section holds Apollo's
+`sr`, `win` (ms), `feature_dim` and `layer` (the official `configs/apollo.yaml`, or the MSST-style
+`config_apollo*.yaml` published with community models). Weights come as:
+
+- a Lightning `.ckpt`: `state_dict` with the generator under `audio_model.` and the GAN's
+  `discriminator.` (and any other training module), which is dropped;
+- the official `pytorch_model.bin`: Apollo's `serialize()` dict (`model_name`, `state_dict`,
+  `model_args`, `infos`), or a bare state dict.
+
+Architecture values come from the request (`sr`, `win`, `feature_dim`, `layer`), else the config,
+else the weights' shapes (`feature_dim`, `layer`), else the reference inference script's defaults
+(44100 Hz, 20 ms, 256, 6).
+
+Restoration follows the previous DSU's chunked inference (`apollo_separator._chunk_restore`): chunks
+of `int(chunk_seconds * sr)` samples every chunk minus overlap, each run zero-padded to the chunk
+size, linear fades of the overlap in (all but the first chunk) and out (all but chunks reaching the
+end), normalised by the summed fades; a file no longer than one chunk is restored in one piece.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from ..engine import Chunk, Pass, Signal
+from ..errors import DSUError, missing_keys_message
+from ..packages import load_weights_file
+from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
+
+DEFAULTS = {"sr": 44100, "win": 20, "feature_dim": 256, "layer": 6}  # JusperLee's inference.py
+ARCH_KEYS = tuple(DEFAULTS)
+CHUNK_SECONDS, OVERLAP_SECONDS = 7.0, 0.5  # the previous DSU worker's `apollo` defaults
+GENERATOR = "audio_model."
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+def read_config(path: str | Path) -> dict | None:
+    """The YAML's `model:` section when it describes an Apollo, else None."""
+    from .msst import ConfigLoader  # the same safe YAML subset MSST configs use
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.load(f, Loader=ConfigLoader)
+    except (OSError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read the config {Path(path).name}: {e}") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not {"feature_dim", "layer"} <= set(model):
+        return None
+    stated = (config.get("training") or {}).get("model_type") if isinstance(config.get("training"), dict) else None
+    if stated and stated != "apollo":
+        return None
+    return model
+
+
+def _number(key: str, value, where: str):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not 0 < number < float("inf") or (key != "win" and number != int(number)):
+        kind = "number" if key == "win" else "whole number"
+        raise DSUError("bad_value", f"{where}: `{key}` must be a positive {kind}, not {value!r}")
+    return number if key == "win" and number != int(number) else int(number)
+
+
+def architecture(request: dict, config: dict | None, config_name: str | None) -> dict:
+    """The architecture values given explicitly: the request's over the config's."""
+    out = {}
+    for key in ARCH_KEYS:
+        if request.get(key) is not None:
+            out[key] = _number(key, request[key], "request")
+        elif config and config.get(key) is not None:
+            out[key] = _number(key, config[key], config_name)
+    return out
+
+
+# ---- weights ---------------------------------------------------------------------------------------
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The generator's state dict from a Lightning `.ckpt`, the official `.bin` or a bare state dict.
+    Tensors and plain data only (training metadata is read inert): no code in the file runs."""
+    name = Path(path).name
+    obj = load_weights_file(path, "an Apollo checkpoint")
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise DSUError("bad_value", f"{name} holds no state dict")
+    if any(k.startswith(GENERATOR) for k in obj):
+        # a Lightning module: the generator only; discriminator, losses and metrics are training's
+        obj = {k[len(GENERATOR):]: v for k, v in obj.items() if k.startswith(GENERATOR)}
+    else:
+        obj = {k: v for k, v in obj.items() if not k.startswith("discriminator.")}
+    if not all(isinstance(v, Tensor) for v in obj.values()):
+        raise DSUError("bad_value", f"{name} holds a state dict with values that are not tensors")
+    return obj
+
+
+def shape_architecture(state: dict[str, Tensor]) -> dict:
+    """`feature_dim` and `layer` as the weights' shapes tell them (when they look like Apollo's)."""
+    out = {}
+    first = state.get("BN.0.1.weight")
+    if first is not None and first.dim() == 3:
+        out["feature_dim"] = int(first.shape[0])
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("net.") and k.split(".")[1].isdigit()}
+    if blocks:
+        out["layer"] = max(blocks) + 1
+    return out
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Tensor], checkpoint: str, given: dict, sources: dict) -> None:
+    """Strict load; a mismatch names the value that does not fit and where it came from."""
+    found = shape_architecture(state)
+    for key in ("feature_dim", "layer"):
+        if key in given and key in found and given[key] != found[key]:
+            evidence = ("BN.0.1.weight has shape " + str(tuple(state["BN.0.1.weight"].shape))
+                        if key == "feature_dim" else f"it has blocks net.0 to net.{found[key] - 1}")
+            raise DSUError("config_mismatch",
+                           f"{Path(checkpoint).name} is an Apollo with {key} {found[key]} ({evidence}), but "
+                           f"{sources[key]} says {key} {given[key]}: give {key} {found[key]}, or the config "
+                           "published with these weights")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise DSUError("config_mismatch", missing_keys_message(missing, unexpected) +
+                       " (is it an Apollo checkpoint, and are `feature_dim`/`layer` right?)")
+    misshapen = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if state[k].shape != v.shape]
+    if misshapen:
+        raise DSUError("config_mismatch",
+                       f"{Path(checkpoint).name} does not fit an Apollo with {describe(model)} (shapes differ: "
+                       f"{'; '.join(misshapen[:3])}{' ...' if len(misshapen) > 3 else ''}); check `sr` and `win`, "
+                       "which set the band widths, against the config published with these weights"
+                       + ("" if {"sr", "win"} <= set(given) else
+                          f" (no config or request gave {' nor '.join(k for k in ('sr', 'win') if k not in given)}: "
+                          "the reference's 44100 Hz / 20 ms were used)"))
+    model.load_state_dict(state, strict=True)
+
+
+def describe(model) -> str:
+    return f"sr {model.sr}, {model.win_samples}-sample window, feature_dim {model.feature_dim}, layer {len(model.net)}"
+
+
+# ---- the restoration chunks ------------------------------------------------------------------------
+
+def chunk_samples(chunk_seconds, overlap_seconds, samplerate: int) -> tuple[int, int]:
+    """(chunk, overlap) in samples as the previous DSU counts them; chunk 0 means the whole file."""
+    chunk_seconds = CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
+    overlap_seconds = OVERLAP_SECONDS if overlap_seconds is None else float(overlap_seconds)
+    if not (chunk_seconds >= 0 and overlap_seconds >= 0) or chunk_seconds == float("inf"):
+        raise DSUError("bad_value", "chunk_seconds and overlap_seconds must be finite numbers >= 0")
+    if chunk_seconds == 0:
+        return 0, 0
+    chunk = max(1, int(chunk_seconds * samplerate))
+    overlap = int(overlap_seconds * samplerate)
+    if overlap >= chunk:
+        raise DSUError("bad_value", f"overlap_seconds ({overlap_seconds}) must be less than chunk_seconds "
+                                    f"({chunk_seconds})")
+    return chunk, overlap
+
+
+def crossfade(size: int, overlap: int, fade_in: bool, fade_out: bool) -> Tensor:
+    """Ones with linear ramps of min(overlap, size) samples; ramps that meet multiply, as the
+    previous DSU's weights do."""
+    w = torch.ones(size)
+    n = min(overlap, size)
+    if n > 0:
+        if fade_in:
+            w[:n] *= torch.linspace(0.0, 1.0, n)
+        if fade_out:
+            w[-n:] *= torch.linspace(1.0, 0.0, n)
+    return w
+
+
+def restore_chunks(length: int, chunk: int, overlap: int) -> list[Chunk]:
+    """Every `chunk - overlap` samples a chunk of `chunk` (zeros past the end), kept up to the end of
+    the signal; one chunk of the whole signal when it fits in one (or `chunk` is 0)."""
+    if chunk == 0 or length <= chunk:
+        return [Chunk(start=0, size=length, keep=0, out_start=0, out_size=length, window=torch.ones(length))]
+    chunks = []
+    for start in range(0, length, chunk - overlap):
+        kept = min(chunk, length - start)
+        window = crossfade(kept, overlap, fade_in=start > 0, fade_out=start + kept < length)
+        chunks.append(Chunk(start=start, size=chunk, keep=0, out_start=start, out_size=kept, window=window))
+    return chunks
+
+
+# ---- the loaded model ------------------------------------------------------------------------------
+
+class ApolloSeparator(Separator):
+    """Restores every channel of a signal on its own; one output, `restored`."""
+    family = "apollo"
+    options = frozenset({"chunk_seconds", "overlap_seconds"})
+
+    def __init__(self, name: str, model: torch.nn.Module, device: torch.device):
+        self.name = name
+        self.model = model.to(device).eval()
+        self.device = device
+        self.samplerate = int(model.sr)
+        self.stems = ["restored"]
+
+    def passes(self, signal: Signal, chunk_seconds=None, overlap_seconds=None, **_) -> list[Pass]:
+        chunk, overlap = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)
+
+        def restore(x: Tensor) -> Tensor:
+            return self.model(x.to(self.device))[:, None]
+
+        return [Pass(model=restore, signal=signal, chunks=restore_chunks(signal.length, chunk, overlap))]
+
+
+# ---- family hooks ----------------------------------------------------------------------------------
+
+def _catalogue(models_dir: Path | None) -> dict[str, dict]:
+    return read_catalogue(models_dir, ("apollo",))
+
+
+def _ref(name: str, checkpoint, config, request: dict) -> ModelRef:
+    model = read_config(config) if config else None
+    if config and model is None:
+        raise DSUError("config_mismatch", f"{Path(config).name} is not an Apollo config: its `model:` section has "
+                                          "no `feature_dim`/`layer`")
+    given = architecture(request, model, Path(config).name if config else None)
+    files = (checkpoint, config) if config else (checkpoint,)
+    sources = {k: ("the request" if request.get(k) is not None else Path(config).name) for k in given}
+    return make_ref("apollo", name, files, **given, sources=sources)
+
+
+def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
+    model_type = request.get("model_type")
+    if model_type and model_type != "apollo":
+        return None
+    path, config = request.get("model_path"), request.get("config_path")
+    if path:
+        claimed = (model_type == "apollo" or "apollo" in Path(path).name.lower()
+                   or (config is not None and read_config(config) is not None))
+        return _ref(Path(path).stem, path, config, request) if claimed else None
+    name = request.get("model")
+    entry = _catalogue(models_dir).get(name) if name else None
+    if entry is None:
+        return None
+    if not entry.get("checkpoint"):
+        raise DSUError("bad_value", f"{CATALOGUE} entry {name!r} has no `checkpoint`")
+    files = [models_dir / entry[key] if entry.get(key) else None for key in ("checkpoint", "config")]
+    for f in files:
+        if f is not None and not f.is_file():
+            raise DSUError("model_not_found", f"{name}: file not found: {f}")
+    return _ref(name, files[0], files[1], request)
+
+
+def _load(ref: ModelRef, device: torch.device) -> ApolloSeparator:
+    from ..models.apollo import Apollo
+    checkpoint = ref.files[0]
+    state = read_weights(checkpoint)
+    given = {k: ref.option(k) for k in ARCH_KEYS if ref.option(k) is not None}
+    sources = dict(ref.option("sources") or ())
+    values = {**DEFAULTS, **shape_architecture(state), **given}
+    try:
+        model = Apollo(**values)
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise DSUError("config_mismatch", f"cannot build an Apollo with {values}: {e}") from None
+    load_weights(model, state, checkpoint, given, sources)
+    return ApolloSeparator(ref.name, model, device)
+
+
+def _list(models_dir: Path | None) -> list[dict]:
+    return [{"name": name, "family": "apollo", "type": "apollo", "stems": ["restored"]}
+            for name in _catalogue(models_dir)]
+
+
+FAMILY = Family(name="apollo", layout="flat", default_bit_depth=16, model_types=("apollo",), extensions=(),
+                loader=_load, resolver=_resolve, lister=_list)

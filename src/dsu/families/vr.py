@@ -1,0 +1,222 @@
+"""UVR's VR-architecture models: a `.pth` state dict of a CascadedASPPNet (v5.0) or CascadedNet (v5.1)
+that masks UVR's multi-band magnitude spectrogram (`dsu.vr_bands`).
+
+A model is named by `model_path` (any `.pth`, or any file with `model_type: "vr"`) or by `model`, the
+stem of a `.pth` file in the models dir. Its band parameters and primary stem come from UVR's model
+data (by the file's md5, `dsu.families.uvr`) or from the request (`vr_model_param`, `primary_stem`,
+`nout`, `nout_lstm`, `is_karaoke`, `is_bv_model`, `is_bv_model_rebalanced`).
+
+Inference is python-audio-separator's VRSeparator on the whole file at once: the magnitude, zero
+padded by the network's offset and scaled by its maximum, is cut into windows of `window_size` frames
+whose centre crops are stitched back into one mask (TTA: again with the windows shifted by half a
+crop, the two averaged); the mask is sharpened by `aggression` and optionally post-processed; the
+primary stem is the masked mix, the secondary the mix times one minus the mask; each stem, optionally
+with its missing top rows mirrored from the input (`high_end_process`), goes back to a wave and is
+scaled down to a peak of `normalization_threshold` (0.9) when louder, as python-audio-separator writes it.
+`is_karaoke` and the backing-vocal settings are kept with the model but change nothing here, as in
+python-audio-separator (UVR only uses them to chain models)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import vr_bands
+from ..engine import Chunk, Pass, Signal
+from ..errors import DSUError
+from ..packages import load_weights_file
+from . import uvr
+from .base import Family, ModelRef, Separator, make_ref
+
+# request field -> model-data key
+OVERRIDES = {"vr_model_param": "band_params", "primary_stem": "primary_stem", "nout": "nout",
+             "nout_lstm": "nout_lstm", "is_karaoke": "karaoke", "is_bv_model": "backing_vocals",
+             "is_bv_model_rebalanced": "bv_rebalance"}
+# option -> (default, python-audio-separator's prefixed names)
+OPTIONS = {"window_size": (512, ("vr_window_size",)), "aggression": (5, ("vr_aggression",)),
+           "enable_tta": (False, ("vr_enable_tta",)),
+           "enable_post_process": (False, ("vr_enable_post_process", "vr_post_process")),
+           "post_process_threshold": (0.2, ("vr_post_process_threshold",)),
+           "high_end_process": (False, ("vr_high_end_process",)), "batch_size": (1, ("vr_batch_size",)),
+           "normalization_threshold": (0.9, ("normalization",))}
+
+
+def settings(options: dict) -> dict:
+    """The VR options of a request, by their plain names, checked; a plain name wins over its alias."""
+    out = {}
+    for name, (default, aliases) in OPTIONS.items():
+        value = next((options[k] for k in (name, *aliases) if options.get(k) is not None), default)
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                value = value.lower() in ("true", "1")
+            if value not in (True, False):
+                raise DSUError("bad_value", f"{name} must be true or false, not {value!r}")
+            value = bool(value)
+        else:
+            try:
+                value = type(default)(value)
+            except (TypeError, ValueError):
+                raise DSUError("bad_value", f"{name} must be a number, not {value!r}") from None
+        out[name] = value
+    if not -100 <= out["aggression"] <= 100:
+        raise DSUError("bad_value", f"aggression must be between -100 and 100, not {out['aggression']}")
+    if out["batch_size"] < 1:
+        raise DSUError("bad_value", f"batch_size must be at least 1, not {out['batch_size']}")
+    if not 0 < out["normalization_threshold"] <= 1:
+        raise DSUError("bad_value", "normalization_threshold must be in (0, 1]")
+    return out
+
+
+def make_padding(frames: int, window: int, offset: int) -> tuple[int, int, int]:
+    """UVR's (left pad, right pad, frames kept per window) for `frames` masked in `window`-frame windows."""
+    roi = window - 2 * offset or window
+    return offset, roi - frames % roi + offset, roi
+
+
+class VRSeparator(Separator):
+    family = "vr"
+    options = frozenset(k for name, (_, aliases) in OPTIONS.items() for k in (name, *aliases))
+
+    def __init__(self, name: str, net: torch.nn.Module, params: vr_bands.BandParams, data: dict,
+                 device: torch.device):
+        from ..models.vr_cascade_v51 import CascadedNetV51
+        self.name, self.params, self.data = name, params, data
+        self.net = net.to(device).eval()
+        self.device = device
+        self.v51 = isinstance(net, CascadedNetV51)  # the two generations read stereo and fade bands differently
+        self.samplerate = params.top.samplerate
+        primary = data["primary_stem"]
+        self.stems = [primary, uvr.secondary_stem(primary)]
+
+    def passes(self, signal: Signal, **options) -> list[Pass]:
+        opts = settings(options)
+        if opts["window_size"] <= 2 * self.net.offset:
+            raise DSUError("bad_value", f"window_size must be more than {2 * self.net.offset} frames for this "
+                                        f"network (320, 512 or 1024 as in UVR), not {opts['window_size']}")
+        n = signal.length
+        whole = Chunk(start=0, size=n, keep=0, out_start=0, out_size=n, window=torch.ones(n))
+        return [Pass(model=lambda x: torch.stack([self.separate(wave, **opts) for wave in x]),
+                     signal=signal, chunks=[whole])]
+
+    # ---- the VR pipeline on one whole mix ----------------------------------------------------------
+
+    @torch.inference_mode()
+    def separate(self, wave: Tensor, *, window_size: int, aggression: int, enable_tta: bool,
+                 enable_post_process: bool, post_process_threshold: float, high_end_process: bool,
+                 batch_size: int, normalization_threshold: float) -> Tensor:
+        """[2, n] -> [2 stems, 2, n]."""
+        analysis = vr_bands.analyse(wave, self.params, self.v51)
+        mix = analysis.spec
+        mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta)
+        mask = vr_bands.adjust_aggression(mask, aggression, self.stems[0], self.params.bands[0].crop[1])
+        if enable_post_process:
+            mask = vr_bands.merge_artifacts(mask, post_process_threshold)
+        out = []
+        for stem_mask in (mask, 1 - mask):
+            spec = _finite(stem_mask * mix)
+            high_end = vr_bands.mirror_high_end(spec, analysis.top_spec, self.params) \
+                if high_end_process and vr_bands.high_end_rows(self.params) > 0 else None
+            stem = vr_bands.synthesise(spec, self.params, self.v51, high_end).float()
+            stem = F.pad(stem, (0, max(0, wave.shape[-1] - stem.shape[-1])))[:, :wave.shape[-1]]
+            peak = float(stem.abs().max()) if stem.numel() else 0.0
+            out.append(stem * (normalization_threshold / peak) if peak > normalization_threshold else stem)
+        return torch.stack(out)
+
+    def predict_mask(self, magnitude: Tensor, window: int, batch_size: int, tta: bool) -> Tensor:
+        """The network's mask over all frames; with TTA averaged with a pass shifted by half a crop."""
+        frames = magnitude.shape[-1]
+        left, right, roi = make_padding(frames, window, self.net.offset)
+        mask = self._windows(magnitude, left, right, roi, window, batch_size)[..., :frames]
+        if tta:
+            shifted = self._windows(magnitude, left + roi // 2, right + roi // 2, roi, window, batch_size)
+            mask = (mask + shifted[..., roi // 2:][..., :frames]) * 0.5
+        return mask
+
+    def _windows(self, magnitude: Tensor, left: int, right: int, roi: int, window: int, batch_size: int) -> Tensor:
+        padded = F.pad(magnitude, (left, right))
+        peak = padded.max()
+        padded = padded / peak if peak > 0 else padded  # digital silence: UVR's 0/0 ends as silent stems too
+        count = (padded.shape[-1] - 2 * self.net.offset) // roi
+        starts = [i * roi for i in range(count)]
+        parts = []
+        for b in range(0, count, batch_size):
+            x = torch.stack([padded[..., s:s + window] for s in starts[b:b + batch_size]]).to(self.device)
+            parts.extend(self.net.predict_mask(x).float().cpu())
+        return torch.cat(parts, -1)
+
+
+def _finite(spec: Tensor) -> Tensor:
+    """NaN and infinities to zero, as python-audio-separator sanitises its stem spectrograms."""
+    return torch.view_as_complex(torch.nan_to_num(torch.view_as_real(spec), nan=0.0, posinf=0.0, neginf=0.0))
+
+
+# ---- family hooks ----------------------------------------------------------------------------------
+
+def model_data(path: str | Path, request: dict) -> dict:
+    """UVR's model data for the file with the request's overrides on top; a clear error when the band
+    parameters or the primary stem are known from neither."""
+    data = uvr.model_data("vr", path, {key: request.get(field) for field, key in OVERRIDES.items()})
+    asked = {"vr_model_param": data.get("band_params"), "primary_stem": data.get("primary_stem")}
+    uvr.require(asked, tuple(asked), path, "vr")  # named as the request names them
+    vr_bands.load(str(data["band_params"]))  # an unknown name fails here, listing the shipped ones
+    return data
+
+
+def _model_file(name: str, models_dir: Path | None) -> Path | None:
+    if not models_dir:
+        return None
+    for candidate in (models_dir / name, models_dir / f"{name}.pth"):
+        if candidate.suffix.lower() == ".pth" and candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
+    path = request.get("model_path")
+    if path:
+        if request.get("model_type") != "vr" and not str(path).lower().endswith(".pth"):
+            return None
+    else:
+        path = _model_file(str(request["model"]), models_dir) if request.get("model") else None
+        if path is None:
+            return None
+    return make_ref("vr", Path(path).stem, (path,), **model_data(path, request))
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    state = load_weights_file(path, "a UVR VR model")
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DSUError("bad_value", f"{Path(path).name} holds no state dict of tensors: is it a UVR VR model?")
+    return state
+
+
+def _load(ref: ModelRef, device: torch.device) -> VRSeparator:
+    from ..models.vr_nets import build_vr_net
+    data = dict(ref.options)
+    params = vr_bands.load(data["band_params"])
+    net = build_vr_net(read_state_dict(ref.files[0]), params.bins, data.get("nout"), data.get("nout_lstm"))
+    return VRSeparator(ref.name, net, params, data, device)
+
+
+@lru_cache(maxsize=256)
+def _stems_of(path: str, size: int, mtime: int) -> list[str]:
+    primary = uvr.model_data("vr", path, {}).get("primary_stem")
+    return [primary, uvr.secondary_stem(primary)] if primary else []
+
+
+def _list(models_dir: Path | None) -> list[dict]:
+    if not models_dir or not models_dir.is_dir():
+        return []
+    out = []
+    for f in sorted(p for p in models_dir.iterdir() if p.suffix.lower() == ".pth" and p.is_file()):
+        st = f.stat()
+        out.append({"name": f.stem, "family": "vr", "type": "vr", "file": f.name,
+                    "stems": _stems_of(str(f), st.st_size, st.st_mtime_ns)})
+    return out
+
+
+FAMILY = Family(name="vr", layout="uvr", default_bit_depth=16, model_types=("vr",), extensions=(".pth",),
+                loader=_load, resolver=_resolve, lister=_list)

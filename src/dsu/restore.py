@@ -1,0 +1,64 @@
+"""One restoration job: a file in, one restored file out, through a loaded Apollo and the engine.
+
+The input keeps its channels (each is restored on its own) and is decoded and resampled to the
+model's rate as the chunks need it; the output is written block by block under a temporary name
+and renamed when complete."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import engine
+from .audio import FORMATS, FileSignal, StemWriter
+from .errors import DSUError
+from .families import FAMILIES, Separator
+from .separate import JobResult
+
+STEM = "restored"
+
+
+def output_format(output_path: Path, fmt: str | None) -> str:
+    """`fmt`, else the output's extension (wav when it has none)."""
+    fmt = (fmt or output_path.suffix.lstrip(".") or "wav").lower()
+    if fmt not in FORMATS:
+        raise DSUError("bad_value", f"cannot write {output_path.name}: the format {fmt!r} is not one of "
+                                    f"{', '.join(FORMATS)}; name the output .wav, .flac or .mp3 (or give `format`)")
+    return fmt
+
+
+def restore_file(model: Separator, input_path: str | Path, output_path: str | Path, *,
+                 chunk_seconds: float | None = None, overlap_seconds: float | None = None,
+                 fmt: str | None = None, bit_depth: int | None = None,
+                 progress: Callable[[float], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> JobResult:
+    started = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
+        raise DSUError("bad_value", f"the output {output_path} is the input: choose another output file")
+    fmt = output_format(output_path, fmt)
+    signal = FileSignal(input_path, model.samplerate)  # the input's own channels
+    try:
+        passes = model.passes(signal, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+        writer = StemWriter({STEM: output_path}, model.samplerate, signal.channels, fmt,
+                            bit_depth or FAMILIES[model.family].default_bit_depth)
+        try:
+            engine.run(passes, signal.length, lambda block: writer.write({STEM: block[0]}), progress, cancelled)
+            writer.commit()
+        except engine.Cancelled:
+            writer.abort()
+            raise DSUError("cancelled", "the job was cancelled; no restored file was kept") from None
+        except torch.OutOfMemoryError:
+            writer.abort()
+            raise DSUError("out_of_memory", "the device ran out of memory: lower `chunk_seconds`, "
+                                            "or use --device cpu") from None
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        signal.close()
+    return JobResult(output_dir=str(output_path.parent.resolve()), files=[output_path.name],
+                     paths=[str(output_path.resolve())], stems=[STEM],
+                     elapsed=time.perf_counter() - started, samplerate=model.samplerate)
