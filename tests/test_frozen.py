@@ -132,6 +132,45 @@ def test_worker_protocol(dist, elsewhere, name):
         worker.close()
 
 
+def test_uvr_and_apollo_models_run_frozen(dist, elsewhere, tmp_path):
+    """The families whose libraries load only with their first model (onnxruntime, libsamplerate,
+    the band tables shipped as data) work in the folder too."""
+    import torch
+    import yaml
+    from test_mdx import tiny_onnx
+    from dsu.models.apollo import Apollo
+    from dsu.models.vr_cascade import CascadedASPPNet
+    torch.manual_seed(0)
+    torch.save(CascadedASPPNet(672, 2, 0, 4).state_dict(), tmp_path / "tiny_vr.pth")
+    tiny_onnx(tmp_path / "tiny_mdx.onnx", dim_f=64, dim_t=8)
+    apollo = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
+    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**apollo).state_dict().items()}},
+               tmp_path / "apollo.ckpt")
+    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump({"model": apollo}))
+    song = tmp_path / "song.wav"
+    t = np.arange(44100) / 44100
+    sf.write(song, (np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3).astype(np.float32), 44100)
+    worker = FrozenWorker([str(dist / "dsu-audio-separator"), "--threads", "1"], elsewhere)
+    try:
+        worker.until("ready")
+        jobs = [dict(cmd="separate", model_path=str(tmp_path / "tiny_vr.pth"), vr_model_param="4band_v2",
+                     primary_stem="Vocals"),
+                dict(cmd="separate", model_path=str(tmp_path / "tiny_mdx.onnx"), mdx_n_fft_scale_set=2048,
+                     mdx_dim_f_set=64, mdx_dim_t_set=3, segment_size=8),
+                dict(cmd="apollo", model_path=str(tmp_path / "apollo.ckpt"), config_path=str(tmp_path / "apollo.yaml"),
+                     output=str(tmp_path / "restored.flac"))]
+        for job in jobs:
+            worker.send(input=str(song), output_dir=str(tmp_path / "out"), **job)
+            done = worker.until("done")[-1]
+            assert done["paths"] and all(Path(p).is_file() for p in done["paths"])
+        names = sorted(p.name for p in (tmp_path / "out").iterdir())
+        assert names == ["song_(Instrumental)_tiny_mdx.wav", "song_(Instrumental)_tiny_vr.wav",
+                         "song_(Vocals)_tiny_mdx.wav", "song_(Vocals)_tiny_vr.wav"]
+        assert sf.info(tmp_path / "restored.flac").frames == 44100
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("argv", [["-c", "print('looped')"], ["-m", "dsu.worker"], ["-I", "-c", "pass"],
                                   ["-B", "-s", "-c", "from multiprocessing.spawn import spawn_main"],
                                   ["script.py"]])

@@ -248,7 +248,7 @@ def test_resolving_names_and_listing(tmp_path):
     renamed = shutil.copy(FIXTURES / "model.onnx", tmp_path / "network.bin")
     assert families.resolve({"model_path": str(renamed), "model_type": "mdx"}, None).name == "network"
     listed = [m for m in families.list_models(models) if m["family"] == "mdx"]
-    assert listed == [{"name": "Kim_Tiny", "family": "mdx", "type": "mdx", "stems": []}]
+    assert listed == [{"name": "Kim_Tiny", "family": "mdx", "type": "mdx", "file": "Kim_Tiny.onnx", "stems": []}]
     with pytest.raises(DSUError) as e:
         families.resolve({"model": "Missing"}, models)
     assert e.value.code == "model_not_found"

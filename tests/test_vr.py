@@ -95,7 +95,7 @@ def read_stems(result) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_separation_matches_python_audio_separator(tmp_path, models, run):
     """Whole pipeline: bands, windows, TTA, aggression, post-process, high-end mirroring, peak
-    normalisation; only the resampler rebuilding the bands differs (soxr for libsamplerate)."""
+    normalisation, resampling between bands."""
     spec = RUNS[run]
     ref = families.resolve({"model_path": str(models / spec["model"]), **spec["model_data"]}, None)
     model = families.load(ref, CPU)
@@ -106,7 +106,7 @@ def test_separation_matches_python_audio_separator(tmp_path, models, run):
     want = np.load(FIXTURES / f"{run}.npy").astype(np.float32)
     for stem, expected in zip(spec["stems"], want):
         n = expected.shape[-1]  # UVR's output stops at the last whole hop; DSU pads it to the input's length
-        assert snr(expected, got[stem][:, :n]) > 55, stem
+        assert snr(expected, got[stem][:, :n]) > 65, stem  # the fixture is float16: about 70 dB of headroom
         assert np.abs(got[stem][:, n:]).max(initial=0) == 0
 
 
@@ -242,3 +242,29 @@ def test_through_a_worker(tmp_path, models):
                             model_path=str(models / "tiny_v51.pth"))
         assert e.value.code == "bad_value" and "vr_model_param" in e.value.message
         assert worker.ping()["status"] == "pong"
+
+
+# ---- progress and cancel inside the one whole-file chunk -------------------------------------------
+
+def long_input(tmp_path: Path, mix: torch.Tensor) -> Path:
+    path = tmp_path / "long.wav"
+    sf.write(path, mix.repeat(1, 12).T.numpy(), 44100)  # 3 s: a dozen 320-frame windows
+    return path
+
+
+def test_progress_is_reported_window_by_window(v50, mix, tmp_path):
+    seen = []
+    separate_file(v50, long_input(tmp_path, mix), tmp_path / "out", options={"window_size": 320},
+                  progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert len([p for p in seen if 0 < p < 1]) >= 4
+
+
+def test_cancel_stops_a_running_vr_job_between_windows(v50, mix, tmp_path):
+    seen = []
+    with pytest.raises(DSUError) as e:
+        separate_file(v50, long_input(tmp_path, mix), tmp_path / "out", options={"window_size": 320},
+                      progress=seen.append, cancelled=lambda: bool(seen))
+    assert e.value.code == "cancelled"
+    assert len(seen) == 1 and seen[0] < 0.5  # stopped at the step after the first report
+    assert not list((tmp_path / "out").rglob("*.wav*"))

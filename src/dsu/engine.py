@@ -126,6 +126,9 @@ class Pass:
     weight: Tensor | float = 1.0       # per-source weight of this pass in the final mix
     batch_size: int = 1
     unweighted: float = 0.0            # what a sample no chunk gave weight to holds (MSST: the mix mean it de-normalises with)
+    # the model is called model(x, step) and calls step(fraction of its batch done) as it goes: progress
+    # within a long batch (a VR model's whole-file chunk), and a cancel that stops it between steps
+    steps: bool = False
 
 
 @dataclass
@@ -225,7 +228,7 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
         chunks = [p.chunks[j] for j in idx]
         x = torch.stack([_fetch(p.signal, c) for c in chunks])
         with torch.inference_mode():
-            y = p.model(x)
+            y = p.model(x, _stepper(done, len(chunks), total_chunks, progress, cancelled)) if p.steps else p.model(x)
         y = y.detach().to("cpu", torch.float32)
         if shape is None:
             shape = tuple(y.shape[1:-1])
@@ -249,6 +252,15 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
     if shape is None:
         raise ValueError("nothing to run: the plan has no chunks")
     flush(length)
+
+
+def _stepper(done: int, count: int, total: int, progress, cancelled) -> Callable[[float], None]:
+    def step(fraction: float) -> None:
+        if cancelled is not None and cancelled():
+            raise Cancelled()
+        if progress is not None:
+            progress((done + min(max(fraction, 0.0), 1.0) * count) / total)
+    return step
 
 
 def _forget_read(passes: Sequence[Pass], upcoming: list[int | None]) -> None:

@@ -9,13 +9,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from . import engine
 from .audio import FORMATS, FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
-from .separate import JobResult
+from .separate import JobResult, run_into
 
 STEM = "restored"
 
@@ -44,19 +41,8 @@ def restore_file(model: Separator, input_path: str | Path, output_path: str | Pa
         passes = model.passes(signal, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
         writer = StemWriter({STEM: output_path}, model.samplerate, signal.channels, fmt,
                             bit_depth or FAMILIES[model.family].default_bit_depth)
-        try:
-            engine.run(passes, signal.length, lambda block: writer.write({STEM: block[0]}), progress, cancelled)
-            writer.commit()
-        except engine.Cancelled:
-            writer.abort()
-            raise DSUError("cancelled", "the job was cancelled; no restored file was kept") from None
-        except torch.OutOfMemoryError:
-            writer.abort()
-            raise DSUError("out_of_memory", "the device ran out of memory: lower `chunk_seconds`, "
-                                            "or use --device cpu") from None
-        except BaseException:
-            writer.abort()
-            raise
+        run_into(writer, passes, signal.length, lambda block: writer.write({STEM: block[0]}), progress, cancelled,
+                 lower="`chunk_seconds`")
     finally:
         signal.close()
     return JobResult(output_dir=str(output_path.parent.resolve()), files=[output_path.name],

@@ -38,6 +38,23 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
     return {s: output_dir / base / f"{s}.{ext}" for s in stems}
 
 
+def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
+    """The engine's run over `passes` into `writer`, committed when complete; on cancel, running out
+    of memory or any error the partial files are removed (`lower`: what to lower on out of memory)."""
+    try:
+        engine.run(passes, length, sink, progress, cancelled)
+        return writer.commit()
+    except engine.Cancelled:
+        writer.abort()
+        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
+    except torch.OutOfMemoryError:
+        writer.abort()
+        raise DSUError("out_of_memory", f"the device ran out of memory: lower {lower}, or use --device cpu") from None
+    except BaseException:
+        writer.abort()
+        raise
+
+
 def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list[str]:
     if two_stems:
         if two_stems not in produced:
@@ -101,18 +118,8 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
         position += n
 
     try:
-        engine.run(passes, signal.length, sink, progress, cancelled)
-        written = writer.commit()
-    except engine.Cancelled:
-        writer.abort()
-        raise DSUError("cancelled", "the job was cancelled; no stem of it was kept") from None
-    except torch.OutOfMemoryError:
-        writer.abort()
-        raise DSUError("out_of_memory", "the device ran out of memory: lower `batch_size` or `segment`, "
-                                        "or use --device cpu") from None
-    except BaseException:
-        writer.abort()
-        raise
+        written = run_into(writer, passes, signal.length, sink, progress, cancelled,
+                           lower="`batch_size` or `segment`")
     finally:
         signal.close()
     return JobResult(output_dir=str(output_dir.resolve()), files=[p.name for p in written],

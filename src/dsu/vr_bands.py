@@ -9,8 +9,9 @@ generations read the stereo differently: the first transforms the waves (`stereo
 each band's spectrogram (`channels`), and they fade band edges differently (stepped gains vs. masks).
 
 Resampling: `polyphase` is scipy's `resample_poly` (a Kaiser-windowed FIR, beta 5, 10 zero crossings
-per side), rebuilt here so the lower bands match sample for sample; UVR's other resamplers
-(libsamplerate's sinc_*, resampy's kaiser_*) are stood in for by soxr."""
+per side), rebuilt here so the lower bands match sample for sample; libsamplerate's sinc_* go through
+libsamplerate itself (the `samplerate` package, as librosa calls it); resampy's kaiser_* are stood in
+for by soxr."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from functools import cache
 from importlib import resources
 
 import numpy as np
+import samplerate
 import soxr
 import torch
 import torch.nn.functional as F
@@ -28,12 +30,12 @@ from .errors import DSUError
 
 # python-audio-separator rebuilds the full-rate signal with librosa's 'sinc_fastest' on Linux
 SYNTHESIS_RESAMPLER = "sinc_fastest"
-# the soxr quality closest to each of librosa's other resamplers, measured on band-limited noise up to
-# 90% of Nyquist: sinc_best ~140 dB SNR, sinc_medium and sinc_fastest ~34 dB, kaiser_fast ~22 dB (their
-# passband edges differ; on real bands, faded well below Nyquist, the differences are far smaller)
-SOXR_STAND_INS = {"sinc_best": "VHQ", "kaiser_best": "VHQ", "soxr_vhq": "VHQ", "soxr_hq": "HQ",
-                  "sinc_medium": "HQ", "soxr_mq": "MQ", "sinc_fastest": "LQ", "kaiser_fast": "LQ",
-                  "soxr_lq": "LQ", "soxr_qq": "QQ"}
+LIBSAMPLERATE = ("sinc_best", "sinc_medium", "sinc_fastest", "linear", "zero_order_hold")
+# the soxr quality closest to resampy's filters (librosa's kaiser_*), measured on band-limited noise up
+# to 90% of Nyquist: kaiser_fast ~22 dB SNR against LQ (their passband edges differ; on real bands,
+# faded well below Nyquist, the differences are far smaller)
+SOXR_STAND_INS = {"kaiser_best": "VHQ", "soxr_vhq": "VHQ", "soxr_hq": "HQ", "soxr_mq": "MQ",
+                  "kaiser_fast": "LQ", "soxr_lq": "LQ", "soxr_qq": "QQ"}
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,11 @@ def resample(x: Tensor, src: int, dst: int, kind: str) -> Tensor:
     if kind == "polyphase":
         return resample_poly(x, dst, src)
     n_out = -(-x.shape[-1] * dst // src)
-    y = soxr.resample(x.detach().double().numpy().T, src, dst, quality=SOXR_STAND_INS.get(kind, "HQ")).T
+    if kind in LIBSAMPLERATE:
+        wave = x.detach().numpy()
+        y = np.stack([samplerate.resample(channel, dst / src, converter_type=kind) for channel in wave])
+    else:
+        y = soxr.resample(x.detach().double().numpy().T, src, dst, quality=SOXR_STAND_INS.get(kind, "HQ")).T
     y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
     return F.pad(y, (0, max(0, n_out - y.shape[-1])))[:, :n_out]
 

@@ -22,7 +22,6 @@ and its 16-bit conversion by truncating x * 32767 (DSU's writer rounds)."""
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -340,43 +339,16 @@ def _load(ref: ModelRef, device: torch.device) -> MDXSeparator:
     return MDXSeparator(ref.name, path, session, data, device)
 
 
-def _model_file(name: str, models_dir: Path | None) -> Path | None:
-    if not models_dir:
-        return None
-    for candidate in (models_dir / name, models_dir / f"{name}.onnx"):
-        if candidate.suffix.lower() == ".onnx" and candidate.is_file():
-            return candidate
-    return None
-
-
 def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
-    path = request.get("model_path")
-    if path:
-        if request.get("model_type") != "mdx" and not str(path).lower().endswith(".onnx"):
-            return None
-    else:
-        path = _model_file(str(request.get("model") or ""), models_dir) if request.get("model") else None
-        if path is None:
-            return None
+    path = uvr.model_path(request, models_dir, "mdx", ".onnx")
+    if path is None:
+        return None
     overrides = {k: request.get(k) for k in OVERRIDES}
     return make_ref("mdx", Path(path).stem, (path,), **overrides)
 
 
-@lru_cache(maxsize=256)
-def _stems_of(path: str, size: int, mtime: int) -> list[str]:
-    primary = model_settings(path, {}).get("primary_stem")
-    return [primary, uvr.secondary_stem(primary)] if primary else []
-
-
 def _list(models_dir: Path | None) -> list[dict]:
-    if not models_dir or not models_dir.is_dir():
-        return []
-    out = []
-    for f in sorted(p for p in models_dir.iterdir() if p.suffix.lower() == ".onnx" and p.is_file()):
-        st = f.stat()
-        out.append({"name": f.stem, "family": "mdx", "type": "mdx",
-                    "stems": _stems_of(str(f), st.st_size, st.st_mtime_ns)})
-    return out
+    return uvr.list_files(models_dir, "mdx", ".onnx")
 
 
 FAMILY = Family(name="mdx", layout="uvr", default_bit_depth=16, model_types=("mdx",), extensions=(".onnx",),

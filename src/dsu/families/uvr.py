@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -70,3 +70,40 @@ def require(entry: dict, keys, path: str | Path, kind: str) -> None:
         raise DSUError("bad_value", f"{name} is not in DSU's {kind.upper()} model table (md5 "
                                     f"{model_hash(path)}): give {', '.join(f'`{k}`' for k in missing)} in the "
                                     "request, as UVR's model settings for this file say")
+
+
+# ---- files in the models dir -----------------------------------------------------------------------
+
+def model_path(request: dict, models_dir: Path | None, family: str, ext: str) -> str | Path | None:
+    """The file a request names for `family`: `model_path` ending `ext` (or any file with `model_type`
+    naming the family), or `model`, a file's name with or without `ext`, in the models dir."""
+    path = request.get("model_path")
+    if path:
+        claimed = request.get("model_type") == family or str(path).lower().endswith(ext)
+        return path if claimed else None
+    name = request.get("model")
+    if not name or not models_dir:
+        return None
+    for candidate in (models_dir / str(name), models_dir / f"{name}{ext}"):
+        if candidate.suffix.lower() == ext and candidate.is_file():
+            return candidate
+    return None
+
+
+def list_files(models_dir: Path | None, family: str, ext: str) -> list[dict]:
+    """The models dir's `ext` files, with the stems `family`'s table gives them (none when it does not
+    know them)."""
+    if not models_dir or not models_dir.is_dir():
+        return []
+    out = []
+    for f in sorted(p for p in models_dir.iterdir() if p.suffix.lower() == ext and p.is_file()):
+        st = f.stat()
+        out.append({"name": f.stem, "family": family, "type": family, "file": f.name,
+                    "stems": _stems_of(family, str(f), st.st_size, st.st_mtime_ns)})
+    return out
+
+
+@lru_cache(maxsize=256)
+def _stems_of(kind: str, path: str, size: int, mtime_ns: int) -> list[str]:
+    primary = table(kind).get(model_hash(path), {}).get("primary_stem")
+    return [primary, secondary_stem(primary)] if primary else []

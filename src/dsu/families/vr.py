@@ -17,7 +17,6 @@ scaled down to a peak of `normalization_threshold` (0.9) when louder, as python-
 python-audio-separator (UVR only uses them to chain models)."""
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -98,19 +97,21 @@ class VRSeparator(Separator):
                                         f"network (320, 512 or 1024 as in UVR), not {opts['window_size']}")
         n = signal.length
         whole = Chunk(start=0, size=n, keep=0, out_start=0, out_size=n, window=torch.ones(n))
-        return [Pass(model=lambda x: torch.stack([self.separate(wave, **opts) for wave in x]),
-                     signal=signal, chunks=[whole])]
+        def run(x: Tensor, step) -> Tensor:
+            return torch.stack([self.separate(wave, step, **opts) for wave in x])
+        return [Pass(model=run, signal=signal, chunks=[whole], steps=True)]
 
     # ---- the VR pipeline on one whole mix ----------------------------------------------------------
 
     @torch.inference_mode()
-    def separate(self, wave: Tensor, *, window_size: int, aggression: int, enable_tta: bool,
+    def separate(self, wave: Tensor, step=lambda fraction: None, *, window_size: int, aggression: int, enable_tta: bool,
                  enable_post_process: bool, post_process_threshold: float, high_end_process: bool,
                  batch_size: int, normalization_threshold: float) -> Tensor:
-        """[2, n] -> [2 stems, 2, n]."""
+        """[2, n] -> [2 stems, 2, n]; `step(fraction)` as the network's windows are done (it may stop
+        the job by raising)."""
         analysis = vr_bands.analyse(wave, self.params, self.v51)
         mix = analysis.spec
-        mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta)
+        mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta, step)
         mask = vr_bands.adjust_aggression(mask, aggression, self.stems[0], self.params.bands[0].crop[1])
         if enable_post_process:
             mask = vr_bands.merge_artifacts(mask, post_process_threshold)
@@ -125,17 +126,22 @@ class VRSeparator(Separator):
             out.append(stem * (normalization_threshold / peak) if peak > normalization_threshold else stem)
         return torch.stack(out)
 
-    def predict_mask(self, magnitude: Tensor, window: int, batch_size: int, tta: bool) -> Tensor:
-        """The network's mask over all frames; with TTA averaged with a pass shifted by half a crop."""
+    def predict_mask(self, magnitude: Tensor, window: int, batch_size: int, tta: bool, step) -> Tensor:
+        """The network's mask over all frames; with TTA averaged with a pass shifted by half a crop.
+        The windows are most of the work: they report 0 to 0.95 of it through `step`."""
         frames = magnitude.shape[-1]
         left, right, roi = make_padding(frames, window, self.net.offset)
-        mask = self._windows(magnitude, left, right, roi, window, batch_size)[..., :frames]
+        share = 0.95 / (2 if tta else 1)
+        mask = self._windows(magnitude, left, right, roi, window, batch_size,
+                             lambda f: step(f * share))[..., :frames]
         if tta:
-            shifted = self._windows(magnitude, left + roi // 2, right + roi // 2, roi, window, batch_size)
+            shifted = self._windows(magnitude, left + roi // 2, right + roi // 2, roi, window, batch_size,
+                                    lambda f: step(share + f * share))
             mask = (mask + shifted[..., roi // 2:][..., :frames]) * 0.5
         return mask
 
-    def _windows(self, magnitude: Tensor, left: int, right: int, roi: int, window: int, batch_size: int) -> Tensor:
+    def _windows(self, magnitude: Tensor, left: int, right: int, roi: int, window: int, batch_size: int,
+                 step) -> Tensor:
         padded = F.pad(magnitude, (left, right))
         peak = padded.max()
         padded = padded / peak if peak > 0 else padded  # digital silence: UVR's 0/0 ends as silent stems too
@@ -145,6 +151,7 @@ class VRSeparator(Separator):
         for b in range(0, count, batch_size):
             x = torch.stack([padded[..., s:s + window] for s in starts[b:b + batch_size]]).to(self.device)
             parts.extend(self.net.predict_mask(x).float().cpu())
+            step(min(b + batch_size, count) / max(count, 1))
         return torch.cat(parts, -1)
 
 
@@ -165,24 +172,10 @@ def model_data(path: str | Path, request: dict) -> dict:
     return data
 
 
-def _model_file(name: str, models_dir: Path | None) -> Path | None:
-    if not models_dir:
-        return None
-    for candidate in (models_dir / name, models_dir / f"{name}.pth"):
-        if candidate.suffix.lower() == ".pth" and candidate.is_file():
-            return candidate
-    return None
-
-
 def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
-    path = request.get("model_path")
-    if path:
-        if request.get("model_type") != "vr" and not str(path).lower().endswith(".pth"):
-            return None
-    else:
-        path = _model_file(str(request["model"]), models_dir) if request.get("model") else None
-        if path is None:
-            return None
+    path = uvr.model_path(request, models_dir, "vr", ".pth")
+    if path is None:
+        return None
     return make_ref("vr", Path(path).stem, (path,), **model_data(path, request))
 
 
@@ -201,21 +194,8 @@ def _load(ref: ModelRef, device: torch.device) -> VRSeparator:
     return VRSeparator(ref.name, net, params, data, device)
 
 
-@lru_cache(maxsize=256)
-def _stems_of(path: str, size: int, mtime: int) -> list[str]:
-    primary = uvr.model_data("vr", path, {}).get("primary_stem")
-    return [primary, uvr.secondary_stem(primary)] if primary else []
-
-
 def _list(models_dir: Path | None) -> list[dict]:
-    if not models_dir or not models_dir.is_dir():
-        return []
-    out = []
-    for f in sorted(p for p in models_dir.iterdir() if p.suffix.lower() == ".pth" and p.is_file()):
-        st = f.stat()
-        out.append({"name": f.stem, "family": "vr", "type": "vr", "file": f.name,
-                    "stems": _stems_of(str(f), st.st_size, st.st_mtime_ns)})
-    return out
+    return uvr.list_files(models_dir, "vr", ".pth")
 
 
 FAMILY = Family(name="vr", layout="uvr", default_bit_depth=16, model_types=("vr",), extensions=(".pth",),
