@@ -87,3 +87,27 @@ def test_writer_exposes_only_complete_files(tmp_path):
     w2.write({"c": torch.zeros(2, 10)})
     w2.abort()
     assert list(tmp_path.glob("*c.wav*")) == []
+
+
+def test_writer_with_a_peak_limit_scales_loud_stems_as_a_whole(tmp_path):
+    loud = torch.linspace(-2, 2, 3000).repeat(2, 1)
+    quiet = loud * 0.2
+    paths = {"loud": tmp_path / "loud.wav", "quiet": tmp_path / "quiet.flac"}
+    w = StemWriter(paths, 44100, 2, "wav", 16, peak_limit=0.9)
+    for start in range(0, 3000, 1000):  # the loudest samples come last: the gain is known only at the end
+        w.write({"loud": loud[:, start:start + 1000], "quiet": quiet[:, start:start + 1000]})
+    assert not paths["loud"].exists()
+    w.commit()
+    got, _ = sf.read(paths["loud"], dtype="float32")
+    np.testing.assert_allclose(got.T, (loud * 0.45).numpy(), atol=1 / 32767)
+    assert sf.info(paths["loud"]).subtype == "PCM_16"
+    got, _ = sf.read(paths["quiet"], dtype="float32")
+    np.testing.assert_allclose(got.T, quiet.numpy(), atol=1 / 32767)  # below the limit: untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loud.wav", "quiet.flac"]
+
+
+def test_aborted_peak_limited_writer_leaves_nothing(tmp_path):
+    w = StemWriter({"a": tmp_path / "a.wav"}, 44100, 1, "wav", 16, peak_limit=0.9)
+    w.write({"a": torch.ones(1, 100)})
+    w.abort()
+    assert list(tmp_path.iterdir()) == []

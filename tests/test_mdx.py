@@ -273,7 +273,29 @@ def test_through_the_audio_separator_worker(tmp_path):
         vocals, inst = (read(p) for p in done["paths"])
         assert sf.info(done["paths"][0]).subtype == "PCM_16"
         assert snr(want["vocals"], vocals) > 60 and snr(want["instrumental"], inst) > 60
+        # the previous DSU worker's `single_stem`
+        done = worker.separate(input=str(wav), output_dir=str(tmp_path / "one"), model="UVR_Tiny.onnx",
+                               mdx_segment_size=8, single_stem="Instrumental", **SETTINGS)
+        assert done["files"] == ["song_(Instrumental)_UVR_Tiny.wav"] and done["model_from_cache"]
         with pytest.raises(WorkerError) as e:
             worker.separate(input=str(wav), output_dir=str(tmp_path / "bad"), model="UVR_Tiny")
         assert e.value.code == "bad_value" and "mdx_n_fft_scale_set" in e.value.message
         assert worker.ping()["status"] == "pong"
+
+
+def test_stems_louder_than_the_threshold_are_written_scaled_to_it(tmp_path):
+    """audio-separator's write-time normalisation: a stem file peaking above 0.9 is scaled, as a
+    whole, down to 0.9 (with `normalization_threshold` to choose another peak)."""
+    wav, mix = fixture_input(tmp_path, 3.0)  # a mix far above full scale
+    model = load(FIXTURES / "model.onnx", **SETTINGS)
+    for threshold in (0.9, 0.5):  # the mix itself is scaled to the threshold before demixing
+        unscaled = run_model(model, torch.from_numpy(mix), segment_size=8, normalization_threshold=threshold).numpy()
+        result = separate_file(model, wav, tmp_path / f"out{threshold}", bit_depth=32,
+                               options={"segment_size": 8, "normalization_threshold": threshold})
+        for stem, path in zip(unscaled, result.paths):
+            written = read(path)
+            peak = np.abs(stem).max()
+            expected = stem * np.float32(threshold / peak) if peak > threshold else stem
+            assert np.abs(written).max() <= threshold + 1e-6
+            assert snr(expected, written) > 110
+        assert sorted(p.name for p in (tmp_path / f"out{threshold}").iterdir()) == sorted(result.files)

@@ -213,27 +213,39 @@ def partial_name(path: Path) -> Path:
 
 class StemWriter:
     """Writes several stems block by block to temporary names; `commit` renames them all, `abort`
-    (or a crash) leaves nothing that looks finished."""
+    (or a crash) leaves nothing that looks finished.
+
+    With `peak_limit`, a stem whose peak ends up above it is scaled down to it as a whole (as
+    python-audio-separator writes its stems): the blocks go to a float file first, and `commit`
+    rewrites each stem in the asked format, scaled, block by block."""
 
     def __init__(self, paths: dict[str, Path], samplerate: int, channels: int, fmt: str = "wav",
-                 bit_depth: int = 16, out_samplerate: int | None = None):
+                 bit_depth: int = 16, out_samplerate: int | None = None, peak_limit: float | None = None):
         self.paths = {k: Path(v) for k, v in paths.items()}
         self.samplerate = samplerate
         self.out_samplerate = out_samplerate or samplerate
         self.channels = channels
         self.fmt = fmt
         self.subtype = subtype_for(fmt, bit_depth)
-        self.clip = self.subtype not in ("FLOAT",)
+        self.peak_limit = peak_limit
+        self.peaks = {stem: 0.0 for stem in self.paths}
+        self.clip = self.subtype not in ("FLOAT",) and peak_limit is None
         self._files: dict[str, sf.SoundFile] = {}
         self._resamplers: dict[str, soxr.ResampleStream] = {}
         for stem, path in self.paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = partial_name(path)
-            self._files[stem] = sf.SoundFile(str(tmp), "w", samplerate=self.out_samplerate, channels=channels,
-                                             format=FORMATS[fmt], subtype=self.subtype)
+            if peak_limit is None:
+                self._files[stem] = self._open(partial_name(path))
+            else:
+                self._files[stem] = sf.SoundFile(str(_unscaled_name(path)), "w", samplerate=self.out_samplerate,
+                                                 channels=channels, format="WAV", subtype="FLOAT")
             if self.out_samplerate != samplerate:
                 self._resamplers[stem] = soxr.ResampleStream(samplerate, self.out_samplerate, channels,
                                                              dtype="float32", quality="HQ")
+
+    def _open(self, path: Path) -> sf.SoundFile:
+        return sf.SoundFile(str(path), "w", samplerate=self.out_samplerate, channels=self.channels,
+                            format=FORMATS[self.fmt], subtype=self.subtype)
 
     def write(self, blocks: dict[str, Tensor], last: bool = False) -> None:
         """`blocks[stem]` is [channels, n] at the model's sample rate."""
@@ -243,6 +255,8 @@ class StemWriter:
                 data = self._resamplers[stem].resample_chunk(np.ascontiguousarray(data), last=last)
             if self.clip:
                 data = np.clip(data, -1.0, 1.0)
+            if data.size:
+                self.peaks[stem] = max(self.peaks[stem], float(np.abs(data).max()))
             f.write(np.ascontiguousarray(data, dtype=np.float32))
 
     def commit(self) -> list[Path]:
@@ -251,10 +265,23 @@ class StemWriter:
             self.write(empty, last=True)
         for f in self._files.values():
             f.close()
+        self._files = {}
+        if self.peak_limit is not None:
+            for stem, path in self.paths.items():
+                self._rewrite_scaled(stem, path)
         for stem, path in self.paths.items():
             os.replace(partial_name(path), path)
-        self._files = {}
         return list(self.paths.values())
+
+    def _rewrite_scaled(self, stem: str, path: Path) -> None:
+        peak = self.peaks[stem]
+        gain = self.peak_limit / peak if peak > self.peak_limit else 1.0
+        clip = self.subtype not in ("FLOAT",)
+        with sf.SoundFile(str(_unscaled_name(path))) as source, self._open(partial_name(path)) as target:
+            for block in source.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                block = block * np.float32(gain) if gain != 1.0 else block
+                target.write(np.clip(block, -1.0, 1.0) if clip else block)
+        _unscaled_name(path).unlink()
 
     def abort(self) -> None:
         for f in self._files.values():
@@ -264,7 +291,13 @@ class StemWriter:
                 pass
         for path in self.paths.values():
             partial_name(path).unlink(missing_ok=True)
+            _unscaled_name(path).unlink(missing_ok=True)
         self._files = {}
+
+
+def _unscaled_name(path: Path) -> Path:
+    """Where a peak-limited stem is held, unscaled, until its peak is known."""
+    return path.with_name(f".{path.name}.unscaled.partial")
 
 
 def write_audio(path: str | os.PathLike, audio: Tensor, samplerate: int, fmt: str | None = None,

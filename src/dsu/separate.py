@@ -100,7 +100,7 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
     writer = StemWriter(paths, model.samplerate, model.audio_channels, fmt,
-                        bit_depth or fam.default_bit_depth, out_rate)
+                        bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options))
 
     def sink(block: torch.Tensor) -> None:
         nonlocal position

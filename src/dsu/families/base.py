@@ -68,6 +68,11 @@ class Separator:
         """Derived stems for a finished block (e.g. an instrumental as mix minus vocals); default none."""
         return stems
 
+    def peak_limit(self, **options) -> float | None:
+        """A peak each whole stem file is scaled down to when louder (python-audio-separator's
+        normalization); default none."""
+        return None
+
     def output_stems(self, **options) -> list[str]:
         """The stems `finish` returns for these options."""
         return list(self.stems)

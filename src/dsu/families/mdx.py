@@ -16,9 +16,9 @@ before the network, the network's output (or, with `enable_denoise`, the mean of
 negated network on the negated input) turned back into audio, multiplied by the mix's original
 peak (audio-separator does this also when it did not scale the mix, so the primary stem of a mix
 quieter than 0.9 comes out scaled by its peak; kept, since matching it is the point). The secondary
-stem is the scaled mix minus `compensate` times the primary. Not reproduced: audio-separator's
-scaling of each finished stem file down to a 0.9 peak (DSU streams its output and clips instead)
-and its 16-bit conversion by truncating x * 32767 (DSU's writer rounds)."""
+stem is the scaled mix minus `compensate` times the primary. Each stem file is scaled down to a
+0.9 peak when louder (`peak_limit`, done by the writer). Not reproduced: audio-separator's 16-bit
+conversion by truncating x * 32767 (DSU's writer rounds)."""
 from __future__ import annotations
 
 import os
@@ -37,9 +37,12 @@ from . import uvr
 from .base import Family, ModelRef, Separator, make_ref
 
 SAMPLERATE = 44100
-PEAK_LIMIT = 0.9      # audio-separator's normalization_threshold: louder mixes are scaled down to it
 ZEROED_BINS = 3       # UVR silences the lowest STFT bins before the network
-DEFAULTS = {"segment_size": 256, "overlap": 0.25, "batch_size": 1, "hop_length": 1024, "enable_denoise": False}
+DEFAULTS = {"segment_size": 256, "overlap": 0.25, "batch_size": 1, "hop_length": 1024, "enable_denoise": False,
+            # audio-separator's normalization_threshold: a louder mix is scaled down to it before
+            # demixing, and so is each stem written
+            "normalization_threshold": 0.9}
+ALIASES = {name: f"mdx_{name}" for name in DEFAULTS} | {"normalization_threshold": "normalization"}
 # the request's UVR names -> the table's keys (mdx_dim_t_set is log2 of the frames)
 OVERRIDES = {"primary_stem": "primary_stem", "compensate": "compensate", "mdx_dim_f_set": "dim_f",
              "mdx_dim_t_set": "dim_t", "mdx_n_fft_scale_set": "n_fft", "is_karaoke": "karaoke"}
@@ -116,7 +119,7 @@ def peak_of(signal: Signal) -> float:
 
 def option(options: dict, name: str):
     """A plain option, else its python-audio-separator `mdx_` alias, else the default."""
-    for key in (name, f"mdx_{name}"):
+    for key in (name, ALIASES[name]):
         if options.get(key) is not None:
             return options[key]
     return DEFAULTS[name]
@@ -202,7 +205,7 @@ def fixed(dim) -> int | None:
 
 class MDXSeparator(Separator):
     family = "mdx"
-    options = frozenset({*DEFAULTS, *(f"mdx_{k}" for k in DEFAULTS)})
+    options = frozenset({*DEFAULTS, *ALIASES.values()})
 
     def __init__(self, name: str, path: str, session, data: dict, device: torch.device):
         self.name, self.path, self.device = name, path, device
@@ -236,12 +239,19 @@ class MDXSeparator(Separator):
         if int((1 - overlap) * chunk_size) < 1:
             raise DSUError("bad_value", f"overlap {overlap} leaves no step between chunks: lower it")
         run = self.network(segment)
+        limit = self.peak_limit(**options)
         peak = peak_of(signal)
-        gain = PEAK_LIMIT / peak if peak > PEAK_LIMIT else 1.0
+        gain = limit / peak if peak > limit else 1.0
         source = Scaled(signal, gain) if gain != 1.0 else signal
         fn = self.chunk_fn(run, hop, denoise, peak)
         return [Pass(model=fn, signal=source, chunks=demix_chunks(signal.length, chunk_size, trim, overlap),
                      batch_size=batch)]
+
+    def peak_limit(self, **options) -> float:
+        limit = option(options, "normalization_threshold")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
+            raise DSUError("bad_value", f"normalization_threshold must be a number in (0, 1], not {limit!r}")
+        return float(limit)
 
     def network(self, frames: int):
         """spectrogram [batch, 4, dim_f, frames] -> the primary stem's, through onnxruntime."""

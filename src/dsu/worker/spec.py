@@ -114,7 +114,8 @@ SEPARATE_FIELDS = (
     Field("format", "string", "stem file format", default="wav", choices=("wav", "flac", "mp3")),
     Field("bit_depth", "integer", "16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, "
                                   "32 for others", choices=(16, 24, 32)),
-    Field("stems", "string|string[]", "write only these stems (default: every stem the model makes)"),
+    Field("stems", "string|string[]", "write only these stems (default: every stem the model makes)",
+          aliases=("single_stem",)),
     Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
     Field("sample_rate", "integer|string", "output sample rate: `model` (the model's), `input` (the input "
                                            "file's) or a number of Hz", default="model", choices=("model", "input")),
@@ -159,7 +160,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                         "`aggression`, `enable_tta`, `enable_post_process`, `post_process_threshold`, "
                         "`high_end_process`, `batch_size`; MDX-Net `segment_size`, `overlap`, `batch_size`, "
                         "`hop_length`, `enable_denoise` (also with python-audio-separator's `vr_`/`mdx_` "
-                        "prefixes); dsp `segment`. Fields the "
+                        "prefixes), and for both `normalization_threshold` (0.9: a louder stem is scaled "
+                        "down to it); dsp `segment`. Fields the "
                         "model does not use are ignored and listed in `done` as `ignored`",
             (ID, *SEPARATE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "separating", "progress", "cancelling"),
