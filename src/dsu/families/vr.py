@@ -11,8 +11,9 @@ padded by the network's offset and scaled by its maximum, is cut into windows of
 whose centre crops are stitched back into one mask (TTA: again with the windows shifted by half a
 crop, the two averaged); the mask is sharpened by `aggression` and optionally post-processed; the
 primary stem is the masked mix, the secondary the mix times one minus the mask; each stem, optionally
-with its missing top rows mirrored from the input (`high_end_process`), goes back to a wave and is
-scaled down to a peak of `normalization_threshold` (0.9) when louder, as python-audio-separator writes it.
+with its missing top rows mirrored from the input (`high_end_process`), goes back to a wave. The stem
+files are scaled down to a peak of `normalization_threshold` (0.9) when louder, as
+python-audio-separator writes them (`peak_limit`, done by the writer).
 `is_karaoke` and the backing-vocal settings are kept with the model but change nothing here, as in
 python-audio-separator (UVR only uses them to chain models)."""
 from __future__ import annotations
@@ -97,16 +98,21 @@ class VRSeparator(Separator):
                                         f"network (320, 512 or 1024 as in UVR), not {opts['window_size']}")
         n = signal.length
         whole = Chunk(start=0, size=n, keep=0, out_start=0, out_size=n, window=torch.ones(n))
+        opts.pop("normalization_threshold")  # the writer's
+
         def run(x: Tensor, step) -> Tensor:
             return torch.stack([self.separate(wave, step, **opts) for wave in x])
         return [Pass(model=run, signal=signal, chunks=[whole], steps=True)]
+
+    def peak_limit(self, **options) -> float:
+        return settings(options)["normalization_threshold"]
 
     # ---- the VR pipeline on one whole mix ----------------------------------------------------------
 
     @torch.inference_mode()
     def separate(self, wave: Tensor, step=lambda fraction: None, *, window_size: int, aggression: int, enable_tta: bool,
                  enable_post_process: bool, post_process_threshold: float, high_end_process: bool,
-                 batch_size: int, normalization_threshold: float) -> Tensor:
+                 batch_size: int) -> Tensor:
         """[2, n] -> [2 stems, 2, n]; `step(fraction)` as the network's windows are done (it may stop
         the job by raising)."""
         analysis = vr_bands.analyse(wave, self.params, self.v51)
@@ -122,8 +128,7 @@ class VRSeparator(Separator):
                 if high_end_process and vr_bands.high_end_rows(self.params) > 0 else None
             stem = vr_bands.synthesise(spec, self.params, self.v51, high_end).float()
             stem = F.pad(stem, (0, max(0, wave.shape[-1] - stem.shape[-1])))[:, :wave.shape[-1]]
-            peak = float(stem.abs().max()) if stem.numel() else 0.0
-            out.append(stem * (normalization_threshold / peak) if peak > normalization_threshold else stem)
+            out.append(stem)
         return torch.stack(out)
 
     def predict_mask(self, magnitude: Tensor, window: int, batch_size: int, tta: bool, step) -> Tensor:
