@@ -1,6 +1,6 @@
 """Apollo restoration: the model against JusperLee/Apollo's, checkpoints in their native layouts
 (Lightning `.ckpt` with its discriminator, the official `.bin`, a bare state dict), the chunked
-restoration against the previous DSU's, and the worker's `apollo`/`restore` commands."""
+restoration against Apollo's `inference.run_model`, and the worker's `apollo`/`restore` commands."""
 from __future__ import annotations
 
 import json
@@ -97,12 +97,12 @@ def test_forward_matches_the_reference():
     assert np.allclose(out, expected, rtol=1e-5, atol=1e-6), snr_db(expected, out)
 
 
-def test_chunks_are_the_previous_dsus():
+def test_chunks_are_apollos():
     chunks = restore_chunks(13300, 4000, 800)
     assert [(c.start, c.size, c.out_size) for c in chunks] == [
-        (0, 4000, 4000), (3200, 4000, 4000), (6400, 4000, 4000), (9600, 4000, 3700), (12800, 4000, 500)]
+        (0, 4000, 4000), (3200, 4000, 4000), (6400, 4000, 4000), (9600, 4000, 3700)]
     assert chunks[0].window[0] == 1 and chunks[1].window[0] == 0 and chunks[0].window[-1] == 0
-    assert chunks[3].window[-1] == 1  # it reaches the end: no fade-out
+    assert chunks[3].window[-1] == 1  # it reaches the end: no fade-out, and no chunk after it
     assert [(c.size, c.out_size) for c in restore_chunks(4000, 4000, 800)] == [(4000, 4000)]  # one piece
     assert [(c.size, c.out_size) for c in restore_chunks(9000, 0, 0)] == [(9000, 9000)]
 
@@ -117,7 +117,7 @@ def test_lightning_ckpt_with_yaml_restores_like_the_reference(files, tmp_path):
                           overlap_seconds=OVERLAP, bit_depth=32, progress=progress.append)
     assert result.files == ["out.wav"] and result.paths == [str((tmp_path / "out.wav").resolve())]
     assert result.stems == ["restored"] and result.output_dir == str(tmp_path.resolve())
-    assert progress[-1] == 1.0 and len(progress) == 5
+    assert progress[-1] == 1.0 and len(progress) == 4
     expected = np.load(FIXTURES / "chunked.npy")
     out = read(tmp_path / "out.wav")
     assert out.shape == expected.shape

@@ -14,10 +14,12 @@ Architecture values come from the request (`sr`, `win`, `feature_dim`, `layer`),
 else the weights' shapes (`feature_dim`, `layer`), else the reference inference script's defaults
 (44100 Hz, 20 ms, 256, 6).
 
-Restoration follows the previous DSU's chunked inference (`apollo_separator._chunk_restore`): chunks
-of `int(chunk_seconds * sr)` samples every chunk minus overlap, each run zero-padded to the chunk
-size, linear fades of the overlap in (all but the first chunk) and out (all but chunks reaching the
-end), normalised by the summed fades; a file no longer than one chunk is restored in one piece.
+Restoration follows Apollo's own chunked inference (JusperLee/Apollo `inference.run_model`): chunks of
+`round(chunk_seconds * sr)` samples every chunk minus overlap, until one reaches the end (no redundant
+last chunk), each run zero-padded to the chunk size, linear fades of the overlap in (all but the first
+chunk) and out (all but the last), normalised by the summed fades; a file no longer than one chunk is
+restored in one piece. (The previous DSU's loop also ran a short extra chunk after one that already
+reached the end, a third more work on a 20 s file; its output differs only in that last overlap.)
 """
 from __future__ import annotations
 
@@ -149,43 +151,47 @@ def describe(model) -> str:
 # ---- the restoration chunks ------------------------------------------------------------------------
 
 def chunk_samples(chunk_seconds, overlap_seconds, samplerate: int) -> tuple[int, int]:
-    """(chunk, overlap) in samples as the previous DSU counts them; chunk 0 means the whole file."""
+    """(chunk, overlap) in samples as Apollo's inference counts them; chunk 0 means the whole file."""
     chunk_seconds = CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
     overlap_seconds = OVERLAP_SECONDS if overlap_seconds is None else float(overlap_seconds)
     if not (chunk_seconds >= 0 and overlap_seconds >= 0) or chunk_seconds == float("inf"):
         raise DSUError("bad_value", "chunk_seconds and overlap_seconds must be finite numbers >= 0")
     if chunk_seconds == 0:
         return 0, 0
-    chunk = max(1, int(chunk_seconds * samplerate))
-    overlap = int(overlap_seconds * samplerate)
-    if overlap >= chunk:
-        raise DSUError("bad_value", f"overlap_seconds ({overlap_seconds}) must be less than chunk_seconds "
+    chunk = max(1, round(chunk_seconds * samplerate))
+    overlap = round(overlap_seconds * samplerate)
+    if 2 * overlap > chunk:
+        raise DSUError("bad_value", f"overlap_seconds ({overlap_seconds}) must be at most half of chunk_seconds "
                                     f"({chunk_seconds})")
     return chunk, overlap
 
 
 def crossfade(size: int, overlap: int, fade_in: bool, fade_out: bool) -> Tensor:
-    """Ones with linear ramps of min(overlap, size) samples; ramps that meet multiply, as the
-    previous DSU's weights do."""
+    """Ones with linear ramps of min(overlap, size) samples; where the ramps overlap the fade-out wins,
+    as in Apollo's `crossfade_weights`."""
     w = torch.ones(size)
     n = min(overlap, size)
     if n > 0:
+        ramp = torch.linspace(0.0, 1.0, n)
         if fade_in:
-            w[:n] *= torch.linspace(0.0, 1.0, n)
+            w[:n] = ramp
         if fade_out:
-            w[-n:] *= torch.linspace(1.0, 0.0, n)
+            w[-n:] = ramp.flip(0)
     return w
 
 
 def restore_chunks(length: int, chunk: int, overlap: int) -> list[Chunk]:
-    """Every `chunk - overlap` samples a chunk of `chunk` (zeros past the end), kept up to the end of
-    the signal; one chunk of the whole signal when it fits in one (or `chunk` is 0)."""
+    """Every `chunk - overlap` samples a chunk of `chunk` (zeros past the end) until one reaches the
+    end; one chunk of the whole signal when it fits in one (or `chunk` is 0)."""
     if chunk == 0 or length <= chunk:
         return [Chunk(start=0, size=length, keep=0, out_start=0, out_size=length, window=torch.ones(length))]
+    starts = [0]
+    while starts[-1] + chunk < length:
+        starts.append(starts[-1] + chunk - overlap)
     chunks = []
-    for start in range(0, length, chunk - overlap):
+    for i, start in enumerate(starts):
         kept = min(chunk, length - start)
-        window = crossfade(kept, overlap, fade_in=start > 0, fade_out=start + kept < length)
+        window = crossfade(kept, overlap, fade_in=i > 0, fade_out=i < len(starts) - 1)
         chunks.append(Chunk(start=start, size=chunk, keep=0, out_start=start, out_size=kept, window=window))
     return chunks
 
