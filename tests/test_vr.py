@@ -248,6 +248,16 @@ def test_through_a_worker(tmp_path, models):
             worker.separate(input=str(FIXTURES / "mix.wav"), output_dir=str(tmp_path / "bad"),
                             model_path=str(models / "tiny_v51.pth"))
         assert e.value.code == "bad_value" and "vr_model_param" in e.value.message
+    # a worker with no models dir, told the folder per request as the previous DSU worker was
+    with Worker(["--name", "dsu-audio-separator", "--threads", "1"]) as worker:
+        done = worker.separate(input=str(FIXTURES / "mix.wav"), output_dir=str(tmp_path / "again"),
+                               model="tiny_v50.pth", model_file_dir=str(models), vr_model_param="4band_v2",
+                               primary_stem="Instrumental", single_stem="Vocals")
+        assert done["files"] == ["mix_(Vocals)_tiny_v50.wav"]
+        with pytest.raises(WorkerError) as e:
+            worker.separate(input=str(FIXTURES / "mix.wav"), output_dir=str(tmp_path / "x"), model="tiny_v50",
+                            model_file_dir=str(tmp_path / "nowhere"))
+        assert e.value.code == "model_not_found" and "nowhere" in e.value.message
         assert worker.ping()["status"] == "pong"
 
 

@@ -19,7 +19,7 @@ Emit = Callable[..., None]          # emit(status, **fields): an interim message
 Progress = Callable[[float], None]
 Cancelled = Callable[[], bool]
 
-MODEL_KEYS = ("model", "model_path", "config_path", "model_type", "repo",
+MODEL_KEYS = ("model", "model_path", "config_path", "model_type", "repo", "models_dir",
               # UVR per-model settings: they decide how the file loads, so they are part of the model
               "vr_model_param", "primary_stem", "nout", "nout_lstm", "is_karaoke", "is_bv_model",
               "is_bv_model_rebalanced", "compensate", "mdx_dim_f_set", "mdx_dim_t_set", "mdx_n_fft_scale_set")

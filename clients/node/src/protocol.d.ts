@@ -28,6 +28,8 @@ export interface CommandFields {
     model_type?: string;
     /** a folder of Demucs packages to look `model` up in instead of the models dir */
     repo?: string;
+    /** look `model` up in this folder instead of the worker's models dir */
+    models_dir?: string;
     /** VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512 */
     vr_model_param?: string;
     /** VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...) */
@@ -67,6 +69,8 @@ export interface CommandFields {
     model_type?: string;
     /** a folder of Demucs packages to look `model` up in instead of the models dir */
     repo?: string;
+    /** look `model` up in this folder instead of the worker's models dir */
+    models_dir?: string;
     /** VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512 */
     vr_model_param?: string;
     /** VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...) */

@@ -43,8 +43,12 @@ def family_of_type(model_type: str) -> Family:
 def resolve(request: dict, models_dir: str | Path | None, default_model: str | None = None) -> ModelRef:
     """The model a `separate` request names, by `model_path` (+ `config_path`, `model_type`) or by
     `model` looked up in the models dir (or `repo`)."""
-    models_dir = Path(models_dir) if models_dir else None
     request = dict(request)
+    if request.get("models_dir"):  # this request's own folder (the previous DSU's `model_file_dir`)
+        models_dir = request.pop("models_dir")
+        if not Path(models_dir).is_dir():
+            raise DSUError("model_not_found", f"models_dir folder not found: {models_dir}")
+    models_dir = Path(models_dir) if models_dir else None
     if not request.get("model_path") and not request.get("model"):
         if not default_model:
             raise DSUError("missing_field", "give `model` (a name in the models dir) or `model_path`")

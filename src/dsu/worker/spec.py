@@ -91,6 +91,8 @@ MODEL_FIELDS = (
     Field("model_type", "string", "the family/architecture of `model_path` when its file name does not tell "
                                   "(demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...)"),
     Field("repo", "string", "a folder of Demucs packages to look `model` up in instead of the models dir"),
+    Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
+          aliases=("model_file_dir",)),
     # UVR's per-model settings, for a VR .pth / MDX-Net .onnx that DSU's tables do not know (or to override them)
     Field("vr_model_param", "string", "VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512"),
     Field("primary_stem", "string", "VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...)"),
