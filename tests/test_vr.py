@@ -285,3 +285,17 @@ def test_cancel_stops_a_running_vr_job_between_windows(v50, mix, tmp_path):
     assert e.value.code == "cancelled"
     assert len(seen) == 1 and seen[0] < 0.5  # stopped at the step after the first report
     assert not list((tmp_path / "out").rglob("*.wav*"))
+
+
+def test_stems_of_a_32k_model_are_written_at_44k_as_uvr_writes_them(tmp_path, mix):
+    torch.manual_seed(0)
+    torch.save(CascadedASPPNet(1024, 2, 0, 4).state_dict(), tmp_path / "lofi.pth")
+    model = families.load(families.resolve({"model_path": str(tmp_path / "lofi.pth"),
+                                            "vr_model_param": "1band_sr32000_hl512", "primary_stem": "Vocals"}, None), CPU)
+    assert model.samplerate == 32000
+    result = separate_file(model, FIXTURES / "mix.wav", tmp_path / "out")
+    assert result.samplerate == 44100
+    for path in result.paths:
+        info = sf.info(path)
+        assert info.samplerate == 44100 and abs(info.frames - mix.shape[-1]) <= 2
+    assert separate_file(model, FIXTURES / "mix.wav", tmp_path / "own", sample_rate=32000).samplerate == 32000

@@ -88,6 +88,7 @@ class VRSeparator(Separator):
         self.device = device
         self.v51 = isinstance(net, CascadedNetV51)  # the two generations read stereo and fade bands differently
         self.samplerate = params.top.samplerate
+        self.written_samplerate = 44100  # UVR writes VR stems at 44.1 kHz whatever the bands' rate
         primary = data["primary_stem"]
         self.stems = [primary, uvr.secondary_stem(primary)]
 
