@@ -95,6 +95,9 @@ def load(name: str) -> BandParams:
 
 # ---- resampling ------------------------------------------------------------------------------------
 
+RESAMPLE_BLOCK = 1 << 16  # outputs per convolution in resample_poly
+
+
 @cache
 def _kaiser_lowpass(up: int, down: int) -> np.ndarray:
     """scipy.signal.resample_poly's filter: firwin(20 * max + 1, 1 / max, ('kaiser', 5.0)) * up."""
@@ -125,8 +128,14 @@ def resample_poly(x: Tensor, up: int, down: int) -> Tensor:
         t = j0 * down + half
         count = len(range(j0, n_out, up))
         start = t // up - (taps - 1) + pad
-        span = xp[..., start:start + (count - 1) * down + taps]
-        out[:, j0::up] = F.conv1d(span, phases[t % up].view(1, 1, -1), stride=down)[:, 0, :count]
+        kernel = phases[t % up].view(1, 1, -1)
+        phase_out = out[:, j0::up]
+        # in blocks: a strided convolution unfolds its input (taps x outputs), gigabytes for a song
+        for first in range(0, count, RESAMPLE_BLOCK):
+            n = min(RESAMPLE_BLOCK, count - first)
+            lo = start + first * down
+            span = xp[..., lo:lo + (n - 1) * down + taps]
+            phase_out[:, first:first + n] = F.conv1d(span, kernel, stride=down)[:, 0, :n]
     return out.to(x.dtype)
 
 
