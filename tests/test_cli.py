@@ -63,3 +63,27 @@ def test_worker_subcommand_speaks_the_protocol(tmp_path):
     assert [m["status"] for m in messages] == ["loading", "ready", "pong", "exiting"]
     assert messages[1]["worker"] == "dsu-bsroformer" and messages[1]["default_model"] is None
     assert run.returncode == 0
+
+
+def test_restore_writes_one_file_and_names_a_mismatch(tmp_path):
+    import torch
+    import yaml
+    from dsu.models.apollo import Apollo
+    apollo = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
+    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**apollo).state_dict().items()}},
+               tmp_path / "apollo_tiny.ckpt")
+    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump({"model": apollo}))
+    t = np.arange(22050) / 44100
+    sf.write(tmp_path / "lossy.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    run = dsu("restore", "lossy.wav", "-o", "fixed.flac", "--model-path", "apollo_tiny.ckpt", "--config-path",
+              "apollo.yaml", "--chunk-seconds", "0.2", "--overlap-seconds", "0.05", "--threads", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(tmp_path / "fixed.flac")]
+    info = sf.info(tmp_path / "fixed.flac")
+    assert (info.samplerate, info.channels, info.frames) == (44100, 1, 22050)
+    assert "100%" in run.stderr
+    run = dsu("restore", "lossy.wav", "-o", "again.wav", "--model-path", "apollo_tiny.ckpt", "--feature-dim", "32",
+              "-q", cwd=tmp_path)
+    assert run.returncode == 1
+    assert "config_mismatch" in run.stderr and "feature_dim 16" in run.stderr
+    assert not (tmp_path / "again.wav").exists()
