@@ -18,12 +18,12 @@ import argparse
 import json
 import os
 import re
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from children import peak_rss_mb, run_child
 
 SR = 44100
 
@@ -79,10 +79,6 @@ CASES = {
         "inference": {"batch_size": 1, "dim_t": 256, "num_overlap": 4},
     },
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_peak_gflops(threads: int) -> tuple[float, str]:
@@ -164,17 +160,6 @@ def child_msst(model_type: str, work: Path, threads: int, msst: str) -> dict:
 
 # ---- driver ---------------------------------------------------------------------------------------
 
-def run_child(python: str, *args: str) -> dict | None:
-    env = dict(os.environ, OMP_NUM_THREADS=args[args.index("--threads") + 1] if "--threads" in args else "1")
-    done = subprocess.run([python, __file__, *args], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        print(f"  [{args[1]} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}]",
-              file=sys.stderr)
-        return None
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1]) if lines else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="input length (short on a 2-core machine)")
@@ -212,10 +197,10 @@ def main() -> None:
     for model_type in args.types:
         with tempfile.TemporaryDirectory(prefix=f"dsu-bench-{model_type}-") as tmp:
             common = ("--type", model_type, "--work", tmp, "--threads", str(args.threads), "--seconds", str(args.seconds))
-            if run_child(sys.executable, "--child", "prepare", *common) is None:
+            if run_child(__file__, sys.executable, "--child", "prepare", *common) is None:
                 continue
-            dsu = run_child(sys.executable, "--child", "dsu", *common, "--flops") or {}
-            ref = run_child(args.msst_python, "--child", "msst", *common, "--msst", msst) if msst else None
+            dsu = run_child(__file__, sys.executable, "--child", "dsu", *common, "--flops") or {}
+            ref = run_child(__file__, args.msst_python, "--child", "msst", *common, "--msst", msst) if msst else None
         fmt = lambda d, k, scale=1.0: f"{d[k] * scale:.1f}" if d and k in d else "-"
         achieved = dsu["gflop_run"] / dsu["seconds"] if "gflop_run" in dsu else None
         print(f"{model_type:<18} {fmt(dsu, 'seconds', per_min):>10} {fmt(ref, 'seconds', per_min):>11} "

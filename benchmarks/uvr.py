@@ -23,23 +23,19 @@ import argparse
 import json
 import logging
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 
+from children import peak_rss_mb, run_child
+
 SR = 44100
 CASES = ("vr_hp", "mdx", "apollo")
 MDX = {"n_fft": 7680, "dim_f": 3072, "dim_t": 256, "compensate": 1.009}
 APOLLO = {"sr": SR, "win": 20, "feature_dim": 256, "layer": 6}
 CHUNK_SECONDS, OVERLAP_SECONDS = 7.0, 0.5
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---- model files ---------------------------------------------------------------------------------
@@ -235,17 +231,6 @@ def snr_db(work: Path) -> float | None:
 
 # ---- driver ---------------------------------------------------------------------------------------
 
-def run_child(python: str, *args: str) -> dict | None:
-    env = dict(os.environ, OMP_NUM_THREADS=args[args.index("--threads") + 1])
-    done = subprocess.run([python, __file__, *args], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode
-        print(f"  [{args[1]} {args[3]} failed: {tail}]", file=sys.stderr)
-        return None
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1]) if lines else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0, help="input length")
@@ -281,13 +266,13 @@ def main() -> None:
     for case in args.cases:
         with tempfile.TemporaryDirectory(prefix=f"dsu-bench-{case}-") as tmp:
             common = ("--case", case, "--work", tmp, "--threads", str(args.threads), "--seconds", str(args.seconds))
-            if run_child(sys.executable, "--child", "prepare", *common) is None:
+            if run_child(__file__, sys.executable, "--child", "prepare", *common) is None:
                 continue
-            dsu = run_child(sys.executable, "--child", "dsu", *common) or {}
+            dsu = run_child(__file__, sys.executable, "--child", "dsu", *common) or {}
             ref = None
             if refs[case]:
                 extra = (("--audio-separator", refs[case]) if case != "apollo" else ("--apollo", refs[case]))
-                ref = run_child(args.ref_python, "--child", "reference", *common, *extra)
+                ref = run_child(__file__, args.ref_python, "--child", "reference", *common, *extra)
             snr = snr_db(Path(tmp))
         fmt = lambda d, k, scale=1.0: f"{d[k] * scale:.1f}" if d and k in d else "-"
         print(f"{case:<8} {fmt(dsu, 'seconds', per_min):>10} {fmt(ref, 'seconds', per_min):>10} "
