@@ -84,7 +84,7 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
     output_dir = Path(output_dir)
     signal = FileSignal(input_path, model.samplerate, model.audio_channels)
     if sample_rate in (None, "model"):
-        out_rate = model.written_samplerate or model.samplerate
+        out_rate = model.samplerate
     elif sample_rate == "input":
         out_rate = signal.input_samplerate
     else:

@@ -101,7 +101,7 @@ export interface CommandFields {
     stems?: string | string[];
     /** write this stem and `no_<stem>` (the rest summed) only */
     two_stems?: string;
-    /** output sample rate: `model` (the model's; 44100 for UVR VR models, as UVR writes them), `input` (the input file's) or a number of Hz */
+    /** output sample rate: `model` (the model's), `input` (the input file's) or a number of Hz */
     sample_rate?: "model" | "input" | number;
     /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
     [option: string]: unknown;

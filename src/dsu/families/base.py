@@ -55,7 +55,6 @@ class Separator:
     family: str                  # key in dsu.families.FAMILIES
     samplerate: int
     audio_channels: int = 2
-    written_samplerate: int | None = None  # the rate `sample_rate: "model"` writes, when not `samplerate`
     stems: list[str]
     options: ClassVar[frozenset[str]] = frozenset()  # request fields this family understands
     device: torch.device = torch.device("cpu")

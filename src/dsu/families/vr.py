@@ -31,6 +31,7 @@ from ..packages import load_weights_file
 from . import uvr
 from .base import Family, ModelRef, Separator, make_ref
 
+UVR_RATE = 44100
 # request field -> model-data key
 OVERRIDES = {"vr_model_param": "band_params", "primary_stem": "primary_stem", "nout": "nout",
              "nout_lstm": "nout_lstm", "is_karaoke": "karaoke", "is_bv_model": "backing_vocals",
@@ -87,8 +88,10 @@ class VRSeparator(Separator):
         self.net = net.to(device).eval()
         self.device = device
         self.v51 = isinstance(net, CascadedNetV51)  # the two generations read stereo and fade bands differently
-        self.samplerate = params.top.samplerate
-        self.written_samplerate = 44100  # UVR writes VR stems at 44.1 kHz whatever the bands' rate
+        # UVR loads the mix at the top band's rate with that band's resampler and writes stems at
+        # 44.1 kHz; taking and giving 44.1 kHz and resampling inside keeps its resamplers for the
+        # usual 44.1 kHz files
+        self.samplerate = UVR_RATE
         primary = data["primary_stem"]
         self.stems = [primary, uvr.secondary_stem(primary)]
 
@@ -116,6 +119,8 @@ class VRSeparator(Separator):
                  batch_size: int) -> Tensor:
         """[2, n] -> [2 stems, 2, n]; `step(fraction)` as the network's windows are done (it may stop
         the job by raising)."""
+        length = wave.shape[-1]
+        wave = vr_bands.resample(wave, UVR_RATE, self.params.top.samplerate, self.params.top.resampler)
         analysis = vr_bands.analyse(wave, self.params, self.v51)
         mix = analysis.spec
         mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta, step)
@@ -128,7 +133,8 @@ class VRSeparator(Separator):
             high_end = vr_bands.mirror_high_end(spec, analysis.top_spec, self.params) \
                 if high_end_process and vr_bands.high_end_rows(self.params) > 0 else None
             stem = vr_bands.synthesise(spec, self.params, self.v51, high_end).float()
-            stem = F.pad(stem, (0, max(0, wave.shape[-1] - stem.shape[-1])))[:, :wave.shape[-1]]
+            stem = vr_bands.resample(stem, self.params.top.samplerate, UVR_RATE, "soxr_hq")  # librosa's default
+            stem = F.pad(stem, (0, max(0, length - stem.shape[-1])))[:, :length]
             out.append(stem)
         return torch.stack(out)
 

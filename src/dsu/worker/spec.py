@@ -119,8 +119,7 @@ SEPARATE_FIELDS = (
     Field("stems", "string|string[]", "write only these stems (default: every stem the model makes)",
           aliases=("single_stem",)),
     Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
-    Field("sample_rate", "integer|string", "output sample rate: `model` (the model's; 44100 for UVR VR models, as UVR "
-                                           "writes them), `input` (the input "
+    Field("sample_rate", "integer|string", "output sample rate: `model` (the model's), `input` (the input "
                                            "file's) or a number of Hz", default="model", choices=("model", "input")),
 )
 
