@@ -17,12 +17,28 @@ class DSUError(Exception):
         self.message = message
 
 
+def listed(items, most: int, sep: str = ", ") -> str:
+    """The first `most` items joined, with ' ...' when there are more."""
+    items = list(items)
+    return sep.join(items[:most]) + (" ..." if len(items) > most else "")
+
+
+def state_differences(expected, given) -> tuple[list[str], list[str], list[str]]:
+    """How a state dict `given` differs from the `expected` one (both key -> tensor): (missing keys,
+    unexpected keys, 'key (given shape) != (expected shape)' for the keys both have)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    misshapen = [f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    return missing, unexpected, misshapen
+
+
 def missing_keys_message(missing, unexpected, what: str = "checkpoint") -> str:
     """The `config_mismatch` text for a state dict that does not fit its model."""
     parts = []
     if missing:
-        parts.append(f"missing keys: {', '.join(list(missing)[:5])}" + (" ..." if len(missing) > 5 else ""))
+        parts.append(f"missing keys: {listed(missing, 5)}")
     if unexpected:
-        parts.append(f"unexpected keys: {', '.join(list(unexpected)[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+        parts.append(f"unexpected keys: {listed(unexpected, 5)}")
     return (f"the {what} does not fit its config ({'; '.join(parts)}); "
             "check that the config file is the one published with these weights")

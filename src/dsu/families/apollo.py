@@ -30,7 +30,7 @@ import yaml
 from torch import Tensor
 
 from ..engine import Chunk, Pass, Signal
-from ..errors import DSUError, missing_keys_message
+from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
 
@@ -125,18 +125,14 @@ def load_weights(model: torch.nn.Module, state: dict[str, Tensor], checkpoint: s
                            f"{Path(checkpoint).name} is an Apollo with {key} {found[key]} ({evidence}), but "
                            f"{sources[key]} says {key} {given[key]}: give {key} {found[key]}, or the config "
                            "published with these weights")
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing, unexpected, misshapen = state_differences(model.state_dict(), state)
     if missing or unexpected:
         raise DSUError("config_mismatch", missing_keys_message(missing, unexpected) +
                        " (is it an Apollo checkpoint, and are `feature_dim`/`layer` right?)")
-    misshapen = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                 if state[k].shape != v.shape]
     if misshapen:
         raise DSUError("config_mismatch",
                        f"{Path(checkpoint).name} does not fit an Apollo with {describe(model)} (shapes differ: "
-                       f"{'; '.join(misshapen[:3])}{' ...' if len(misshapen) > 3 else ''}); check `sr` and `win`, "
+                       f"{listed(misshapen, 3, '; ')}); check `sr` and `win`, "
                        "which set the band widths, against the config published with these weights"
                        + ("" if {"sr", "win"} <= set(given) else
                           f" (no config or request gave {' nor '.join(k for k in ('sr', 'win') if k not in given)}: "

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
-from ..errors import DSUError, missing_keys_message
+from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
 
@@ -153,16 +153,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def load_weights(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
     """Strict load; any missing, unexpected or misshapen key is the config's fault, said by name."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                 if k in state and state[k].shape != v.shape]
+    missing, unexpected, misshapen = state_differences(model.state_dict(), state)
     if missing or unexpected:
         raise DSUError("config_mismatch", missing_keys_message(missing, unexpected))
     if misshapen:
         raise DSUError("config_mismatch", f"the checkpoint does not fit its config (shapes differ: "
-                                          f"{'; '.join(misshapen[:3])}{' ...' if len(misshapen) > 3 else ''}); "
+                                          f"{listed(misshapen, 3, '; ')}); "
                                           "check that the config file is the one published with these weights")
     model.load_state_dict(state, strict=True)
 

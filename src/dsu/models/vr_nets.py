@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from dsu.errors import DSUError
+from dsu.errors import DSUError, listed, state_differences
 from dsu.models.vr_cascade import SIZE_CLASSES, CascadedASPPNet
 from dsu.models.vr_cascade_v51 import CascadedNetV51
 
@@ -75,15 +75,10 @@ def _check_bins(bins: int, depth: int) -> None:
 
 
 def _check_layout(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
-             for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    missing, unexpected, wrong = state_differences(model.state_dict(), state)
     if missing or unexpected or wrong:
-        parts = [f"{label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
-                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                      ("wrong shapes", wrong)) if items]
+        parts = [f"{label}: {listed(items, 4)}" for label, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if items]
         _mismatch(f"the VR network in the file does not fit the {type(model).__name__} layout it resembles "
                   f"({'; '.join(parts)}); check that the file is an unmodified UVR VR model, and "
                   "vr_model_param/nout/nout_lstm")
