@@ -70,7 +70,7 @@ def test_missing_parameters_are_named_with_the_fields_that_give_them(tmp_path):
     f = tmp_path / "mystery.onnx"
     f.write_bytes(b"xyz")
     with pytest.raises(DSUError) as e:
-        uvr.require({"primary_stem": "Vocals"}, {"primary_stem": "primary_stem", "dim_f": "mdx_dim_f_set"}, f, "mdx")
+        uvr.require({"primary_stem": "Vocals", "mdx_dim_f_set": None}, f, "mdx")
     assert e.value.code == "bad_value"
     assert "mystery.onnx" in e.value.message and "`mdx_dim_f_set`" in e.value.message
     assert "primary_stem" not in e.value.message

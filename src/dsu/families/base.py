@@ -99,6 +99,30 @@ class Family:
     lister: Any = field(default=None, repr=False)  # callable (models_dir) -> list[dict]
 
 
+def whole_number(name: str, value, least: int, default: int | None = None) -> int:
+    """A request option that must be a whole number >= `least` (`default` when absent)."""
+    if value is None and default is not None:
+        return default
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = least - 1
+    if out < least or out != float(value):
+        raise DSUError("bad_value", f"{name} must be a whole number >= {least}, not {value!r}")
+    return out
+
+
+def flag(name: str, value) -> bool:
+    """A request option that must be true or false (also 1/0 and their strings, as older clients send)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise DSUError("bad_value", f"{name} must be true or false, not {value!r}")
+
+
 def read_catalogue(models_dir: Path | None, types) -> dict[str, dict]:
     """`<models-dir>/models.json` entries whose `type` is one of `types`, by name. The file maps names
     to {type, checkpoint, config, stems} (or holds a list of such entries each with a `name`)."""

@@ -25,7 +25,7 @@ from ..audio import mono_stats
 from ..engine import Chunk, Pass, Signal, Standardised, triangle
 from ..errors import DSUError, missing_keys_message
 from ..packages import first_line, load_package, verify_checksum
-from .base import Family, ModelRef, Separator, make_ref
+from .base import Family, ModelRef, Separator, make_ref, whole_number
 
 MODEL_TYPES = ("demucs", "hdemucs", "htdemucs")
 CHECKSUMMED = re.compile(r"^(?P<sig>.+)-(?P<sha>[0-9a-f]{8})$")
@@ -212,18 +212,6 @@ def replay_forward_draws(model: torch.nn.Module, chunks: int) -> None:
 
 # ---- the loaded model ------------------------------------------------------------------------------
 
-def _whole(name: str, value, default: int, least: int) -> int:
-    if value is None:
-        return default
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        out = least - 1
-    if out < least or out != float(value):
-        raise DSUError("bad_value", f"{name} must be a whole number >= {least}, not {value!r}")
-    return out
-
-
 class DemucsSeparator(Separator):
     family = "demucs"
     options = frozenset({"shifts", "overlap", "segment", "batch_size"})
@@ -258,8 +246,8 @@ class DemucsSeparator(Separator):
         self.bag = torch.nn.ModuleList(models).to(device).eval()
 
     def passes(self, signal: Signal, shifts=None, overlap=None, segment=None, batch_size=None, **_) -> list[Pass]:
-        shifts = _whole("shifts", shifts, 1, 0)
-        batch = _whole("batch_size", batch_size, 1, 1)
+        shifts = whole_number("shifts", shifts, 0, default=1)
+        batch = whole_number("batch_size", batch_size, 1, default=1)
         overlap = 0.25 if overlap is None else overlap
         if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
             raise DSUError("bad_value", f"overlap must be a number in [0, 1), not {overlap!r}")

@@ -34,7 +34,7 @@ from ..audio import iter_blocks
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from . import uvr
-from .base import Family, ModelRef, Separator, make_ref
+from .base import Family, ModelRef, Separator, flag, make_ref, whole_number
 
 SAMPLERATE = 44100
 ZEROED_BINS = 3       # UVR silences the lowest STFT bins before the network
@@ -126,14 +126,9 @@ def option(options: dict, name: str):
 
 
 def _whole(name: str, value, minimum: int) -> int:
-    try:
-        out = int(value)
-        ok = out == float(value) and out >= minimum and not isinstance(value, bool)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+    if isinstance(value, bool):  # a flag where a count belongs is a mistake, not 0 or 1
         raise DSUError("bad_value", f"{name} must be a whole number >= {minimum}, not {value!r}")
-    return out
+    return whole_number(name, value, minimum)
 
 
 def _fraction(name: str, value) -> float:
@@ -144,16 +139,6 @@ def _fraction(name: str, value) -> float:
     if isinstance(value, bool) or not 0 <= out < 1:
         raise DSUError("bad_value", f"{name} must be a number from 0 up to (not including) 1, not {value!r}")
     return out
-
-
-def _flag(name: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise DSUError("bad_value", f"{name} must be true or false, not {value!r}")
 
 
 # ---- onnxruntime ---------------------------------------------------------------------------------
@@ -230,7 +215,7 @@ class MDXSeparator(Separator):
         overlap = _fraction("overlap", option(options, "overlap"))
         batch = _whole("batch_size", option(options, "batch_size"), 1)
         hop = _whole("hop_length", option(options, "hop_length"), 1)
-        denoise = _flag("enable_denoise", option(options, "enable_denoise"))
+        denoise = flag("enable_denoise", option(options, "enable_denoise"))
         chunk_size = hop * (segment - 1)
         trim = self.n_fft // 2
         if chunk_size - 2 * trim <= 0:
@@ -340,7 +325,7 @@ def _load(ref: ModelRef, device: torch.device) -> MDXSeparator:
     check_input(data, list(session.get_inputs()[0].shape), path)
     needed = {"mdx_n_fft_scale_set": data.get("n_fft"), "mdx_dim_f_set": data.get("dim_f"),
               "mdx_dim_t_set": data.get("dim_t")}
-    uvr.require(needed, tuple(needed), path, "mdx")
+    uvr.require(needed, path, "mdx")
     n_fft, dim_f = int(data["n_fft"]), int(data["dim_f"])
     if n_fft < 2 or n_fft % 2 or dim_f > n_fft // 2 + 1:
         raise DSUError("config_mismatch", f"{Path(path).name}: n_fft {n_fft} with dim_f {dim_f} is not an MDX-Net "

@@ -29,7 +29,7 @@ from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
-from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
+from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number
 
 MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
@@ -203,18 +203,6 @@ def demix_chunks(length: int, chunk_size: int, num_overlap: int, batch_size: int
 
 # ---- the loaded model ------------------------------------------------------------------------------
 
-def _positive_int(name: str, value, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        out = 0
-    if out < 1 or out != float(value):
-        raise DSUError("bad_value", f"{name} must be a whole number >= 1, not {value!r}")
-    return out
-
-
 class MSSTSeparator(Separator):
     family = "msst"
     options = frozenset({"overlap", "batch_size", "extract_instrumental", "use_tta", "chunk_size", "precision"})
@@ -234,9 +222,9 @@ class MSSTSeparator(Separator):
 
     def passes(self, signal: Signal, overlap=None, batch_size=None, chunk_size=None, use_tta=False,
                precision="auto", **_) -> list[Pass]:
-        size = _positive_int("chunk_size", chunk_size, self.chunk_size)
-        num_overlap = _positive_int("overlap", overlap, self.num_overlap)
-        batch = _positive_int("batch_size", batch_size, self.batch_size)
+        size = whole_number("chunk_size", chunk_size, 1, default=self.chunk_size)
+        num_overlap = whole_number("overlap", overlap, 1, default=self.num_overlap)
+        batch = whole_number("batch_size", batch_size, 1, default=self.batch_size)
         if num_overlap > size:
             raise DSUError("bad_value", f"overlap {num_overlap} is more than chunk_size {size} samples")
         source: Signal = signal

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from functools import cache, lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -60,11 +60,10 @@ def secondary_stem(primary: str) -> str:
     return primary[3:] if primary.startswith("No ") else f"No {primary}"
 
 
-def require(entry: dict, keys, path: str | Path, kind: str) -> None:
+def require(found: dict, path: str | Path, kind: str) -> None:
     """A clear error when neither the table nor the request gives the parameters a model needs.
-    `keys`: table keys, or a mapping of table key -> the request field that gives it."""
-    fields = keys if isinstance(keys, dict) else {k: k for k in keys}
-    missing = [field for key, field in fields.items() if entry.get(key) is None]
+    `found`: each needed value (None when unknown) under the request field that gives it."""
+    missing = [field for field, value in found.items() if value is None]
     if missing:
         name = Path(path).name
         raise DSUError("bad_value", f"{name} is not in DSU's {kind.upper()} model table (md5 "
@@ -97,13 +96,7 @@ def list_files(models_dir: Path | None, family: str, ext: str) -> list[dict]:
         return []
     out = []
     for f in sorted(p for p in models_dir.iterdir() if p.suffix.lower() == ext and p.is_file()):
-        st = f.stat()
+        primary = table(family).get(model_hash(f), {}).get("primary_stem")  # hashed once per file stamp
         out.append({"name": f.stem, "family": family, "type": family, "file": f.name,
-                    "stems": _stems_of(family, str(f), st.st_size, st.st_mtime_ns)})
+                    "stems": [primary, secondary_stem(primary)] if primary else []})
     return out
-
-
-@lru_cache(maxsize=256)
-def _stems_of(kind: str, path: str, size: int, mtime_ns: int) -> list[str]:
-    primary = table(kind).get(model_hash(path), {}).get("primary_stem")
-    return [primary, secondary_stem(primary)] if primary else []

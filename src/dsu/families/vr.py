@@ -29,7 +29,7 @@ from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from ..packages import load_weights_file
 from . import uvr
-from .base import Family, ModelRef, Separator, make_ref
+from .base import Family, ModelRef, Separator, flag, make_ref
 
 UVR_RATE = 44100
 # request field -> model-data key
@@ -51,11 +51,7 @@ def settings(options: dict) -> dict:
     for name, (default, aliases) in OPTIONS.items():
         value = next((options[k] for k in (name, *aliases) if options.get(k) is not None), default)
         if isinstance(default, bool):
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-                value = value.lower() in ("true", "1")
-            if value not in (True, False):
-                raise DSUError("bad_value", f"{name} must be true or false, not {value!r}")
-            value = bool(value)
+            value = flag(name, value)
         else:
             try:
                 value = type(default)(value)
@@ -179,7 +175,7 @@ def model_data(path: str | Path, request: dict) -> dict:
     parameters or the primary stem are known from neither."""
     data = uvr.model_data("vr", path, {key: request.get(field) for field, key in OVERRIDES.items()})
     asked = {"vr_model_param": data.get("band_params"), "primary_stem": data.get("primary_stem")}
-    uvr.require(asked, tuple(asked), path, "vr")  # named as the request names them
+    uvr.require(asked, path, "vr")  # named as the request names them
     vr_bands.load(str(data["band_params"]))  # an unknown name fails here, listing the shipped ones
     return data
 
