@@ -95,8 +95,18 @@ class ProgressBar:
             sys.stderr.write("\n")
 
 
+def _device(args: argparse.Namespace):
+    """The device and CPU threads `--device`/`--threads` ask for, with any fallback said on stderr."""
+    from . import device as devices
+    device, warning = devices.choose_device(args.device)
+    if warning:
+        print(f"dsu: {warning}", file=sys.stderr)
+    devices.set_threads(args.threads)
+    return device
+
+
 def separate_command(args: argparse.Namespace) -> int:
-    from . import device as devices, jobs
+    from . import jobs
     from .cache import ModelCache
     from .worker import spec
 
@@ -106,10 +116,7 @@ def separate_command(args: argparse.Namespace) -> int:
                "two_stems": args.two_stems, "stems": args.stems.split(",") if args.stems else None,
                "sample_rate": int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate,
                **dict(args.option)}
-    device, warning = devices.choose_device(args.device)
-    if warning:
-        print(f"dsu: {warning}", file=sys.stderr)
-    devices.set_threads(args.threads)
+    device = _device(args)
     cache = ModelCache(device, max_models=1)
     failed = 0
     for path in args.files:
@@ -139,7 +146,7 @@ def separate_command(args: argparse.Namespace) -> int:
 
 
 def restore_command(args: argparse.Namespace) -> int:
-    from . import device as devices, jobs
+    from . import jobs
     from .cache import ModelCache
     from .worker import spec
 
@@ -147,10 +154,7 @@ def restore_command(args: argparse.Namespace) -> int:
                "model_path": args.model_path, "config_path": args.config_path,
                "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
                "feature_dim": args.feature_dim, "layer": args.layer, "bit_depth": args.bit_depth}
-    device, warning = devices.choose_device(args.device)
-    if warning:
-        print(f"dsu: {warning}", file=sys.stderr)
-    devices.set_threads(args.threads)
+    device = _device(args)
     bar = ProgressBar(args.input.name, not args.quiet)
     try:
         fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
