@@ -203,7 +203,6 @@ class MDXSeparator(Separator):
         self.compensate = float(data.get("compensate", 1.0))
         primary = str(data.get("primary_stem") or "Vocals")
         self.stems = [primary, uvr.secondary_stem(primary)]
-        self.karaoke = bool(data.get("karaoke", False))
         self.stft_device = device if device.type == "cuda" else torch.device("cpu")
         self._free_session = None
 

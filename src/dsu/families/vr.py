@@ -80,7 +80,7 @@ class VRSeparator(Separator):
     def __init__(self, name: str, net: torch.nn.Module, params: vr_bands.BandParams, data: dict,
                  device: torch.device):
         from ..models.vr_cascade_v51 import CascadedNetV51
-        self.name, self.params, self.data = name, params, data
+        self.name, self.params = name, params
         self.net = net.to(device).eval()
         self.device = device
         self.v51 = isinstance(net, CascadedNetV51)  # the two generations read stereo and fade bands differently
