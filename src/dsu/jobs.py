@@ -66,6 +66,7 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
     if cancelled is not None and cancelled():
         raise DSUError("cancelled", "the job was cancelled before it started")
     options, ignored = family_options(model, extra)
+    options = outputs.upstream_options(worker, model, options)
     emit("separating", input=fields["input"], model=ref.name)
     layout = outputs.layout_for(fields.get("layout"), worker, families.FAMILIES[model.family].layout)
     bit_depth = fields.get("bit_depth") or outputs.default_bit_depth(worker, fields["input"])

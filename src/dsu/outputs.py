@@ -80,9 +80,10 @@ def audio_separator_model_name(name: str) -> str:
 
 
 def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path, stems: list[str], ext: str, *,
-               family: str = "", output_names: dict | None = None) -> dict[str, Path]:
+               family: str = "", output_names: dict | None = None, labels: dict | None = None) -> dict[str, Path]:
     """Each stem's file. `output_names` (python-audio-separator's custom_output_names) maps a stem,
-    in either spelling and any case, to the base name its file gets instead of the template's."""
+    in either spelling and any case, to the base name its file gets instead of the template's;
+    `labels`: python-audio-separator's spelling of stems the model names otherwise."""
     preset = PRESET_ALIASES.get(layout, layout)
     template = template_of(layout)
     if preset == "uvr":
@@ -90,7 +91,7 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
     custom = {str(k).lower(): v for k, v in (output_names or {}).items()}
     out = {}
     for stem in stems:
-        spelled = capitalised(stem, family)
+        spelled = (labels or {}).get(stem) or capitalised(stem, family)
         relative = template.format(track=input_path.stem, trackext=input_path.suffix.lstrip("."), stem=stem,
                                    Stem=spelled, model=model_name, ext=ext)
         base = custom.get(stem.lower(), custom.get(spelled.lower()))
@@ -101,6 +102,15 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
         raise DSUError("bad_value", f"the layout {layout!r} (with output_names) gives two stems the same file: "
                                     "use {stem} in it, or distinct names")
     return out
+
+
+def upstream_options(worker: str | None, model, options: dict) -> dict:
+    """The options that make a worker write what the tool its name stands in for writes:
+    python-audio-separator writes the rest of the mix beside a single-target MSST model's stem."""
+    if (worker == "dsu-audio-separator" and "extract_instrumental" in model.options and len(model.stems) == 1
+            and options.get("extract_instrumental") is None):
+        return {**options, "extract_instrumental": True}
+    return options
 
 
 def check_output_names(names) -> dict[str, str]:
