@@ -5,14 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
 from dsu.client import Worker, WorkerError
 from dsu.errors import DSUError
 from dsu.outputs import stem_paths, template_of, written_folder
-from test_model_folders import MDX_SETTINGS, ROFORMER, VR_SETTINGS, tiny_demucs, tiny_vr
+from test_model_folders import MDX_SETTINGS, ROFORMER, VR_SETTINGS, noise_file, tiny_demucs, tiny_vr
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEMUCS = ["drums", "bass", "other", "vocals"]
@@ -32,10 +31,7 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def song(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "my song.flac"
-    rng = np.random.default_rng(1)
-    sf.write(path, (0.2 * rng.standard_normal((22050, 2))).astype(np.float32), 44100, subtype="PCM_24")
-    return path
+    return noise_file(tmp_path_factory.mktemp("input") / "my song.flac", "PCM_24")
 
 
 # (request, family): the same tiny models through every worker name

@@ -65,12 +65,16 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
+def noise_file(path: Path, subtype: str) -> Path:
+    """Half a second of stereo noise at 44.1 kHz with samples of `subtype`."""
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.2 * rng.standard_normal((22050, 2))).astype(np.float32), 44100, subtype=subtype)
+    return path
+
+
 @pytest.fixture(scope="module")
 def song(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "song.wav"
-    rng = np.random.default_rng(0)
-    sf.write(path, (0.2 * rng.standard_normal((22050, 2))).astype(np.float32), 44100, subtype="PCM_16")
-    return path
+    return noise_file(tmp_path_factory.mktemp("input") / "song.wav", "PCM_16")
 
 
 # ---- names and configs ---------------------------------------------------------------------------
@@ -184,7 +188,8 @@ def test_uvr_model_data_subfolders(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(path, elsewhere / "custom.pth")
-    assert families.resolve({"model_path": str(elsewhere / "custom.pth")}, tmp_path).option("primary_stem") == "No Reverb"
+    ref = families.resolve({"model_path": str(elsewhere / "custom.pth")}, tmp_path)
+    assert ref.option("primary_stem") == "No Reverb"
 
 
 @pytest.mark.parametrize("content, words", [

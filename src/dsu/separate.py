@@ -30,7 +30,7 @@ class JobResult:
 
 def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path, stems: list[str],
                ext: str, **naming) -> dict[str, Path]:
-    """Each stem's file under `output_dir` (see `dsu.outputs`; `naming`: family, output_names)."""
+    """Each stem's file under `output_dir` (see `dsu.outputs`; `naming`: family, output_names, labels)."""
     return outputs.stem_paths(layout, output_dir, model_name, input_path, stems, ext, **naming)
 
 
@@ -91,7 +91,8 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
     paths = stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt, family=fam.name,
-                       output_names=outputs.check_output_names(output_names), labels=getattr(model, "labels", None))
+                       output_names=outputs.check_output_names(output_names),
+                       labels=getattr(model, "labels", None))
     passes = model.passes(signal, **options)
     needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
