@@ -18,11 +18,11 @@ export interface CommandFields {
     id?: unknown;
   };
   load_model: {
-    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir, ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
+    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir with or without its extension, as python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, `x.onnx`, `htdemucs_ft.yaml`), ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
     model?: string;
     /** a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name */
     model_path?: string;
-    /** the config (YAML) published with `model_path`, for families that have one */
+    /** the config (YAML) published with `model_path`, for families that have one; default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, `config_<name>.yaml`, or as UVR and python-audio-separator pair them) */
     config_path?: string;
     /** the family/architecture of `model_path` when its file name does not tell (demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...) */
     model_type?: string;
@@ -59,11 +59,11 @@ export interface CommandFields {
     input: string;
     /** the folder the stems are written under */
     output_dir: string;
-    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir, ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
+    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir with or without its extension, as python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, `x.onnx`, `htdemucs_ft.yaml`), ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
     model?: string;
     /** a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name */
     model_path?: string;
-    /** the config (YAML) published with `model_path`, for families that have one */
+    /** the config (YAML) published with `model_path`, for families that have one; default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, `config_<name>.yaml`, or as UVR and python-audio-separator pair them) */
     config_path?: string;
     /** the family/architecture of `model_path` when its file name does not tell (demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...) */
     model_type?: string;

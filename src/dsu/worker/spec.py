@@ -84,10 +84,14 @@ ID = Field("id", "any", "echoed on every message the request causes; `cancel` na
 
 MODEL_FIELDS = (
     Field("model", "string", "a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, "
-                             "a file name in the models dir, ...; default: the worker's default model "
+                             "a file name in the models dir with or without its extension, as "
+                             "python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, "
+                             "`x.onnx`, `htdemucs_ft.yaml`), ...; default: the worker's default model "
                              "(`dsu`: dsp, `dsu-demucs`: htdemucs, others: none)"),
     Field("model_path", "string", "a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name"),
-    Field("config_path", "string", "the config (YAML) published with `model_path`, for families that have one"),
+    Field("config_path", "string", "the config (YAML) published with `model_path`, for families that have one; "
+                                   "default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, "
+                                   "`config_<name>.yaml`, or as UVR and python-audio-separator pair them)"),
     Field("model_type", "string", "the family/architecture of `model_path` when its file name does not tell "
                                   "(demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...)"),
     Field("repo", "string", "a folder of Demucs packages to look `model` up in instead of the models dir"),
