@@ -192,6 +192,30 @@ def test_uvr_model_data_subfolders(tmp_path):
     assert ref.option("primary_stem") == "No Reverb"
 
 
+def test_uvr_models_folder_by_name(tmp_path):
+    """UVR's own `models/` folder: VR_Models/ and MDX_Net_Models/ with their model_data/ beside them."""
+    vr_dir, mdx_dir = tmp_path / "VR_Models", tmp_path / "MDX_Net_Models"
+    configs = mdx_dir / "model_data" / "mdx_c_configs"
+    for folder in (vr_dir / "model_data", configs):
+        folder.mkdir(parents=True)
+    tiny_vr(vr_dir / "5_HP-Tiny.pth")
+    shutil.copy(FIXTURES / "mdx" / "model.onnx", mdx_dir / "Kim_Tiny.onnx")
+    shutil.copy(FIXTURES / "msst" / "mdx23c" / "model.ckpt", mdx_dir / "MDX23C_Tiny.ckpt")
+    shutil.copy(FIXTURES / "msst" / "mdx23c" / "config.yaml", configs / "model_2_stem_tiny.yaml")
+    (vr_dir / "model_data" / "model_data.json").write_text(json.dumps(
+        {uvr.model_hash(vr_dir / "5_HP-Tiny.pth"): VR_SETTINGS}))
+    (mdx_dir / "model_data" / "model_data_new.json").write_text(json.dumps({
+        uvr.model_hash(mdx_dir / "Kim_Tiny.onnx"): MDX_SETTINGS,
+        uvr.model_hash(mdx_dir / "MDX23C_Tiny.ckpt"): {"config_yaml": "model_2_stem_tiny.yaml"}}))
+    assert families.resolve({"model": "5_HP-Tiny"}, tmp_path).option("band_params") == "4band_v2"
+    assert families.resolve({"model": "Kim_Tiny.onnx"}, tmp_path).option("mdx_dim_f_set") == 64
+    assert families.resolve({"model": "MDX23C_Tiny.ckpt"}, tmp_path).option("model_type") == "mdx23c"
+    listed = {m["file"]: m for m in families.list_models(tmp_path) if "file" in m}
+    assert listed["5_HP-Tiny.pth"]["stems"] == ["Instrumental", "Vocals"]
+    assert listed["Kim_Tiny.onnx"]["stems"] == ["Vocals", "Instrumental"]
+    assert listed["MDX23C_Tiny.ckpt"]["type"] == "mdx23c" and "error" not in listed["MDX23C_Tiny.ckpt"]
+
+
 @pytest.mark.parametrize("content, words", [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "must be an object of file hashes"),

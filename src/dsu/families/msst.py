@@ -334,9 +334,10 @@ def _checkpoint_in(models_dir: Path | None, name) -> Path | None:
     (python-audio-separator names models by file name)."""
     if not name or not models_dir:
         return None
-    for candidate in (models_dir / str(name), models_dir / f"{name}.ckpt"):
-        if candidate.suffix.lower() == ".ckpt" and candidate.is_file():
-            return candidate
+    for folder in uvr.model_folders(models_dir, "mdxc"):  # UVR keeps them in MDX_Net_Models/
+        for candidate in (folder / str(name), folder / f"{name}.ckpt"):
+            if candidate.suffix.lower() == ".ckpt" and candidate.is_file():
+                return candidate
     return None
 
 
@@ -373,7 +374,8 @@ def _list(models_dir: Path | None) -> list[dict]:
                 stems = []
         out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
         listed.add(Path(entry.get("checkpoint") or "").name)
-    for checkpoint in sorted(models_dir.glob("*.ckpt")) if models_dir and models_dir.is_dir() else ():
+    folders = uvr.model_folders(models_dir, "mdxc") if models_dir and models_dir.is_dir() else []
+    for checkpoint in (c for folder in folders for c in sorted(folder.glob("*.ckpt"))):
         if checkpoint.name not in listed:
             out.append(_describe_checkpoint(checkpoint, models_dir))
     return out

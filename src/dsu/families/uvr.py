@@ -92,6 +92,8 @@ UVR_FIELDS = {
     "config_yaml": (lambda v: isinstance(v, str), "a YAML file name"),
 }
 MD5 = frozenset("0123456789abcdef")
+# where UVR's own `models/` folder keeps each family's files
+UVR_SUBFOLDERS = {"vr": "VR_Models", "mdx": "MDX_Net_Models", "mdxc": "MDX_Net_Models"}
 
 
 def _number(v) -> bool:
@@ -108,7 +110,7 @@ def data_folders(model_file: str | Path | None, models_dir: Path | None) -> list
     roots = [Path(model_file).resolve().parent] if model_file else []
     if models_dir:
         roots.append(Path(models_dir).resolve())
-        roots += [Path(models_dir).resolve() / sub for sub in ("VR_Models", "MDX_Net_Models")]
+        roots += [Path(models_dir).resolve() / sub for sub in dict.fromkeys(UVR_SUBFOLDERS.values())]
     out = []
     for root in roots:
         for folder in (root, root / "model_data"):
@@ -197,10 +199,17 @@ def model_path(request: dict, models_dir: Path | None, family: str, ext: str) ->
     name = request.get("model")
     if not name or not models_dir:
         return None
-    for candidate in (models_dir / str(name), models_dir / f"{name}{ext}"):
-        if candidate.suffix.lower() == ext and candidate.is_file():
-            return candidate
+    for folder in model_folders(models_dir, family):
+        for candidate in (folder / str(name), folder / f"{name}{ext}"):
+            if candidate.suffix.lower() == ext and candidate.is_file():
+                return candidate
     return None
+
+
+def model_folders(models_dir: Path, family: str) -> list[Path]:
+    """The models dir, and its subfolder for `family` when it is laid out as UVR's `models/` folder."""
+    sub = models_dir / UVR_SUBFOLDERS[family]
+    return [models_dir, sub] if sub.is_dir() else [models_dir]
 
 
 def list_files(models_dir: Path | None, family: str, ext: str) -> list[dict]:
@@ -209,7 +218,8 @@ def list_files(models_dir: Path | None, family: str, ext: str) -> list[dict]:
     if not models_dir or not models_dir.is_dir():
         return []
     out = []
-    for f in sorted(p for p in models_dir.iterdir() if p.suffix.lower() == ext and p.is_file()):
+    files = [p for folder in model_folders(models_dir, family) for p in sorted(folder.iterdir())]
+    for f in (p for p in files if p.suffix.lower() == ext and p.is_file()):
         try:
             primary = (folder_entry(f, models_dir, family).get("primary_stem")
                        or table(family).get(model_hash(f), {}).get("primary_stem"))  # hashed once per file stamp
