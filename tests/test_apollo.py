@@ -203,6 +203,7 @@ def test_worker_apollo_and_restore(files, tmp_path):
                          model_path=str(files["ckpt"]), config_path=str(files["yaml"]),
                          chunk_seconds=CHUNK, **{"overlap_seconds" if i == 0 else "chunk_overlap": OVERLAP})
             assert done["files"] == [out.name] and done["paths"] == [str(out.resolve())]
+            assert Path(done["output_dir"]) / done["files"][0] == out.resolve()  # the folder holding `files`
             assert done["stems"] == ["restored"] and done["model_from_cache"] == (i == 1)
             assert np.abs(read(out) - np.clip(expected, -1, 1)).max() < 2 / 32768  # 16-bit by default
         statuses = [m["status"] for m in w.log]
