@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from torch.torch_version import TorchVersion
 
 from dsu import families
 from dsu.errors import DSUError
@@ -57,7 +58,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "exp": {"name": "Apollo"}, "model": {"_target_": "look2hear.models.apollo.Apollo", **SMALL},
         "discriminator": {"nch": 2}}))
     torch.save({"model_name": "Apollo", "state_dict": state, "model_args": {"n_sample_rate": 2},
-                "infos": {"software_versions": {"torch_version": "2.4.0", "pytorch_lightning_version": "2.1.0"}}},
+                # look2hear's serialize(): torch.__version__ is a TorchVersion, not a plain str
+                "infos": {"software_versions": {"torch_version": TorchVersion("2.4.0"),
+                                                "pytorch_lightning_version": "2.1.0"}}},
                tmp / "pytorch_model.bin")
     torch.save(state, tmp / "my_apollo_model.pth")
     (tmp / "config_msst_apollo.yaml").write_text(yaml.safe_dump({
@@ -200,6 +203,7 @@ def test_worker_apollo_and_restore(files, tmp_path):
                          model_path=str(files["ckpt"]), config_path=str(files["yaml"]),
                          chunk_seconds=CHUNK, **{"overlap_seconds" if i == 0 else "chunk_overlap": OVERLAP})
             assert done["files"] == [out.name] and done["paths"] == [str(out.resolve())]
+            assert Path(done["output_dir"]) / done["files"][0] == out.resolve()  # the folder holding `files`
             assert done["stems"] == ["restored"] and done["model_from_cache"] == (i == 1)
             assert np.abs(read(out) - np.clip(expected, -1, 1)).max() < 2 / 32768  # 16-bit by default
         statuses = [m["status"] for m in w.log]

@@ -77,3 +77,18 @@ def test_a_model_class_is_not_metadata(tmp_path):
     torch.save({"model": argparse.ArgumentParser}, path)
     with pytest.raises(DSUError, match="argparse.ArgumentParser"):
         load_weights_file(path, "an MSST checkpoint")
+
+
+def test_torch_version_is_read_as_the_string_it_is(tmp_path):
+    # the official Apollo pytorch_model.bin: look2hear's serialize() stores torch.__version__ in `infos`
+    from torch.torch_version import TorchVersion
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"model_name": "Apollo", "state_dict": {"w": torch.ones(2)}, "model_args": {"sr": 44100},
+                "infos": {"software_versions": {"torch_version": TorchVersion("2.4.0"),
+                                                "pytorch_lightning_version": "2.1.0"}}}, path)
+    obj = load_weights_file(path, "an Apollo checkpoint")
+    version = obj["infos"]["software_versions"]["torch_version"]
+    assert isinstance(version, str) and version == "2.4.0" and torch.equal(obj["state_dict"]["w"], torch.ones(2))
+    torch.save({"infos": {"torch_version": TorchVersion("2.4.0")}, "hyper_parameters": Payload()}, path)
+    with pytest.raises(DSUError, match="system"):  # a known value type lets nothing else through
+        load_weights_file(path, "an Apollo checkpoint")

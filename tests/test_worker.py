@@ -200,7 +200,8 @@ def test_separate_messages_and_files(worker, song, tmp):
     done = messages[-1]
     assert done["files"] == [f"{s}.flac" for s in ("drums", "bass", "other", "vocals")]
     assert done["paths"] == [str(out / "song" / f) for f in done["files"]]
-    assert done["output_dir"] == str(out) and done["model_from_cache"] is False and done["ignored"] == ["shifts"]
+    assert done["output_dir"] == str(out / "song")  # the folder holding `files`
+    assert done["model_from_cache"] is False and done["ignored"] == ["shifts"]
     info = sf.info(done["paths"][0])
     assert info.format == "FLAC" and info.subtype == "PCM_16" and info.frames == sf.info(song).frames
     again = worker.ask(cmd="separate", id=8, input=str(song), output_dir=str(out), model="dsp", two_stems="vocals")

@@ -68,6 +68,18 @@ def _worker_options() -> list[str]:
     return rows
 
 
+def _layout_examples() -> list[str]:
+    out = ["## Where stems are written", "",
+           "`separate` writes under `output_dir` in the layout of the tool the worker's name stands in for "
+           "(the `layout` field overrides it); `done.output_dir` is the folder holding `files`, so "
+           "`join(output_dir, file)` names each file:", ""]
+    for worker, fields, folder, files in spec.LAYOUT_EXAMPLES:
+        request = {"cmd": "separate", "input": "song.flac", "output_dir": "out", **fields}
+        out += [f"`{worker}`:", "", "```", json.dumps(request),
+                json.dumps({"status": "done", "output_dir": folder, "files": files}), "```", ""]
+    return out
+
+
 def markdown() -> str:
     out = [f"<!-- {HEADER} -->", "# DSU worker protocol", "",
            f"Protocol version {spec.PROTOCOL}. A worker (`dsu worker`, `dsu-demucs`, `dsu-bsroformer`, "
@@ -89,6 +101,7 @@ def markdown() -> str:
            "## Worker command line", "", *_worker_options(), "",
            "Default model when a request names none: "
            + ", ".join(f"`{name}`: {_code(model)}" for name, model in config.DEFAULT_MODELS.items()) + ".", "",
+           *_layout_examples(),
            "## Commands", "",
            "| command | answered | ends with | interim messages | cancellable |", "|---|---|---|---|---|"]
     for c in spec.COMMANDS.values():

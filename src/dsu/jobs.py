@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import families
+from . import families, outputs
 from .cache import ModelCache
 from .errors import DSUError
 from .families import ModelRef, Separator
@@ -54,7 +54,10 @@ def load_model(fields: dict, *, cache: ModelCache, models_dir: Path | None, defa
 
 
 def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None, default_model: str | None,
-             emit: Emit, progress: Progress | None = None, cancelled: Cancelled | None = None) -> dict:
+             emit: Emit, progress: Progress | None = None, cancelled: Cancelled | None = None,
+             worker: str | None = None) -> dict:
+    """`worker`: the name the worker was started as, whose output layout and bit depth are the defaults
+    (see `dsu.outputs`)."""
     started = time.perf_counter()
     if not Path(fields["input"]).is_file():  # before a model load that could take seconds
         raise DSUError("input_not_found", f"input file not found: {fields['input']}")
@@ -63,9 +66,13 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
     if cancelled is not None and cancelled():
         raise DSUError("cancelled", "the job was cancelled before it started")
     options, ignored = family_options(model, extra)
+    options = outputs.upstream_options(worker, model, options)
     emit("separating", input=fields["input"], model=ref.name)
+    layout = outputs.layout_for(fields.get("layout"), worker, families.FAMILIES[model.family].layout)
+    bit_depth = fields.get("bit_depth") or outputs.default_bit_depth(worker, fields["input"])
     result = separate_file(model, fields["input"], fields["output_dir"], fmt=fields.get("format", "wav"),
-                           bit_depth=fields.get("bit_depth"), stems=fields.get("stems"),
+                           bit_depth=bit_depth, stems=fields.get("stems"), layout=layout,
+                           output_names=fields.get("output_names"),
                            two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
                            options=options, progress=progress, cancelled=cancelled)
     done = _done(result, ref, from_cache, started)

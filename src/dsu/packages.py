@@ -80,6 +80,12 @@ TRAINING_METADATA = ("omegaconf.", "pytorch_lightning.", "lightning.", "lightnin
                      "argparse.Namespace", "pathlib.", "numpy.", "collections.defaultdict", "enum.", "_codecs.encode")
 
 
+# Value types published checkpoints hold that are plain data under another name, read as what they
+# are: look2hear's `serialize()` (the official Apollo `pytorch_model.bin`) stores `torch.__version__`,
+# a `TorchVersion` (a `str` whose construction is `str`'s own).
+VALUE_TYPES = {"torch.torch_version.TorchVersion": torch.torch_version.TorchVersion}
+
+
 class Inert:
     """Stands in for an object of training metadata: takes whatever the pickle gives it, does nothing."""
 
@@ -117,13 +123,14 @@ def load_weights_file(path: str | Path, what: str) -> Any:
         found = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception as e:
         raise DSUError("bad_value", f"cannot read {path.name} as {what}: {first_line(e)}") from None
-    refused = [g for g in found if not g.startswith(TRAINING_METADATA)]
+    refused = [g for g in found if g not in VALUE_TYPES and not g.startswith(TRAINING_METADATA)]
     if refused:
         raise DSUError("bad_value", f"{path.name} refers to {', '.join(refused[:5])}, which {what} has no reason "
                                     "to hold; it was refused unread (nothing in it ran). Use the file as its "
                                     "authors published it, or save its state_dict alone with torch.save")
     try:
-        with torch.serialization.safe_globals([(Inert, name) for name in found]):
+        allowed = [VALUE_TYPES[name] if name in VALUE_TYPES else (Inert, name) for name in found]
+        with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise DSUError("bad_value", f"cannot read {path.name} as {what}: {first_line(e)}") from None

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import engine
+from . import engine, outputs
 from .audio import FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
@@ -29,13 +29,9 @@ class JobResult:
 
 
 def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path, stems: list[str],
-               ext: str) -> dict[str, Path]:
-    base = input_path.stem
-    if layout == "demucs":
-        return {s: output_dir / model_name / base / f"{s}.{ext}" for s in stems}
-    if layout == "uvr":
-        return {s: output_dir / f"{base}_({s[:1].upper() + s[1:]})_{model_name}.{ext}" for s in stems}
-    return {s: output_dir / base / f"{s}.{ext}" for s in stems}
+               ext: str, **naming) -> dict[str, Path]:
+    """Each stem's file under `output_dir` (see `dsu.outputs`; `naming`: family, output_names, labels)."""
+    return outputs.stem_paths(layout, output_dir, model_name, input_path, stems, ext, **naming)
 
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
@@ -74,7 +70,7 @@ def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list
 def separate_file(model: Separator, input_path: str | Path, output_dir: str | Path, *,
                   family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
                   stems=None, two_stems: str | None = None, sample_rate="model",
-                  options: dict | None = None,
+                  options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
                   progress: Callable[[float], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> JobResult:
     started = time.perf_counter()
@@ -94,7 +90,9 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
             raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
-    paths = stem_paths(fam.layout, output_dir, model.name, input_path, wanted, fmt)
+    paths = stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt, family=fam.name,
+                       output_names=outputs.check_output_names(output_names),
+                       labels=getattr(model, "labels", None))
     passes = model.passes(signal, **options)
     needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
@@ -122,6 +120,7 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
                            lower="`batch_size` or `segment`")
     finally:
         signal.close()
-    return JobResult(output_dir=str(output_dir.resolve()), files=[p.name for p in written],
+    folder, files = outputs.written_folder(written, output_dir)
+    return JobResult(output_dir=str(folder), files=files,
                      paths=[str(p.resolve()) for p in written], stems=wanted,
                      elapsed=time.perf_counter() - started, samplerate=out_rate)

@@ -10,8 +10,8 @@ each band's spectrogram (`channels`), and they fade band edges differently (step
 
 Resampling: `polyphase` is scipy's `resample_poly` (a Kaiser-windowed FIR, beta 5, 10 zero crossings
 per side), rebuilt here so the lower bands match sample for sample; libsamplerate's sinc_* go through
-libsamplerate itself (the `samplerate` package, as librosa calls it); resampy's kaiser_* are stood in
-for by soxr."""
+libsamplerate itself (the `samplerate` package, as librosa calls it), resampy's kaiser_* through resampy
+itself, soxr's through soxr: each band set's resampler is the library its reference calls."""
 from __future__ import annotations
 
 import json
@@ -31,11 +31,8 @@ from .errors import DSUError
 # python-audio-separator rebuilds the full-rate signal with librosa's 'sinc_fastest' on Linux
 SYNTHESIS_RESAMPLER = "sinc_fastest"
 LIBSAMPLERATE = ("sinc_best", "sinc_medium", "sinc_fastest", "linear", "zero_order_hold")
-# the soxr quality closest to resampy's filters (librosa's kaiser_*), measured on band-limited noise up
-# to 90% of Nyquist: kaiser_fast ~22 dB SNR against LQ (their passband edges differ; on real bands,
-# faded well below Nyquist, the differences are far smaller)
-SOXR_STAND_INS = {"kaiser_best": "VHQ", "soxr_vhq": "VHQ", "soxr_hq": "HQ", "soxr_mq": "MQ",
-                  "kaiser_fast": "LQ", "soxr_lq": "LQ", "soxr_qq": "QQ"}
+RESAMPY = ("kaiser_best", "kaiser_fast")  # librosa hands these to resampy (UVR's 4band_v2/v3, 1band_sr32000...)
+SOXR = {"soxr_vhq": "VHQ", "soxr_hq": "HQ", "soxr_mq": "MQ", "soxr_lq": "LQ", "soxr_qq": "QQ"}
 
 
 @dataclass(frozen=True)
@@ -149,8 +146,11 @@ def resample(x: Tensor, src: int, dst: int, kind: str) -> Tensor:
     if kind in LIBSAMPLERATE:
         wave = x.detach().numpy()
         y = np.stack([samplerate.resample(channel, dst / src, converter_type=kind) for channel in wave])
+    elif kind in RESAMPY:
+        import resampy  # numba compiles its kernel on first use: only for the band sets that ask for it
+        y = resampy.resample(x.detach().numpy(), src, dst, filter=kind, axis=-1)  # in the signal's own precision
     else:
-        y = soxr.resample(x.detach().double().numpy().T, src, dst, quality=SOXR_STAND_INS.get(kind, "HQ")).T
+        y = soxr.resample(x.detach().double().numpy().T, src, dst, quality=SOXR.get(kind, "HQ")).T
     y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
     return F.pad(y, (0, max(0, n_out - y.shape[-1])))[:, :n_out]
 

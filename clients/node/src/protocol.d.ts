@@ -18,11 +18,11 @@ export interface CommandFields {
     id?: unknown;
   };
   load_model: {
-    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir, ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
+    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir with or without its extension, as python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, `x.onnx`, `htdemucs_ft.yaml`), ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
     model?: string;
     /** a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name */
     model_path?: string;
-    /** the config (YAML) published with `model_path`, for families that have one */
+    /** the config (YAML) published with `model_path`, for families that have one; default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, `config_<name>.yaml`, or as UVR and python-audio-separator pair them) */
     config_path?: string;
     /** the family/architecture of `model_path` when its file name does not tell (demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...) */
     model_type?: string;
@@ -59,11 +59,11 @@ export interface CommandFields {
     input: string;
     /** the folder the stems are written under */
     output_dir: string;
-    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir, ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
+    /** a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, a file name in the models dir with or without its extension, as python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, `x.onnx`, `htdemucs_ft.yaml`), ...; default: the worker's default model (`dsu`: dsp, `dsu-demucs`: htdemucs, others: none) */
     model?: string;
     /** a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name */
     model_path?: string;
-    /** the config (YAML) published with `model_path`, for families that have one */
+    /** the config (YAML) published with `model_path`, for families that have one; default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, `config_<name>.yaml`, or as UVR and python-audio-separator pair them) */
     config_path?: string;
     /** the family/architecture of `model_path` when its file name does not tell (demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...) */
     model_type?: string;
@@ -103,6 +103,10 @@ export interface CommandFields {
     two_stems?: string;
     /** output sample rate: `model` (the model's), `input` (the input file's) or a number of Hz */
     sample_rate?: "model" | "input" | number;
+    /** where the stem files go under `output_dir`: a preset, `demucs` (`{model}/{track}/{stem}.{ext}`), `flat` or `msst` (`{track}/{stem}.{ext}`), `uvr` or `audio_separator` (`{track}_({Stem})_{model}.{ext}`, the model named up to its first dot, as python-audio-separator does), or a template with those placeholders, `{trackext}` and `/` for folders. `{stem}` is the model's spelling, `{Stem}` python-audio-separator's. Default: the worker's (`dsu-audio-separator` uvr, `dsu-bsroformer` flat, `dsu-demucs` demucs; `dsu`: the family's own, demucs for Demucs, flat for MSST and dsp, uvr for VR and MDX-Net) */
+    layout?: string;
+    /** stem -> file base name (python-audio-separator's custom_output_names; the stem in either spelling, any case): that stem's file is `<name>.<ext>` in the folder the layout gives it */
+    output_names?: Record<string, unknown>;
     /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
     [option: string]: unknown;
   };
@@ -332,9 +336,9 @@ export interface DoneMessage {
   id?: unknown;
   /** seconds from the request being taken from the queue */
   elapsed: number | null;
-  /** absolute */
+  /** absolute: the folder holding `files` (OUT/<model>/<track> for the demucs layout, OUT/<track> for flat, OUT for uvr), so joining the two names each file */
   output_dir: string | null;
-  /** basenames of the files written */
+  /** the files written, relative to `output_dir` (their names, unless a `layout` template puts stems in different folders) */
   files: string[] | null;
   /** their absolute paths */
   paths: string[] | null;

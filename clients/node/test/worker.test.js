@@ -97,6 +97,8 @@ describe("one warm worker", LIMIT, () => {
     assert.equal(done.status, "done");
     assert.deepEqual([...done.stems].sort(), ["bass", "drums", "other", "vocals"]);
     assert.equal(done.paths.length, 4);
+    // output_dir is the folder holding `files`, as integrations join them
+    assert.deepEqual(done.files.map((f) => join(done.output_dir, f)), done.paths);
     for (const path of done.paths) {
       assert.ok(path.startsWith(out), path);
       assert.equal(readFileSync(path).subarray(0, 4).toString(), "RIFF");

@@ -18,13 +18,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 from ..audio import mono_stats
 from ..engine import Chunk, Pass, Signal, Standardised, triangle
 from ..errors import DSUError, missing_keys_message
 from ..packages import first_line, load_package, verify_checksum
+from .model_folder import describe_other_yaml, read_yaml, yaml_kind
 from .base import Family, ModelRef, Separator, make_ref, whole_number
 
 MODEL_TYPES = ("demucs", "hdemucs", "htdemucs")
@@ -49,13 +49,8 @@ def find_package(folder: Path, sig: str) -> Path | None:
 
 def read_bag(path: Path) -> dict | None:
     """The bag a YAML describes, or None when the YAML is something else (e.g. another family's config)."""
-    try:
-        bag = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read {path.name}: {e}") from None
-    if not isinstance(bag, dict) or not isinstance(bag.get("models"), list) or not bag["models"]:
-        return None
-    return bag
+    bag = read_yaml(path)
+    return bag if yaml_kind(bag) == "bag" else None
 
 
 def bag_members(bag_file: Path, bag: dict, folder: Path) -> list[Path]:
@@ -312,6 +307,12 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     folder = _folder(request, models_dir)
     if not name or folder is None:
         return None
+    name = str(name)
+    if name.lower().endswith((".yaml", ".yml")):  # a bag by its file name, as python-audio-separator names it
+        bag_file = folder / name
+        return _bag_ref(Path(name).stem, bag_file, folder) if bag_file.is_file() else None
+    if name.endswith(".th"):
+        name = signature(Path(name))[0]
     package = find_package(folder, str(name))
     if package is not None:
         return make_ref("demucs", str(name), [package])
@@ -356,16 +357,23 @@ def _list(models_dir: Path | None) -> list[dict]:
             entry.update(stems=[], error=e.message)
         out.append(entry)
     for path in sorted([*models_dir.glob("*.yaml"), *models_dir.glob("*.yml")]):
+        entry = {"name": path.stem, "family": "demucs", "type": "bag", "file": path.name, "stems": []}
         try:
-            bag = read_bag(path)
-            if bag is None:
-                continue
+            bag = read_yaml(path)
+        except DSUError as e:  # not YAML DSU reads: say so in words, whatever it was meant to be
+            out.append({**entry, "family": "unknown", "type": None, "error": e.message})
+            continue
+        kind = yaml_kind(bag)
+        if kind == "config":  # a model config: listed with the checkpoint it belongs to
+            continue
+        if kind is None:
+            out.append({**entry, "family": "unknown", "type": None, "error": describe_other_yaml(path)})
+            continue
+        try:
             members = bag_members(path, bag, models_dir)
-            entry = {"name": path.stem, "family": "demucs", "file": path.name, **_describe(members[0]),
-                     "type": "bag", "models": [str(s) for s in bag["models"]]}
+            entry.update(_describe(members[0]), type="bag", models=[str(s) for s in bag["models"]])
         except DSUError as e:
-            entry = {"name": path.stem, "family": "demucs", "type": "bag", "file": path.name, "stems": [],
-                     "error": e.message}
+            entry["error"] = e.message
         out.append(entry)
     return out
 

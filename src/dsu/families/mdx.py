@@ -337,6 +337,7 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     path = uvr.model_path(request, models_dir, "mdx", ".onnx")
     if path is None:
         return None
+    request = uvr.with_folder_data(request, path, models_dir, "mdx")  # settings kept beside the models
     overrides = {k: request.get(k) for k in OVERRIDES}
     return make_ref("mdx", Path(path).stem, (path,), **overrides)
 

@@ -22,13 +22,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
+from . import uvr
+from .model_folder import ConfigLoader, config_for, missing_config_message, read_yaml  # noqa: F401
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number
 
 MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
@@ -37,22 +38,9 @@ PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 
 # ---- config ----------------------------------------------------------------------------------------
 
-class ConfigLoader(yaml.SafeLoader):
-    """YAML as MSST writes it: the safe subset plus `!!python/tuple`, nothing that builds objects."""
-
-
-ConfigLoader.add_constructor(
-    "tag:yaml.org,2002:python/tuple",
-    lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
-
-
 def load_config(path: str | Path) -> dict:
     """The config's sections as plain dicts; `model` and `training` are required."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.load(f, Loader=ConfigLoader)
-    except (OSError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read the MSST config {Path(path).name}: {e}") from None
+    config = read_yaml(path)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise DSUError("bad_value", f"{Path(path).name} is not an MSST config: it has no `model:` section")
     for section in ("audio", "training", "inference"):
@@ -214,6 +202,10 @@ class MSSTSeparator(Separator):
         self.samplerate = int(config["audio"].get("sample_rate", 44100))
         self.audio_channels = int(config["audio"].get("num_channels", 2))
         self.stems = instruments(config)
+        # python-audio-separator's name for the rest of the mix beside a single-target model's stem:
+        # the config's other instrument, else UVR's counterpart (Vocals -> Instrumental, X -> No X)
+        named = [str(n) for n in config["training"].get("instruments") or [] if str(n) != self.stems[0]]
+        self.labels = {"instrumental": named[0] if named else uvr.secondary_stem(self.stems[0])}
         self.chunk_size = chunk_size_of(config)
         self.num_overlap = int(config["inference"].get("num_overlap", 2))
         self.batch_size = int(config["inference"].get("batch_size", 1))
@@ -308,19 +300,23 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     model_type = request.get("model_type")  # when given, the registry asks only this family
     path = request.get("model_path")
     if path:
-        config = request.get("config_path")
+        config = request.get("config_path") or config_for(path, models_dir)
         if not config:
             if model_type or type_from_names(path):
-                raise DSUError("missing_field", f"{Path(path).name} is an MSST checkpoint: give `config_path`, "
-                                                "the YAML config published with it")
+                raise DSUError("missing_field", missing_config_message(Path(path), models_dir))
             return None
-        model_type = model_type or type_from_config(load_config(config)) or type_from_names(path, config)
-        if model_type not in MODEL_TYPES:
-            return None
-        return make_ref("msst", Path(path).stem, (path, config), model_type=model_type)
+        return _checkpoint_ref(Path(path), Path(config), model_type)
     name = request.get("model")
     entry = _catalogue(models_dir).get(name) if name else None
-    if entry is None or (model_type and entry["type"] != model_type):
+    if entry is None:
+        checkpoint = _checkpoint_in(models_dir, name)
+        if checkpoint is None:
+            return None
+        config = config_for(checkpoint, models_dir)
+        if config is None:
+            raise DSUError("model_not_found", missing_config_message(checkpoint, models_dir))
+        return _checkpoint_ref(checkpoint, config, model_type, strict=True)
+    if model_type and entry["type"] != model_type:
         return None
     files = []
     for key in ("checkpoint", "config"):
@@ -331,6 +327,30 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
             raise DSUError("model_not_found", f"{name}: {key} file not found: {f}")
         files.append(f)
     return make_ref("msst", name, files, model_type=entry["type"])
+
+
+def _checkpoint_in(models_dir: Path | None, name) -> Path | None:
+    """The `.ckpt` a model name means in the models dir: its file name, with or without `.ckpt`
+    (python-audio-separator names models by file name)."""
+    if not name or not models_dir:
+        return None
+    for folder in uvr.model_folders(models_dir, "mdxc"):  # UVR keeps them in MDX_Net_Models/
+        for candidate in (folder / str(name), folder / f"{name}.ckpt"):
+            if candidate.suffix.lower() == ".ckpt" and candidate.is_file():
+                return candidate
+    return None
+
+
+def _checkpoint_ref(checkpoint: Path, config: Path, model_type: str | None, strict: bool = False) -> ModelRef | None:
+    """The checkpoint with its config; the architecture as the config's keys tell it (as
+    python-audio-separator takes it from the YAML), else the file names."""
+    model_type = model_type or type_from_config(load_config(config)) or type_from_names(checkpoint, config)
+    if model_type not in MODEL_TYPES:
+        if strict:
+            raise DSUError("bad_value", f"cannot tell which architecture {checkpoint.name} with {config.name} is: "
+                                        f"give `model_type` ({', '.join(MODEL_TYPES)})")
+        return None
+    return make_ref("msst", checkpoint.stem, (checkpoint, config), model_type=model_type)
 
 
 def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
@@ -344,6 +364,7 @@ def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
 
 def _list(models_dir: Path | None) -> list[dict]:
     out = []
+    listed = set()
     for name, entry in _catalogue(models_dir).items():
         stems = entry.get("stems")
         if not stems and entry.get("config") and (models_dir / entry["config"]).is_file():
@@ -352,7 +373,26 @@ def _list(models_dir: Path | None) -> list[dict]:
             except DSUError:
                 stems = []
         out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
+        listed.add(Path(entry.get("checkpoint") or "").name)
+    folders = uvr.model_folders(models_dir, "mdxc") if models_dir and models_dir.is_dir() else []
+    for checkpoint in (c for folder in folders for c in sorted(folder.glob("*.ckpt"))):
+        if checkpoint.name not in listed:
+            out.append(_describe_checkpoint(checkpoint, models_dir))
     return out
+
+
+def _describe_checkpoint(checkpoint: Path, models_dir: Path) -> dict:
+    """A `.ckpt` of the models dir as python-audio-separator users keep them, with the config beside it."""
+    entry = {"name": checkpoint.stem, "family": "msst", "file": checkpoint.name, "stems": []}
+    config = config_for(checkpoint, models_dir)
+    if config is None:
+        return {**entry, "error": missing_config_message(checkpoint, models_dir)}
+    try:
+        ref = _checkpoint_ref(checkpoint, config, None, strict=True)
+        return {**entry, "type": ref.option("model_type"), "config": config.name,
+                "stems": instruments(load_config(config))}
+    except DSUError as e:
+        return {**entry, "config": config.name, "error": e.message}
 
 
 FAMILY = Family(name="msst", layout="flat", default_bit_depth=32, model_types=MODEL_TYPES,

@@ -184,6 +184,7 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     path = uvr.model_path(request, models_dir, "vr", ".pth")
     if path is None:
         return None
+    request = uvr.with_folder_data(request, path, models_dir, "vr")  # settings kept beside the models
     return make_ref("vr", Path(path).stem, (path,), **model_data(path, request))
 
 

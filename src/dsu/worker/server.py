@@ -265,7 +265,8 @@ class Server:
 
     def job_separate(self, job: Job) -> tuple[str, dict]:
         done = jobs.separate(job.fields, job.extra, default_model=self.config.default_model,
-                             progress=self._progress(job), cancelled=job.cancel.is_set, **self._context(job))
+                             progress=self._progress(job), cancelled=job.cancel.is_set, **self._context(job),
+                             worker=self.config.name)
         self.last_model = done["model"]
         return "done", done
 

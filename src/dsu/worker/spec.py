@@ -84,10 +84,14 @@ ID = Field("id", "any", "echoed on every message the request causes; `cancel` na
 
 MODEL_FIELDS = (
     Field("model", "string", "a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, "
-                             "a file name in the models dir, ...; default: the worker's default model "
+                             "a file name in the models dir with or without its extension, as "
+                             "python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, "
+                             "`x.onnx`, `htdemucs_ft.yaml`), ...; default: the worker's default model "
                              "(`dsu`: dsp, `dsu-demucs`: htdemucs, others: none)"),
     Field("model_path", "string", "a model file (.th, .yaml bag, .ckpt, .pth, .onnx, ...) instead of a name"),
-    Field("config_path", "string", "the config (YAML) published with `model_path`, for families that have one"),
+    Field("config_path", "string", "the config (YAML) published with `model_path`, for families that have one; "
+                                   "default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, "
+                                   "`config_<name>.yaml`, or as UVR and python-audio-separator pair them)"),
     Field("model_type", "string", "the family/architecture of `model_path` when its file name does not tell "
                                   "(demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...)"),
     Field("repo", "string", "a folder of Demucs packages to look `model` up in instead of the models dir"),
@@ -121,6 +125,17 @@ SEPARATE_FIELDS = (
     Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
     Field("sample_rate", "integer|string", "output sample rate: `model` (the model's), `input` (the input "
                                            "file's) or a number of Hz", default="model", choices=("model", "input")),
+    Field("layout", "string", "where the stem files go under `output_dir`: a preset, `demucs` "
+                              "(`{model}/{track}/{stem}.{ext}`), `flat` or `msst` (`{track}/{stem}.{ext}`), `uvr` or "
+                              "`audio_separator` (`{track}_({Stem})_{model}.{ext}`, the model named up to its first "
+                              "dot, as python-audio-separator does), or a template with those placeholders, "
+                              "`{trackext}` and `/` for folders. `{stem}` is the model's spelling, `{Stem}` "
+                              "python-audio-separator's. Default: the worker's (`dsu-audio-separator` uvr, "
+                              "`dsu-bsroformer` flat, `dsu-demucs` demucs; `dsu`: the family's own, demucs for "
+                              "Demucs, flat for MSST and dsp, uvr for VR and MDX-Net)"),
+    Field("output_names", "object", "stem -> file base name (python-audio-separator's custom_output_names; the "
+                                    "stem in either spelling, any case): that stem's file is `<name>.<ext>` in "
+                                    "the folder the layout gives it"),
 )
 
 RESTORE_FIELDS = (
@@ -182,6 +197,21 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
 
 ALIASES = {alias: c.name for c in COMMANDS.values() for alias in c.aliases}
 
+# One `separate` per worker name with the files its default layout writes (docs/protocol.md shows them)
+LAYOUT_EXAMPLES = (
+    ("dsu-audio-separator", {"model": "model_bs_roformer_ep_317_sdr_12.9755.ckpt", "models_dir": "/models"},
+     "/home/me/out", ["song_(Vocals)_model_bs_roformer_ep_317_sdr_12.wav",
+                      "song_(Instrumental)_model_bs_roformer_ep_317_sdr_12.wav"]),
+    ("dsu-bsroformer", {"model_path": "vocals.ckpt", "config_path": "vocals.yaml"},
+     "/home/me/out/song", ["vocals.wav", "other.wav"]),
+    ("dsu-demucs", {"model": "htdemucs"}, "/home/me/out/htdemucs/song",
+     ["drums.wav", "bass.wav", "other.wav", "vocals.wav"]),
+    ("dsu", {"model": "UVR-MDX-NET-Inst_HQ_3"}, "/home/me/out",
+     ["song_(Instrumental)_UVR-MDX-NET-Inst_HQ_3.wav", "song_(Vocals)_UVR-MDX-NET-Inst_HQ_3.wav"]),
+    ("dsu", {"model": "htdemucs", "layout": "{stem}/{track}.{ext}"}, "/home/me/out",
+     ["drums/song.wav", "bass/song.wav", "other/song.wav", "vocals/song.wav"]),
+)
+
 _NAME = Field("model", "string", "the model's name")
 _STEMS = Field("stems", "string[]", "its stems")
 _FAMILY = Field("family", "string", "its family (dsp, demucs, msst, ...)")
@@ -229,7 +259,11 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"))),
     Message("done", "the job finished; every file it names is complete", (
         ID, Field("elapsed", "number", "seconds from the request being taken from the queue"),
-        Field("output_dir", "string", "absolute"), Field("files", "string[]", "basenames of the files written"),
+        Field("output_dir", "string", "absolute: the folder holding `files` (OUT/<model>/<track> for the demucs "
+                                      "layout, OUT/<track> for flat, OUT for uvr), so joining the two names "
+                                      "each file"),
+        Field("files", "string[]", "the files written, relative to `output_dir` (their names, unless a "
+                                   "`layout` template puts stems in different folders)"),
         Field("paths", "string[]", "their absolute paths"), Field("stems", "string[]", "the stems written"),
         _NAME, Field("model_from_cache", "boolean", "the model was already loaded"),
         Field("ignored", "string[]", "request fields the model does not use (only when there are any)"))),
