@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import engine
+from . import engine, memory, paths, tempfiles
 from .audio import FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
@@ -30,12 +30,34 @@ class JobResult:
 
 def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path, stems: list[str],
                ext: str) -> dict[str, Path]:
-    base = input_path.stem
+    """Where each stem goes; every name in it made safe (`dsu.paths`), the result checked to stay
+    inside `output_dir`."""
+    safe = paths.safe_component
+    base, model_name = safe(input_path.stem), safe(model_name)
     if layout == "demucs":
-        return {s: output_dir / model_name / base / f"{s}.{ext}" for s in stems}
-    if layout == "uvr":
-        return {s: output_dir / f"{base}_({s[:1].upper() + s[1:]})_{model_name}.{ext}" for s in stems}
-    return {s: output_dir / base / f"{s}.{ext}" for s in stems}
+        out = {s: output_dir / model_name / base / f"{safe(s)}.{ext}" for s in stems}
+    elif layout == "uvr":
+        out = {s: output_dir / f"{base}_({safe(s[:1].upper() + s[1:])})_{model_name}.{ext}" for s in stems}
+    else:
+        out = {s: output_dir / base / f"{safe(s)}.{ext}" for s in stems}
+    return paths.inside_all(output_dir, out)
+
+
+def clean_debris(folders) -> list[Path]:
+    """Remove what killed jobs left in these folders (partials whose owner process is gone)."""
+    return [p for folder in {Path(f) for f in folders} for p in tempfiles.clean_folder(folder)]
+
+
+def make_passes(model: Separator, signal, options: dict, cancelled) -> list:
+    """The model's passes over `signal` once its memory estimate fits; the decoding they need first
+    (statistics, peaks) stops at the next block when the job is cancelled."""
+    memory.check(model.memory_estimate(signal.length, **options), model.device,
+                 "`batch_size`, `shifts`, chunk/segment/window sizes")
+    signal.cancelled = cancelled
+    try:
+        return model.passes(signal, **options)
+    except engine.Cancelled:
+        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
 
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
@@ -74,15 +96,15 @@ def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list
 def separate_file(model: Separator, input_path: str | Path, output_dir: str | Path, *,
                   family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
                   stems=None, two_stems: str | None = None, sample_rate="model",
-                  options: dict | None = None,
+                  options: dict | None = None, sanitize: bool = False,
                   progress: Callable[[float], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> JobResult:
     started = time.perf_counter()
     fam = FAMILIES[family or model.family]
     options = dict(options or {})
-    input_path = Path(input_path)
-    output_dir = Path(output_dir)
-    signal = FileSignal(input_path, model.samplerate, model.audio_channels)
+    input_path = paths.check_input(input_path)
+    output_dir = paths.check_output_dir(output_dir)
+    signal = FileSignal(input_path, model.samplerate, model.audio_channels, sanitize=sanitize)
     if sample_rate in (None, "model"):
         out_rate = model.samplerate
     elif sample_rate == "input":
@@ -94,12 +116,13 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
             raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
-    paths = stem_paths(fam.layout, output_dir, model.name, input_path, wanted, fmt)
-    passes = model.passes(signal, **options)
+    targets = stem_paths(fam.layout, output_dir, model.name, input_path, wanted, fmt)
+    clean_debris([output_dir, *(p.parent for p in targets.values())])
+    passes = make_passes(model, signal, options, cancelled)
     needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
-    writer = StemWriter(paths, model.samplerate, model.audio_channels, fmt,
+    writer = StemWriter(targets, model.samplerate, model.audio_channels, fmt,
                         bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options))
 
     def sink(block: torch.Tensor) -> None:
@@ -124,4 +147,5 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
         signal.close()
     return JobResult(output_dir=str(output_dir.resolve()), files=[p.name for p in written],
                      paths=[str(p.resolve()) for p in written], stems=wanted,
-                     elapsed=time.perf_counter() - started, samplerate=out_rate)
+                     elapsed=time.perf_counter() - started, samplerate=out_rate,
+                     extra={"warnings": signal.warnings} if signal.warnings else {})
