@@ -54,6 +54,8 @@ def reason(e: Exception) -> str:
     """libsndfile's complaint without its "Error opening '...': " prefix or its (doubled) full stops."""
     text = " ".join(str(e).split())
     text = re.sub(r"^Error opening '.*?':\s*", "", text)
+    if "does not exist" in text:  # what libsndfile says of an existing file its decoders all refuse
+        text = ""
     return text.rstrip(" .") or "format not recognised"
 
 

@@ -51,8 +51,11 @@ def clean_debris(folders) -> list[Path]:
 def make_passes(model: Separator, signal, options: dict, cancelled) -> list:
     """The model's passes over `signal` once its memory estimate fits; the decoding they need first
     (statistics, peaks) stops at the next block when the job is cancelled."""
-    memory.check(model.memory_estimate(signal.length, **options), model.device,
-                 "`batch_size`, `shifts`, chunk/segment/window sizes")
+    try:
+        estimate = model.memory_estimate(signal.length, **options)
+    except (TypeError, ValueError, OverflowError):
+        estimate = None  # an option the model cannot read: its own check in `passes` names it
+    memory.check(estimate, model.device, "`batch_size`, `shifts`, chunk/segment/window sizes")
     signal.cancelled = cancelled
     try:
         return model.passes(signal, **options)
