@@ -155,8 +155,6 @@ class FileSignal:
         self.cancelled = None           # a job's cancel check, asked before every block decoded
         self._decoded = _Decoded(self.path)
         self._frames_read = 0
-        if not checked:
-            self._check_input()
         self.input_samplerate = self._decoded.samplerate
         self.input_channels = self._decoded.channels
         self.input_frames = self._decoded.frames
@@ -169,6 +167,8 @@ class FileSignal:
         self._buf_start = 0  # timeline position of _buf[0]
         self._produced = 0   # samples decoded so far (== _buf_start + len(_buf))
         self._exhausted = False
+        if not checked:
+            self._check_input()
 
     def fresh(self) -> "FileSignal":
         """An independent reader of the same file (for a statistics pass before the real one)."""
@@ -214,12 +214,14 @@ class FileSignal:
         except Exception as e:
             why = e
         pieces = []
-        try:
+        try:  # libsndfile cannot seek a decoder that lost its way: a fresh one reads up to the break
+            self._file.close()
+            self._file = sf.SoundFile(self._decoded.source)
             self._file.seek(start)
-            while True:
-                piece = self._file.read(4096, dtype="float32", always_2d=True)
+            while sum(map(len, pieces)) < BLOCK - 1:
+                piece = self._file.read(1024, dtype="float32", always_2d=True)
                 pieces.append(piece)
-                if len(piece) < 4096:
+                if len(piece) < 1024:
                     break
         except Exception:
             pass
