@@ -182,3 +182,23 @@ def test_random_bytes_and_broken_headers_say_what_they_are(worker, tmp):
     error = worker.error(cmd="separate", id="j", input=str(junk), output_dir=str(tmp / "o"), model="dsp")
     assert error["code"] == "unsupported_audio" and "not an audio file libsndfile" in error["message"], error
     assert ".." not in error["message"] and "does not exist" not in error["message"]
+    text = tmp / "notes.wav"
+    text.write_text("this is not audio\n" * 100)
+    error = worker.error(cmd="separate", id="t", input=str(text), output_dir=str(tmp / "o"), model="dsp")
+    assert error["code"] == "unsupported_audio" and ".." not in error["message"], error
+
+
+def test_yaml_errors_are_one_line(worker, tmp, song):
+    broken = tmp / "broken.yaml"
+    broken.write_text("model:\n  dim: 4\n  depth 2\ntraining: [1,\n")
+    error = worker.error(cmd="separate", id="y", input=str(song), output_dir=str(tmp / "o"),
+                         model_path=str(tmp / "model.ckpt"), config_path=str(broken), model_type="bs_roformer")
+    assert error["code"] in ("bad_value", "model_not_found"), error
+    (tmp / "model.ckpt").write_bytes(b"x")
+    error = worker.error(cmd="separate", id="y2", input=str(song), output_dir=str(tmp / "o"),
+                         model_path=str(tmp / "model.ckpt"), config_path=str(broken), model_type="bs_roformer")
+    assert error["code"] == "bad_value" and "\n" not in error["message"] and "line 4" in error["message"], error
+    broken.write_bytes(b"model: \xff\xfe\n")
+    error = worker.error(cmd="separate", id="y3", input=str(song), output_dir=str(tmp / "o"),
+                         model_path=str(tmp / "model.ckpt"), config_path=str(broken), model_type="bs_roformer")
+    assert error["code"] == "bad_value" and "broken.yaml" in error["message"], error

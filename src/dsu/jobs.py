@@ -90,6 +90,8 @@ def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: E
                             "model_type": "apollo", **{k: fields[k] for k in APOLLO_KEYS if k in fields}},
                            models_dir)
     model, from_cache = load(ref, cache, emit)
+    if cancelled is not None and cancelled():
+        raise DSUError("cancelled", "the job was cancelled before it started")
     emit("restoring", input=fields["input"], model=ref.name)
     tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds", "format", "bit_depth", "sanitize")
               if fields.get(k) is not None}

@@ -4,6 +4,7 @@ This is the only place that joins audio files, families and the engine; the work
 `separate_file` with plain values and get plain values back."""
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ from . import engine, memory, paths, tempfiles
 from .audio import FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
+
+
+UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
 @dataclass
@@ -45,7 +49,8 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
 
 def clean_debris(folders) -> list[Path]:
     """Remove what killed jobs left in these folders (partials whose owner process is gone)."""
-    return [p for folder in {Path(f) for f in folders} for p in tempfiles.clean_folder(folder)]
+    removed = [p for folder in {Path(f) for f in folders} for p in tempfiles.clean_folder(folder)]
+    return removed + tempfiles.clean_decode_files()
 
 
 def make_passes(model: Separator, signal, options: dict, cancelled) -> list:
@@ -75,6 +80,12 @@ def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled,
     except torch.OutOfMemoryError:
         writer.abort()
         raise DSUError("out_of_memory", f"the device ran out of memory: lower {lower}, or use --device cpu") from None
+    except OSError as e:
+        writer.abort()
+        if e.errno in UNWRITABLE:
+            raise DSUError("output_not_writable", f"cannot write {e.filename or 'the output'}: {e.strerror}; "
+                                                  "free space or choose another output folder") from None
+        raise
     except BaseException:
         writer.abort()
         raise

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import memory
 from ..engine import Chunk, Pass, Signal
-from ..errors import DSUError, listed, missing_keys_message, state_differences
+from ..errors import DSUError, listed, one_line, missing_keys_message, state_differences
 from ..packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
 
@@ -49,8 +49,8 @@ def read_config(path: str | Path) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             config = yaml.load(f, Loader=ConfigLoader)
-    except (OSError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read the config {Path(path).name}: {e}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read the config {Path(path).name}: {one_line(e)}") from None
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or not {"feature_dim", "layer"} <= set(model):
         return None

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..audio import mono_stats
 from .. import memory
 from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, triangle
-from ..errors import DSUError, missing_keys_message
+from ..errors import DSUError, missing_keys_message, one_line
 from ..packages import first_line, load_package, verify_checksum
 from .base import Family, ModelRef, Separator, make_ref, whole_number
 
@@ -52,8 +52,8 @@ def read_bag(path: Path) -> dict | None:
     """The bag a YAML describes, or None when the YAML is something else (e.g. another family's config)."""
     try:
         bag = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read {path.name}: {e}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read {path.name}: {one_line(e)}") from None
     if not isinstance(bag, dict) or not isinstance(bag.get("models"), list) or not bag["models"]:
         return None
     return bag

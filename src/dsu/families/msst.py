@@ -28,7 +28,7 @@ from torch import Tensor
 from .. import memory
 from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
-from ..errors import DSUError, listed, missing_keys_message, state_differences
+from ..errors import DSUError, listed, one_line, missing_keys_message, state_differences
 from ..packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number
 
@@ -52,8 +52,8 @@ def load_config(path: str | Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             config = yaml.load(f, Loader=ConfigLoader)
-    except (OSError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read the MSST config {Path(path).name}: {e}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read the MSST config {Path(path).name}: {one_line(e)}") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise DSUError("bad_value", f"{Path(path).name} is not an MSST config: it has no `model:` section")
     for section in ("audio", "training", "inference"):
