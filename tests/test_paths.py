@@ -202,3 +202,17 @@ def test_yaml_errors_are_one_line(worker, tmp, song):
     error = worker.error(cmd="separate", id="y3", input=str(song), output_dir=str(tmp / "o"),
                          model_path=str(tmp / "model.ckpt"), config_path=str(broken), model_type="bs_roformer")
     assert error["code"] == "bad_value" and "broken.yaml" in error["message"], error
+
+
+def test_model_paths_that_would_block_or_crash_are_refused(worker, tmp, song):
+    fifo = tmp / "model.th"
+    os.mkfifo(fifo)  # torch.load on a FIFO would wait forever for a writer
+    (tmp / "models.ckpt").mkdir()
+    cases = [("model_path", str(fifo), "special file"), ("model_path", "/dev/zero", "special file"),
+             ("model_path", str(tmp / "models.ckpt"), "is a folder"), ("model_path", "m" * 300, "255"),
+             ("config_path", "c\x00.yaml", "NUL"), ("models_dir", str(song), "not a folder"),
+             ("repo", "/dev/null", "not a folder")]
+    for i, (field, value, words) in enumerate(cases):
+        error = worker.error(cmd="separate", id=i, input=str(song), output_dir=str(tmp / "o"), **{field: value})
+        assert error["code"] == "bad_value" and field in error["message"] and words in error["message"], error
+    assert worker.ask(cmd="ping", id="alive")["status"] == "pong"

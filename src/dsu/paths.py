@@ -132,6 +132,27 @@ def check_input(path, field: str = "input") -> Path:
     return Path(text)
 
 
+def check_model_path(path, field: str, folder: bool = False) -> None:
+    """A model file (or with `folder`, a folder of models) named by a request: a NUL byte, an
+    over-long name, a folder where a file belongs (or the reverse) or a special file that would block
+    the reader is `bad_value`; a missing one is left to the family's `model_not_found`."""
+    text = plain_path(path, field)
+    try:
+        st = os.stat(text)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise DSUError("bad_value", f"`{field}` is too long for the file system: shorten it") from None
+        raise DSUError("model_not_found", f"`{field}` {text} cannot be read: {e.strerror}") from None
+    if folder and not stat.S_ISDIR(st.st_mode):
+        raise DSUError("bad_value", f"`{field}` {text} is a file, not a folder")
+    if not folder and stat.S_ISDIR(st.st_mode):
+        raise DSUError("bad_value", f"`{field}` {text} is a folder, not a file: give the model file in it")
+    if not folder and not stat.S_ISREG(st.st_mode):
+        raise DSUError("bad_value", f"`{field}` {text} is a special file (device, pipe or socket), not a model file")
+
+
 def _special(path: Path) -> bool:
     text = str(path)
     return any(text == root or text.startswith(root + "/") for root in SPECIAL_ROOTS)
