@@ -14,7 +14,7 @@ import pytest
 from dsu import paths, tempfiles
 from dsu.errors import DSUError
 from dsu.separate import stem_paths
-from test_worker import ENV, RawWorker, write_song
+from test_worker import ENV, song, tmp, worker  # noqa: F401 (module fixtures: one worker for these tests)
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}
@@ -89,23 +89,6 @@ def test_clean_folder_removes_only_dead_owners(tmp_path):
 
 
 # ---- through a worker ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("paths")
-
-
-@pytest.fixture(scope="module")
-def song(tmp) -> Path:
-    return write_song(tmp / "song.wav", 2.0)
-
-
-@pytest.fixture(scope="module")
-def worker(tmp):
-    with RawWorker(tmp) as w:
-        w.until("ready")
-        yield w
-
 
 def test_bad_inputs_are_coded_errors(worker, tmp, song):
     fifo = tmp / "pipe.wav"

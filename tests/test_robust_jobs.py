@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from test_worker import ENV, RawWorker, write_song
+from test_worker import ENV, RawWorker, tmp, worker, write_song  # noqa: F401 (module fixtures)
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}
@@ -24,18 +24,6 @@ MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_si
 
 def partials(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".partial")]
-
-
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("robust")
-
-
-@pytest.fixture(scope="module")
-def worker(tmp):
-    with RawWorker(tmp) as w:
-        w.until("ready")
-        yield w
 
 
 # ---- bad samples, truncated files ---------------------------------------------------------------------
