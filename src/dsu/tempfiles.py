@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import DSUError
+
 try:
     import fcntl
 except ImportError:  # Windows: no folder locks; temporaries are still unique per job
@@ -136,4 +138,5 @@ def commit(renames: dict[Path, Path]) -> None:
             os.replace(temp, final)
         for final, inode in written.items():
             if os.stat(final).st_ino != inode:  # something outside DSU's locks replaced it
-                raise FileExistsError(f"{final} was replaced by another writer while this job committed")
+                raise DSUError("output_not_writable", f"{final} was replaced by another program while this job "
+                                                      "committed it: write to a folder nothing else writes to")
