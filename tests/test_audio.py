@@ -1,11 +1,13 @@
 """Audio I/O: streaming decode, resampling, channel conversion, atomic stem writing."""
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 import torch
 
-from dsu.audio import FileSignal, StemWriter, partial_name, read_audio, write_audio
+from dsu.audio import FileSignal, StemWriter, read_audio, write_audio
 from dsu.errors import DSUError
 
 
@@ -78,9 +80,10 @@ def test_writer_exposes_only_complete_files(tmp_path):
     paths = {"a": tmp_path / "x" / "a.wav", "b": tmp_path / "x" / "b.wav"}
     w = StemWriter(paths, 44100, 2, "wav", 16, out_samplerate=48000)
     w.write({"a": torch.zeros(2, 1000), "b": torch.full((2, 1000), 2.0)})
-    assert not paths["a"].exists() and partial_name(paths["a"]).exists()
+    assert not paths["a"].exists() and w.partials["a"].exists()
+    assert w.partials["a"].name.startswith(f".a.wav.{os.getpid()}-") and w.partials["a"].name.endswith(".partial")
     w.commit()
-    assert all(p.exists() for p in paths.values()) and not partial_name(paths["a"]).exists()
+    assert all(p.exists() for p in paths.values()) and not w.partials["a"].exists()
     b, sr = read_audio(paths["b"])
     assert sr == 48000 and abs(b.shape[-1] - 1088) <= 1 and b.max() <= 1.0  # resampled, clipped for PCM
     w2 = StemWriter({"c": tmp_path / "c.wav"}, 44100, 2)

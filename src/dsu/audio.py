@@ -3,6 +3,7 @@ that only ever expose complete files."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,6 +16,8 @@ import soxr
 import torch
 from torch import Tensor
 
+from . import paths, tempfiles
+from .engine import Cancelled
 from .errors import DSUError
 
 BLOCK = 1 << 16  # frames decoded per read
@@ -41,6 +44,21 @@ def convert_channels(block: np.ndarray, channels: int) -> np.ndarray:
     raise DSUError("unsupported_audio", f"cannot make {channels} channels out of {have}")
 
 
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only sample formats that can hold NaN or infinities
+# libsndfile's log for a file cut short: "data : <bytes the header says> (should be <bytes there>)"
+_SHORT_DATA = re.compile(r"(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)")
+_BLOCK_ALIGN = re.compile(r"Block Align\s*:\s*(\d+)")
+
+
+def reason(e: Exception) -> str:
+    """libsndfile's complaint without its "Error opening '...': " prefix or its (doubled) full stops."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"^Error opening '.*?':\s*", "", text)
+    if "does not exist" in text:  # what libsndfile says of an existing file its decoders all refuse
+        text = ""
+    return text.rstrip(" .") or "format not recognised"
+
+
 class _Decoded:
     """Where an input file can be read from: the file itself, or a wav ffmpeg made of it."""
 
@@ -55,6 +73,33 @@ class _Decoded:
         if info.frames <= 0:
             raise DSUError("unsupported_audio", f"{path.name} holds no audio frames")
         self.samplerate, self.channels, self.frames = info.samplerate, info.channels, info.frames
+        self.subtype = info.subtype
+        self.missing_frames = _frames_missing(self.source, info)
+
+    @property
+    def may_hold_nonfinite(self) -> bool:
+        return self.temp is not None or self.subtype in FLOAT_SUBTYPES
+
+    def nonfinite(self) -> tuple[int, int, int]:
+        """(NaN/infinite samples, first and last frame holding one) over the whole file."""
+        count, first, last = 0, -1, -1
+        with sf.SoundFile(self.source) as f:
+            pos = 0
+            while True:
+                try:
+                    block = f.read(BLOCK, dtype="float32", always_2d=True)
+                except Exception:
+                    break  # damaged: the reader says so where it gets there
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    frames = np.flatnonzero(bad.any(axis=1))
+                    count += int(bad.sum())
+                    first = pos + int(frames[0]) if first < 0 else first
+                    last = pos + int(frames[-1])
+                pos += len(block)
+                if len(block) < BLOCK:
+                    break
+        return count, first, last
 
     @property
     def source(self) -> str:
@@ -66,18 +111,35 @@ class _Decoded:
             self.temp = None
 
 
+def _frames_missing(source: str, info) -> int:
+    """Frames the header promises beyond the data the file holds (libsndfile reads only what is there)."""
+    try:
+        with sf.SoundFile(source) as f:
+            log = f.extra_info
+    except Exception:
+        return 0
+    short, align = _SHORT_DATA.search(log), _BLOCK_ALIGN.search(log)
+    if short is None:
+        return 0
+    frame_bytes = int(align[1]) if align else info.channels * 2
+    return max(0, (int(short[1]) - int(short[2])) // max(frame_bytes, 1))
+
+
 def _ffmpeg_to_wav(path: Path, why: Exception) -> Path:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise DSUError("unsupported_audio",
-                       f"cannot read {path.name}: {why}. Convert it to wav/flac, or install ffmpeg") from None
-    fd, tmp = tempfile.mkstemp(suffix=".wav", prefix="dsu-decode-")
+                       f"{path.name} is not an audio file libsndfile can decode ({reason(why)}); if it is audio in "
+                       "another format, install ffmpeg or convert it to wav/flac") from None
+    fd, tmp = tempfile.mkstemp(suffix=".wav", prefix=tempfiles.decode_prefix())
     os.close(fd)
     done = subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(path), "-f", "wav", "-acodec", "pcm_f32le", tmp],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if done.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
-        raise DSUError("unsupported_audio", f"cannot read {path.name}: {done.stderr.decode(errors='replace')[-300:]}")
+        said = " ".join(done.stderr.decode(errors="replace").split())[-300:].rstrip(" .")
+        raise DSUError("unsupported_audio", f"{path.name} is not an audio file libsndfile or ffmpeg can decode "
+                                            f"(libsndfile: {reason(why)}; ffmpeg: {said or 'failed'})")
     return Path(tmp)
 
 
@@ -85,11 +147,14 @@ class FileSignal:
     """An audio file decoded on demand at `samplerate` with `channels`, holding only the samples not yet
     forgotten, so a long file costs memory in proportion to the chunk span, not its duration."""
 
-    def __init__(self, path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DSUError("input_not_found", f"input file not found: {self.path}")
+    def __init__(self, path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None,
+                 sanitize: bool = False, checked: bool = False):
+        self.path = paths.check_input(path)
+        self.sanitize = sanitize
+        self.warnings: list[str] = []   # what a finished job reports about its input
+        self.cancelled = None           # a job's cancel check, asked before every block decoded
         self._decoded = _Decoded(self.path)
+        self._frames_read = 0
         self.input_samplerate = self._decoded.samplerate
         self.input_channels = self._decoded.channels
         self.input_frames = self._decoded.frames
@@ -102,12 +167,72 @@ class FileSignal:
         self._buf_start = 0  # timeline position of _buf[0]
         self._produced = 0   # samples decoded so far (== _buf_start + len(_buf))
         self._exhausted = False
+        if not checked:
+            self._check_input()
 
     def fresh(self) -> "FileSignal":
         """An independent reader of the same file (for a statistics pass before the real one)."""
-        return FileSignal(self.path, self.samplerate, self.channels)
+        other = FileSignal(self.path, self.samplerate, self.channels, self.sanitize, checked=True)
+        other.cancelled = self.cancelled
+        return other
+
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def _seconds(self, frames: int) -> str:
+        return f"{frames / self.input_samplerate:.2f} s ({frames} frames)"
+
+    def _check_input(self) -> None:
+        """Refuse (or with `sanitize`, note) NaN/infinite samples; note a header promising more than
+        the file holds."""
+        missing = self._decoded.missing_frames
+        if missing:
+            self._warn(f"{self.path.name} is truncated: {self._seconds(missing)} its header promises are "
+                       f"missing; it was read as far as it goes ({self._seconds(self.input_frames)})")
+        if not self._decoded.may_hold_nonfinite:
+            return
+        count, first, last = self._decoded.nonfinite()
+        if not count:
+            return
+        where = (f"frames {first} to {last}, {first / self.input_samplerate:.2f} s to "
+                 f"{last / self.input_samplerate:.2f} s")
+        if not self.sanitize:
+            self._exhausted = True
+            self.close()
+            raise DSUError("unsupported_audio", f"{self.path.name} holds {count} NaN or infinite samples ({where}); "
+                                                "the stems would be garbage. Repair the file, or send "
+                                                "`sanitize: true` to read them as silence")
+        self._warn(f"{self.path.name}: {count} NaN or infinite samples ({where}) were read as 0 (sanitize)")
+
+    def _read_block(self) -> np.ndarray:
+        """The next block; a file that breaks off (a damaged or cut FLAC) is read up to the break, in
+        small steps from the block that failed, and noted; one with nothing readable is refused."""
+        start = self._frames_read
+        try:
+            return self._file.read(BLOCK, dtype="float32", always_2d=True)
+        except Exception as e:
+            why = e
+        pieces = []
+        try:  # libsndfile cannot seek a decoder that lost its way: a fresh one reads up to the break
+            self._file.close()
+            self._file = sf.SoundFile(self._decoded.source)
+            self._file.seek(start)
+            while sum(map(len, pieces)) < BLOCK - 1:
+                piece = self._file.read(1024, dtype="float32", always_2d=True)
+                pieces.append(piece)
+                if len(piece) < 1024:
+                    break
+        except Exception:
+            pass
+        got = np.concatenate(pieces) if pieces else np.zeros((0, self.input_channels), np.float32)
+        if start + len(got) == 0:
+            raise DSUError("unsupported_audio", f"{self.path.name} is damaged: {reason(why)}") from None
+        return got[:BLOCK - 1]  # short: the caller takes it as the last block
 
     def _decode_more(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled()
         if self._file is None:
             try:
                 self._file = sf.SoundFile(self._decoded.source)
@@ -116,11 +241,14 @@ class FileSignal:
             if self.samplerate != self.input_samplerate:
                 self._resampler = soxr.ResampleStream(self.input_samplerate, self.samplerate, self.channels,
                                                       dtype="float32", quality="HQ")
-        try:
-            block = self._file.read(BLOCK, dtype="float32", always_2d=True)
-        except Exception as e:
-            raise DSUError("unsupported_audio", f"{self.path.name} is damaged or truncated: {e}") from None
+        block = self._read_block()
+        self._frames_read += len(block)
         last = len(block) < BLOCK
+        if last and self._frames_read < self.input_frames:
+            self._warn(f"{self.path.name} is damaged or truncated: {self._seconds(self.input_frames - self._frames_read)} "
+                       f"could not be read; it was read as far as it goes ({self._seconds(self._frames_read)})")
+        if self.sanitize and not np.isfinite(block).all():
+            block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
         block = convert_channels(block, self.channels)
         if self._resampler is not None:
             block = self._resampler.resample_chunk(np.ascontiguousarray(block), last=last)
@@ -207,8 +335,9 @@ def subtype_for(fmt: str, bit_depth: int) -> str | None:
 
 
 def partial_name(path: Path) -> Path:
-    """The name a file is written under until it is complete: hidden and not ending in its format."""
-    return path.with_name(f".{path.name}.partial")
+    """A fresh name to write `path` under until it is complete: hidden, not ending in its format,
+    unique to this job and naming its process (`dsu.tempfiles`)."""
+    return tempfiles.temp_name(path)
 
 
 class StemWriter:
@@ -232,12 +361,16 @@ class StemWriter:
         self.clip = self.subtype not in ("FLOAT",) and peak_limit is None
         self._files: dict[str, sf.SoundFile] = {}
         self._resamplers: dict[str, soxr.ResampleStream] = {}
+        # this writer's own temporaries, so another job writing the same paths never touches them
+        self.partials = {stem: partial_name(path) for stem, path in self.paths.items()}
+        self.unscaled = {stem: tempfiles.temp_name(path, ".unscaled") for stem, path in self.paths.items()} \
+            if peak_limit is not None else {}
         for stem, path in self.paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             if peak_limit is None:
-                self._files[stem] = self._open(partial_name(path))
+                self._files[stem] = self._open(self.partials[stem])
             else:
-                self._files[stem] = sf.SoundFile(str(_unscaled_name(path)), "w", samplerate=self.out_samplerate,
+                self._files[stem] = sf.SoundFile(str(self.unscaled[stem]), "w", samplerate=self.out_samplerate,
                                                  channels=channels, format="WAV", subtype="FLOAT")
             if self.out_samplerate != samplerate:
                 self._resamplers[stem] = soxr.ResampleStream(samplerate, self.out_samplerate, channels,
@@ -267,21 +400,20 @@ class StemWriter:
             f.close()
         self._files = {}
         if self.peak_limit is not None:
-            for stem, path in self.paths.items():
-                self._rewrite_scaled(stem, path)
-        for stem, path in self.paths.items():
-            os.replace(partial_name(path), path)
+            for stem in self.paths:
+                self._rewrite_scaled(stem)
+        tempfiles.commit({self.partials[stem]: path for stem, path in self.paths.items()})
         return list(self.paths.values())
 
-    def _rewrite_scaled(self, stem: str, path: Path) -> None:
+    def _rewrite_scaled(self, stem: str) -> None:
         peak = self.peaks[stem]
         gain = self.peak_limit / peak if peak > self.peak_limit else 1.0
         clip = self.subtype not in ("FLOAT",)
-        with sf.SoundFile(str(_unscaled_name(path))) as source, self._open(partial_name(path)) as target:
+        with sf.SoundFile(str(self.unscaled[stem])) as source, self._open(self.partials[stem]) as target:
             for block in source.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 block = block * np.float32(gain) if gain != 1.0 else block
                 target.write(np.clip(block, -1.0, 1.0) if clip else block)
-        _unscaled_name(path).unlink()
+        self.unscaled[stem].unlink()
 
     def abort(self) -> None:
         for f in self._files.values():
@@ -289,15 +421,9 @@ class StemWriter:
                 f.close()
             except Exception:
                 pass
-        for path in self.paths.values():
-            partial_name(path).unlink(missing_ok=True)
-            _unscaled_name(path).unlink(missing_ok=True)
+        for temp in [*self.partials.values(), *self.unscaled.values()]:
+            temp.unlink(missing_ok=True)
         self._files = {}
-
-
-def _unscaled_name(path: Path) -> Path:
-    """Where a peak-limited stem is held, unscaled, until its peak is known."""
-    return path.with_name(f".{path.name}.unscaled.partial")
 
 
 def write_audio(path: str | os.PathLike, audio: Tensor, samplerate: int, fmt: str | None = None,

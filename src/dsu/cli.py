@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import clean
 from .errors import DSUError
 from .worker import config as worker_config
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--models-dir", type=Path, default=None)
     listing.add_argument("--json", action="store_true", help="one JSON object per model")
 
+    clean.add_parser(sub)
     worker = sub.add_parser("worker", help="run a persistent JSON-lines worker on stdin/stdout")
     worker_config.add_worker_arguments(worker)
     return parser
@@ -136,6 +138,7 @@ def separate_command(args: argparse.Namespace) -> int:
             failed += 1
             continue
         bar.end()
+        print_warnings(path, done)
         for p in done["paths"]:
             print(p)
         if done.get("ignored"):
@@ -165,8 +168,15 @@ def restore_command(args: argparse.Namespace) -> int:
         print(f"dsu: {args.input}: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_FAILED
     bar.end()
+    print_warnings(args.input, done)
     print(done["paths"][0])
     return 0
+
+
+def print_warnings(path, done: dict) -> None:
+    """What a finished job found wrong with its input (truncated, NaN samples read as 0)."""
+    for warning in done.get("warnings", ()):
+        print(f"dsu: {path}: warning: {warning}", file=sys.stderr)
 
 
 def models_command(args: argparse.Namespace) -> int:
@@ -191,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         from .worker import run
         return run(worker_config.config_from(args))
     try:
-        commands = {"separate": separate_command, "restore": restore_command, "models": models_command}
+        commands = {"separate": separate_command, "restore": restore_command, "models": models_command,
+                    "clean": clean.run}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("\ndsu: interrupted", file=sys.stderr)

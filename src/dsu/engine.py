@@ -22,6 +22,16 @@ class Cancelled(Exception):
     """Raised between batches when the job's cancel check answers true."""
 
 
+def cancel_point(signal) -> None:
+    """Raise Cancelled when the job reading `signal` (through any views) has been cancelled: for
+    families' own loops before the engine runs (the source carries the job's check as `cancelled`)."""
+    while hasattr(signal, "inner"):
+        signal = signal.inner
+    check = getattr(signal, "cancelled", None)
+    if check is not None and check():
+        raise Cancelled()
+
+
 class Signal(Protocol):
     channels: int
     length: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 CODES = (
     "bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio",
     "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal",
+    "output_not_writable",
 )
 
 
@@ -15,6 +16,18 @@ class DSUError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def one_line(e: Exception) -> str:
+    """A parser's complaint on one line: YAML's "<problem> at line L, column C (<context>)" rather
+    than its several indented lines; any other exception's text with its line breaks folded."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and where is not None and where.line != mark.line:
+            context = f"{context} from line {where.line + 1}"
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" + (f" ({context})" if context else "")
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def listed(items, most: int, sep: str = ", ") -> str:

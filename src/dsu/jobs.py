@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import families, outputs
+from . import families, outputs, paths, tempfiles
 from .cache import ModelCache
 from .errors import DSUError
 from .families import ModelRef, Separator
@@ -59,8 +59,11 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
     """`worker`: the name the worker was started as, whose output layout and bit depth are the defaults
     (see `dsu.outputs`)."""
     started = time.perf_counter()
-    if not Path(fields["input"]).is_file():  # before a model load that could take seconds
-        raise DSUError("input_not_found", f"input file not found: {fields['input']}")
+    paths.check_input(fields["input"])  # before a model load that could take seconds
+    if fields.get("layout"):  # before the output folder is made
+        outputs.template_of(fields["layout"])
+    outputs.check_output_names(fields.get("output_names"))
+    paths.check_output_dir(fields["output_dir"])
     ref = resolve(fields, models_dir, default_model)
     model, from_cache = load(ref, cache, emit)
     if cancelled is not None and cancelled():
@@ -74,7 +77,8 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
                            bit_depth=bit_depth, stems=fields.get("stems"), layout=layout,
                            output_names=fields.get("output_names"),
                            two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
-                           options=options, progress=progress, cancelled=cancelled)
+                           options=options, sanitize=bool(fields.get("sanitize")), progress=progress,
+                           cancelled=cancelled)
     done = _done(result, ref, from_cache, started)
     if ignored:
         done["ignored"] = ignored
@@ -84,8 +88,8 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
 def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: Emit,
             progress: Progress | None = None, cancelled: Cancelled | None = None) -> dict:
     started = time.perf_counter()
-    if not Path(fields["input"]).is_file():
-        raise DSUError("input_not_found", f"input file not found: {fields['input']}")
+    paths.check_input(fields["input"])
+    paths.check_output_file(fields["output"])
     try:
         restore_module = importlib.import_module("dsu.restore")
     except ModuleNotFoundError as e:
@@ -96,13 +100,26 @@ def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: E
                             "model_type": "apollo", **{k: fields[k] for k in APOLLO_KEYS if k in fields}},
                            models_dir)
     model, from_cache = load(ref, cache, emit)
+    if cancelled is not None and cancelled():
+        raise DSUError("cancelled", "the job was cancelled before it started")
     emit("restoring", input=fields["input"], model=ref.name)
-    tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds", "format", "bit_depth")
+    tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds", "format", "bit_depth", "sanitize")
               if fields.get(k) is not None}
     tuning["fmt"] = tuning.pop("format", None)
     result = restore_module.restore_file(model, fields["input"], fields["output"], progress=progress,
                                          cancelled=cancelled, **tuning)
     return _done(result, ref, from_cache, started)
+
+
+def clean(fields: dict) -> dict:
+    """Remove what killed DSU processes left: partial files in `dir` (and its subfolders) whose owner
+    is gone, older DSU versions' owner-less partials there, and DSU's decoded input copies in the
+    temp dir whose owner is gone. Never a live job's file."""
+    folder = Path(paths.plain_path(fields["dir"], "dir"))
+    if not folder.is_dir():
+        raise DSUError("input_not_found", f"`dir` {folder} is not a folder")
+    removed = tempfiles.clean_folder(folder, recursive=True, legacy=True) + tempfiles.clean_decode_files()
+    return {"dir": str(folder.resolve()), "removed": [str(p) for p in removed], "count": len(removed)}
 
 
 def _done(result: JobResult, ref: ModelRef, from_cache: bool, started: float) -> dict[str, Any]:

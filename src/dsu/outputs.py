@@ -21,6 +21,7 @@ from pathlib import Path
 import soundfile as sf
 
 from .errors import DSUError
+from .paths import inside_all, safe_component
 
 PRESETS = {"demucs": "{model}/{track}/{stem}.{ext}", "flat": "{track}/{stem}.{ext}",
            "uvr": "{track}_({Stem})_{model}.{ext}"}
@@ -92,16 +93,17 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
     out = {}
     for stem in stems:
         spelled = (labels or {}).get(stem) or capitalised(stem, family)
-        relative = template.format(track=input_path.stem, trackext=input_path.suffix.lstrip("."), stem=stem,
-                                   Stem=spelled, model=model_name, ext=ext)
+        safe = safe_component  # every name a request or a file brings stays one path component
+        relative = template.format(track=safe(input_path.stem), trackext=safe(input_path.suffix.lstrip(".")),
+                                   stem=safe(stem), Stem=safe(spelled), model=safe(model_name), ext=ext)
         base = custom.get(stem.lower(), custom.get(spelled.lower()))
         if base is not None:
-            relative = str(Path(relative).with_name(f"{base}.{ext}"))
+            relative = str(Path(relative).with_name(f"{safe(base)}.{ext}"))
         out[stem] = output_dir / relative
     if len(set(out.values())) < len(out):
         raise DSUError("bad_value", f"the layout {layout!r} (with output_names) gives two stems the same file: "
                                     "use {stem} in it, or distinct names")
-    return out
+    return inside_all(output_dir, out)
 
 
 def upstream_options(worker: str | None, model, options: dict) -> dict:

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import paths
 from .audio import FORMATS, FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
-from .separate import JobResult, run_into
+from .separate import JobResult, clean_debris, make_passes, run_into
 
 STEM = "restored"
 
@@ -28,17 +29,21 @@ def output_format(output_path: Path, fmt: str | None) -> str:
 
 def restore_file(model: Separator, input_path: str | Path, output_path: str | Path, *,
                  chunk_seconds: float | None = None, overlap_seconds: float | None = None,
-                 fmt: str | None = None, bit_depth: int | None = None,
+                 fmt: str | None = None, bit_depth: int | None = None, sanitize: bool = False,
                  progress: Callable[[float], None] | None = None,
                  cancelled: Callable[[], bool] | None = None) -> JobResult:
     started = time.perf_counter()
-    input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
+    input_path = paths.check_input(input_path)
+    output_path = paths.check_output_file(output_path)
+    output_path = output_path.parent / paths.safe_component(output_path.name)
+    if output_path.exists() and output_path.resolve() == input_path.resolve():
         raise DSUError("bad_value", f"the output {output_path} is the input: choose another output file")
     fmt = output_format(output_path, fmt)
-    signal = FileSignal(input_path, model.samplerate)  # the input's own channels
+    clean_debris([output_path.parent])
+    signal = FileSignal(input_path, model.samplerate, sanitize=sanitize)  # the input's own channels
     try:
-        passes = model.passes(signal, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds)
+        passes = make_passes(model, signal, {"chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds},
+                             cancelled)
         writer = StemWriter({STEM: output_path}, model.samplerate, signal.channels, fmt,
                             bit_depth or FAMILIES[model.family].default_bit_depth)
         run_into(writer, passes, signal.length, lambda block: writer.write({STEM: block[0]}), progress, cancelled,
@@ -47,4 +52,5 @@ def restore_file(model: Separator, input_path: str | Path, output_path: str | Pa
         signal.close()
     return JobResult(output_dir=str(output_path.parent.resolve()), files=[output_path.name],
                      paths=[str(output_path.resolve())], stems=[STEM],
-                     elapsed=time.perf_counter() - started, samplerate=model.samplerate)
+                     elapsed=time.perf_counter() - started, samplerate=model.samplerate,
+                     extra={"warnings": signal.warnings} if signal.warnings else {})

@@ -4,6 +4,7 @@ This is the only place that joins audio files, families and the engine; the work
 `separate_file` with plain values and get plain values back."""
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +12,13 @@ from typing import Callable
 
 import torch
 
-from . import engine, outputs
+from . import engine, memory, outputs, paths, tempfiles
 from .audio import FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
+
+
+UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
 @dataclass
@@ -34,6 +38,27 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
     return outputs.stem_paths(layout, output_dir, model_name, input_path, stems, ext, **naming)
 
 
+def clean_debris(folders) -> list[Path]:
+    """Remove what killed jobs left in these folders (partials whose owner process is gone)."""
+    removed = [p for folder in {Path(f) for f in folders} for p in tempfiles.clean_folder(folder)]
+    return removed + tempfiles.clean_decode_files()
+
+
+def make_passes(model: Separator, signal, options: dict, cancelled) -> list:
+    """The model's passes over `signal` once its memory estimate fits; the decoding they need first
+    (statistics, peaks) stops at the next block when the job is cancelled."""
+    try:
+        estimate = model.memory_estimate(signal.length, **options)
+    except (TypeError, ValueError, OverflowError):
+        estimate = None  # an option the model cannot read: its own check in `passes` names it
+    memory.check(estimate, model.device, "`batch_size`, `shifts`, chunk/segment/window sizes")
+    signal.cancelled = cancelled
+    try:
+        return model.passes(signal, **options)
+    except engine.Cancelled:
+        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
+
+
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
     """The engine's run over `passes` into `writer`, committed when complete; on cancel, running out
     of memory or any error the partial files are removed (`lower`: what to lower on out of memory)."""
@@ -46,6 +71,12 @@ def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled,
     except torch.OutOfMemoryError:
         writer.abort()
         raise DSUError("out_of_memory", f"the device ran out of memory: lower {lower}, or use --device cpu") from None
+    except OSError as e:
+        writer.abort()
+        if e.errno in UNWRITABLE:
+            raise DSUError("output_not_writable", f"cannot write {e.filename or 'the output'}: {e.strerror}; "
+                                                  "free space or choose another output folder") from None
+        raise
     except BaseException:
         writer.abort()
         raise
@@ -71,14 +102,15 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
                   family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
                   stems=None, two_stems: str | None = None, sample_rate="model",
                   options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
+                  sanitize: bool = False,
                   progress: Callable[[float], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> JobResult:
     started = time.perf_counter()
     fam = FAMILIES[family or model.family]
     options = dict(options or {})
-    input_path = Path(input_path)
-    output_dir = Path(output_dir)
-    signal = FileSignal(input_path, model.samplerate, model.audio_channels)
+    input_path = paths.check_input(input_path)
+    output_dir = paths.check_output_dir(output_dir)
+    signal = FileSignal(input_path, model.samplerate, model.audio_channels, sanitize=sanitize)
     if sample_rate in (None, "model"):
         out_rate = model.samplerate
     elif sample_rate == "input":
@@ -90,14 +122,15 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
             raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
-    paths = stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt, family=fam.name,
-                       output_names=outputs.check_output_names(output_names),
-                       labels=getattr(model, "labels", None))
-    passes = model.passes(signal, **options)
+    targets = stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt, family=fam.name,
+                         output_names=outputs.check_output_names(output_names),
+                         labels=getattr(model, "labels", None))
+    clean_debris([output_dir, *(p.parent for p in targets.values())])
+    passes = make_passes(model, signal, options, cancelled)
     needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
-    writer = StemWriter(paths, model.samplerate, model.audio_channels, fmt,
+    writer = StemWriter(targets, model.samplerate, model.audio_channels, fmt,
                         bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options))
 
     def sink(block: torch.Tensor) -> None:
@@ -123,4 +156,5 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
     folder, files = outputs.written_folder(written, output_dir)
     return JobResult(output_dir=str(folder), files=files,
                      paths=[str(p.resolve()) for p in written], stems=wanted,
-                     elapsed=time.perf_counter() - started, samplerate=out_rate)
+                     elapsed=time.perf_counter() - started, samplerate=out_rate,
+                     extra={"warnings": signal.warnings} if signal.warnings else {})

@@ -4,8 +4,8 @@ export declare const FINAL_STATUSES: Readonly<Record<string, readonly string[]>>
 export declare const QUEUED: ReadonlySet<string>;
 export declare const ERROR_CODES: readonly ErrorCode[];
 
-export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal";
-export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "restore";
+export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal" | "output_not_writable";
+export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "restore";
 
 /** the fields of each command's request, besides `cmd` and `id` */
 export interface CommandFields {
@@ -107,6 +107,8 @@ export interface CommandFields {
     layout?: string;
     /** stem -> file base name (python-audio-separator's custom_output_names; the stem in either spelling, any case): that stem's file is `<name>.<ext>` in the folder the layout gives it */
     output_names?: Record<string, unknown>;
+    /** read NaN/infinite input samples as 0 (reported in `done.warnings`) instead of refusing the file as `unsupported_audio` */
+    sanitize?: boolean;
     /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
     [option: string]: unknown;
   };
@@ -135,6 +137,8 @@ export interface CommandFields {
     sr?: number;
     /** the model's window in milliseconds when no config is given */
     win?: number;
+    /** read NaN/infinite input samples as 0 (reported in `done.warnings`) instead of refusing the file as `unsupported_audio` */
+    sanitize?: boolean;
   };
   clear_cache: Record<never, never>;
   set_cache_size: {
@@ -144,6 +148,10 @@ export interface CommandFields {
     max_memory_mb?: number;
   };
   exit: Record<never, never>;
+  clean: {
+    /** the folder to clean, with its subfolders */
+    dir: string;
+  };
   restore: CommandFields["apollo"];
 }
 
@@ -350,6 +358,21 @@ export interface DoneMessage {
   model_from_cache: boolean | null;
   /** request fields the model does not use (only when there are any) */
   ignored?: string[] | null;
+  /** what was wrong with the input but did not stop the job: a truncated file read as far as it goes, NaN samples read as 0 with `sanitize` (only when there are any) */
+  warnings?: string[] | null;
+}
+
+/** answer to clean */
+export interface CleanedMessage {
+  status: "cleaned";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** the folder cleaned, absolute */
+  dir: string | null;
+  /** absolute paths of the files removed */
+  removed: string[] | null;
+  /** how many */
+  count: number | null;
 }
 
 /** answer to clear_cache */
@@ -394,7 +417,7 @@ export interface ErrorMessage {
   message: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | DoneMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {
@@ -410,6 +433,7 @@ export interface FinalMessages {
   clear_cache: CacheClearedMessage;
   set_cache_size: CacheSizeUpdatedMessage;
   exit: ExitingMessage;
+  clean: CleanedMessage;
   restore: DoneMessage;
 }
 export type FinalMessage<C extends Command> = FinalMessages[C];

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .. import paths
 from ..errors import DSUError
 from .base import Family, ModelRef, Separator, make_ref
 
@@ -44,6 +45,9 @@ def resolve(request: dict, models_dir: str | Path | None, default_model: str | N
     """The model a `separate` request names, by `model_path` (+ `config_path`, `model_type`) or by
     `model` looked up in the models dir (or `repo`)."""
     request = dict(request)
+    for key in ("model_path", "config_path", "models_dir", "repo"):
+        if request.get(key):
+            paths.check_model_path(request[key], key, folder=key in ("models_dir", "repo"))
     if request.get("models_dir"):  # this request's own folder (the previous DSU's `model_file_dir`)
         models_dir = request.pop("models_dir")
         if not Path(models_dir).is_dir():

@@ -29,8 +29,9 @@ import torch
 import yaml
 from torch import Tensor
 
+from .. import memory
 from ..engine import Chunk, Pass, Signal
-from ..errors import DSUError, listed, missing_keys_message, state_differences
+from ..errors import DSUError, listed, one_line, missing_keys_message, state_differences
 from ..packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
 
@@ -48,8 +49,8 @@ def read_config(path: str | Path) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             config = yaml.load(f, Loader=ConfigLoader)
-    except (OSError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read the config {Path(path).name}: {e}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DSUError("bad_value", f"cannot read the config {Path(path).name}: {one_line(e)}") from None
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or not {"feature_dim", "layer"} <= set(model):
         return None
@@ -205,6 +206,16 @@ class ApolloSeparator(Separator):
         self.device = device
         self.samplerate = int(model.sr)
         self.stems = ["restored"]
+
+    def memory_estimate(self, length: int, chunk_seconds=None, overlap_seconds=None, **_):
+        """One model call restores one chunk (the whole file when chunk_seconds is 0) with the
+        band-split activations of `feature_dim` features."""
+        chunk, _ = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)
+        size = length if chunk == 0 else min(chunk, length)
+        width = int(getattr(self.model, "feature_dim", 256))
+        device = size * memory.FLOAT * max(width // 4, 16)
+        host = memory.span_bytes(1, 2, size) + 2 * size * memory.FLOAT
+        return memory.Estimate(host, device, f"chunks of {size / self.samplerate:.1f} s")
 
     def passes(self, signal: Signal, chunk_seconds=None, overlap_seconds=None, **_) -> list[Pass]:
         chunk, overlap = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)

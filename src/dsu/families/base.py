@@ -73,6 +73,11 @@ class Separator:
         normalization); default none."""
         return None
 
+    def memory_estimate(self, length: int, **options):
+        """Peak memory of a job over `length` samples (at `samplerate`) with these options, as a
+        `dsu.memory.Estimate`, from the options alone before anything is allocated; None: unknown."""
+        return None
+
     def output_stems(self, **options) -> list[str]:
         """The stems `finish` returns for these options."""
         return list(self.stems)

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..audio import mono_stats
-from ..engine import Chunk, Pass, Signal, Standardised, triangle
+from .. import memory
+from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, triangle
 from ..errors import DSUError, missing_keys_message
 from ..packages import first_line, load_package, verify_checksum
 from .model_folder import describe_other_yaml, read_yaml, yaml_kind
@@ -240,6 +241,21 @@ class DemucsSeparator(Separator):
         self.max_segment = min((float(m.segment) for m in models if isinstance(m, HTDemucs)), default=float("inf"))
         self.bag = torch.nn.ModuleList(models).to(device).eval()
 
+    def memory_estimate(self, length: int, shifts=None, segment=None, batch_size=None, overlap=None, **_):
+        """Every shift of every bag member is a pass whose overlap-add span (about two segments of all
+        sources) is held at once; one model call holds `batch_size` segments and their activations."""
+        shifts = whole_number("shifts", shifts, 0, default=1)
+        batch = whole_number("batch_size", batch_size, 1, default=1)
+        seconds = max(float(segment if segment is not None else m.segment) for m in self.bag)
+        span = min(int(seconds * self.samplerate), length + int(seconds * self.samplerate))
+        passes = max(shifts, 1) * len(self.bag)
+        stride = max(1, int((1 - float(overlap if overlap is not None else 0.25)) * span))
+        plan = passes * (length // stride + 1) * 512  # the chunk lists
+        host = passes * memory.span_bytes(len(self.stems), self.audio_channels, span) + plan
+        device = batch * span * self.audio_channels * memory.FLOAT * (1 + len(self.stems)) * 16
+        return memory.Estimate(host, device, f"shifts={shifts}, {len(self.bag)} model(s), segment={seconds:g} s, "
+                                             f"batch_size={batch}")
+
     def passes(self, signal: Signal, shifts=None, overlap=None, segment=None, batch_size=None, **_) -> list[Pass]:
         shifts = whole_number("shifts", shifts, 0, default=1)
         batch = whole_number("batch_size", batch_size, 1, default=1)
@@ -262,6 +278,7 @@ class DemucsSeparator(Separator):
                 raise DSUError("bad_value", f"overlap {overlap} leaves no step between segments")
             fn = self.forward(model, mean, std)
             for _ in range(max(shifts, 1)):  # no shifts: the mix as it is, once
+                cancel_point(signal)
                 offset = random.randint(0, max_shift) if shifts else max_shift
                 chunks = segment_chunks(model, signal.length, seconds, overlap, offset - max_shift,
                                         requested_segment=segment)

@@ -74,6 +74,13 @@ class DSPSeparator(Separator):
         out = torch.istft(stems.reshape(-1, *spec.shape[-2:]), N_FFT, HOP, window=self.window, length=n)
         return out.reshape(b, len(self.stems), c, n)
 
+    def memory_estimate(self, length: int, segment: float = 12.0, **_):
+        """One chunk's spectrogram, masks and four stems' spectrograms (about 180 floats per sample),
+        and the overlap-add of two chunks."""
+        from .. import memory
+        size = min(int(float(segment) * SAMPLERATE), max(length, 4 * N_FFT))
+        return memory.Estimate(memory.span_bytes(4, 2, size), size * 180 * memory.FLOAT, f"segment={segment} s")
+
     def passes(self, signal, segment: float = 12.0, **_) -> list[Pass]:
         size = int(float(segment) * SAMPLERATE)
         if size < 4 * N_FFT:

@@ -34,6 +34,7 @@ from ..audio import iter_blocks
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from . import uvr
+from .. import memory
 from .base import Family, ModelRef, Separator, flag, make_ref, whole_number
 
 SAMPLERATE = 44100
@@ -208,6 +209,17 @@ class MDXSeparator(Separator):
 
     def nbytes(self) -> int:
         return os.path.getsize(self.path)  # onnxruntime holds the weights once, about the file's size
+
+    def memory_estimate(self, length: int, **options):
+        """One model call holds `batch_size` spectrograms of [4, dim_f, segment_size] and the network's
+        activations; the overlap-add about two chunks of both stems."""
+        segment = _whole("segment_size", option(options, "segment_size"), 2)
+        batch = _whole("batch_size", option(options, "batch_size"), 1)
+        hop = _whole("hop_length", option(options, "hop_length"), 1)
+        chunk = hop * (segment - 1)
+        spec = 4 * max(self.dim_f, self.n_fft // 2 + 1) * segment * memory.FLOAT
+        host = memory.span_bytes(2, 2, chunk) + 4 * chunk * 2 * memory.FLOAT
+        return memory.Estimate(host, batch * spec * 16, f"segment_size={segment}, hop_length={hop}, batch_size={batch}")
 
     def passes(self, signal: Signal, **options) -> list[Pass]:
         segment = _whole("segment_size", option(options, "segment_size"), 2)

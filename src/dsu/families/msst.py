@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import memory
 from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, listed, missing_keys_message, state_differences
@@ -211,6 +212,16 @@ class MSSTSeparator(Separator):
         self.batch_size = int(config["inference"].get("batch_size", 1))
         self.normalize = config["inference"].get("normalize") is True
         self.use_amp = bool(config["training"].get("use_amp", True))
+
+    def memory_estimate(self, length: int, overlap=None, batch_size=None, chunk_size=None, **_):
+        """One model call holds `batch_size` chunks with their spectrograms and activations; the
+        overlap-add holds about two chunks of every stem."""
+        size = whole_number("chunk_size", chunk_size, 1, default=self.chunk_size)
+        batch = whole_number("batch_size", batch_size, 1, default=self.batch_size)
+        stems = len(self.stems) + 1
+        host = memory.span_bytes(stems, self.audio_channels, size) + 2 * size * self.audio_channels * memory.FLOAT
+        device = batch * size * self.audio_channels * memory.FLOAT * (1 + stems) * 16
+        return memory.Estimate(host, device, f"chunk_size={size}, batch_size={batch}")
 
     def passes(self, signal: Signal, overlap=None, batch_size=None, chunk_size=None, use_tta=False,
                precision="auto", **_) -> list[Pass]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import vr_bands
+from .. import memory, vr_bands
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from ..packages import load_weights_file
@@ -91,6 +91,18 @@ class VRSeparator(Separator):
         primary = data["primary_stem"]
         self.stems = [primary, uvr.secondary_stem(primary)]
 
+    def memory_estimate(self, length: int, **options):
+        """The whole file's spectrograms (every band's, the stacked mix, its magnitude, the mask, two
+        stems: about a dozen stacked-spectrogram copies) plus one batch of network windows."""
+        opts = settings(options)
+        top = self.params.top
+        frames = int(length * top.samplerate / UVR_RATE) // top.hop + 1
+        stacked = 2 * self.params.bins * frames * 8  # complex64, two channels
+        windows = opts["batch_size"] * 2 * self.params.bins * opts["window_size"] * memory.FLOAT * 16
+        return memory.Estimate(12 * stacked + 6 * length * 2 * memory.FLOAT, windows,
+                               f"{length / UVR_RATE:.0f} s as one spectrogram, window_size={opts['window_size']}, "
+                               f"batch_size={opts['batch_size']}")
+
     def passes(self, signal: Signal, **options) -> list[Pass]:
         opts = settings(options)
         if opts["window_size"] <= 2 * self.net.offset:
@@ -117,14 +129,17 @@ class VRSeparator(Separator):
         the job by raising)."""
         length = wave.shape[-1]
         wave = vr_bands.resample(wave, UVR_RATE, self.params.top.samplerate, self.params.top.resampler)
+        step(0.0)  # each whole-file stage is a point where `cancel` stops the job
         analysis = vr_bands.analyse(wave, self.params, self.v51)
         mix = analysis.spec
+        step(0.0)
         mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta, step)
         mask = vr_bands.adjust_aggression(mask, aggression, self.stems[0], self.params.bands[0].crop[1])
         if enable_post_process:
             mask = vr_bands.merge_artifacts(mask, post_process_threshold)
         out = []
-        for stem_mask in (mask, 1 - mask):
+        for done, stem_mask in enumerate((mask, 1 - mask)):
+            step(0.95 + 0.025 * done)
             spec = _finite(stem_mask * mix)
             high_end = vr_bands.mirror_high_end(spec, analysis.top_spec, self.params) \
                 if high_end_process and vr_bands.high_end_rows(self.params) > 0 else None

@@ -284,6 +284,9 @@ class Server:
     def job_preload_model(self, job: Job) -> tuple[str, dict]:
         return self.job_load_model(job, "model_preloaded")
 
+    def job_clean(self, job: Job) -> tuple[str, dict]:
+        return "cleaned", jobs.clean(job.fields)
+
     def job_clear_cache(self, job: Job) -> tuple[str, dict]:
         return "cache_cleared", {"models_cleared": self.cache.clear()}
 

@@ -136,6 +136,8 @@ SEPARATE_FIELDS = (
     Field("output_names", "object", "stem -> file base name (python-audio-separator's custom_output_names; the "
                                     "stem in either spelling, any case): that stem's file is `<name>.<ext>` in "
                                     "the folder the layout gives it"),
+    Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
+                                 "instead of refusing the file as `unsupported_audio`", default=False),
 )
 
 RESTORE_FIELDS = (
@@ -153,6 +155,8 @@ RESTORE_FIELDS = (
     Field("layer", "integer", "the model's number of layers when no config is given (e.g. 6)", minimum=1),
     Field("sr", "integer", "the model's sample rate when no config is given", minimum=1),
     Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1),
+    Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
+                                 "instead of refusing the file as `unsupported_audio`", default=False),
 )
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -193,6 +197,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              Field("max_memory_mb", "number", "memory the cached models may hold, MiB", minimum=0)),
             final=("cache_size_updated",), interim=("cache_evicted",)),
     Command("exit", "finish the jobs queued before it, then exit", (ID,), final=("exiting",)),
+    Command("clean", "remove what killed DSU processes left: partial files under `dir` whose owner process is "
+                     "gone (never a live job's), older DSU versions' owner-less partials, and DSU's decoded "
+                     "input copies in the temp dir whose owner is gone",
+            (ID, Field("dir", "string", "the folder to clean, with its subfolders", required=True)),
+            final=("cleaned",)),
 )}
 
 ALIASES = {alias: c.name for c in COMMANDS.values() for alias in c.aliases}
@@ -266,7 +275,14 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
                                    "`layout` template puts stems in different folders)"),
         Field("paths", "string[]", "their absolute paths"), Field("stems", "string[]", "the stems written"),
         _NAME, Field("model_from_cache", "boolean", "the model was already loaded"),
-        Field("ignored", "string[]", "request fields the model does not use (only when there are any)"))),
+        Field("ignored", "string[]", "request fields the model does not use (only when there are any)"),
+        Field("warnings", "string[]", "what was wrong with the input but did not stop the job: a truncated "
+                                      "file read as far as it goes, NaN samples read as 0 with `sanitize` "
+                                      "(only when there are any)"))),
+    Message("cleaned", "answer to clean", (
+        ID, Field("dir", "string", "the folder cleaned, absolute"),
+        Field("removed", "string[]", "absolute paths of the files removed"),
+        Field("count", "integer", "how many"))),
     Message("cache_cleared", "answer to clear_cache", (ID, Field("models_cleared", "integer", "how many were dropped"))),
     Message("cache_size_updated", "answer to set_cache_size", (
         ID, Field("max_cached_models", "integer", "the new bound"),
@@ -290,6 +306,8 @@ ERRORS: dict[str, str] = {
     "cancelled": "the job was cancelled (by `cancel`, a timeout or the worker stopping); nothing of it was kept",
     "out_of_memory": "the device ran out of memory",
     "internal": "a bug or an unexpected failure; the message and the worker's stderr tell more",
+    "output_not_writable": "the output folder cannot take new files (read-only, a system folder, a file in "
+                           "its place); checked before the model loads",
 }
 assert tuple(ERRORS) == CODES, "errors.CODES and spec.ERRORS must list the same codes"
 

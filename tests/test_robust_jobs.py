@@ -1,0 +1,170 @@
+"""Jobs that never leave something that looks like a result but is not one: bad samples, truncated
+files, concurrent writers of one folder, workers killed mid-job, jobs too big for memory, cancel.
+Everything through real worker processes on real files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from test_worker import ENV, RawWorker, tmp, worker, write_song  # noqa: F401 (module fixtures)
+
+MDX = Path(__file__).parent / "fixtures" / "mdx"
+MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}
+
+
+def partials(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".partial")]
+
+
+# ---- bad samples, truncated files ---------------------------------------------------------------------
+
+def test_nan_samples_are_refused_or_sanitised(worker, tmp):
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (44100, 2)).astype(np.float32)
+    audio[1000:1100, 0] = np.nan
+    audio[22050, 1] = np.inf
+    path = tmp / "nan.wav"
+    sf.write(path, audio, 44100, subtype="FLOAT")
+    error = worker.error(cmd="separate", id="n", input=str(path), output_dir=str(tmp / "nan"), model="dsp")
+    assert error["code"] == "unsupported_audio", error
+    assert "101 NaN or infinite samples" in error["message"] and "frames 1000 to 22050" in error["message"]
+    assert "sanitize" in error["message"] and not (tmp / "nan").exists() or not list((tmp / "nan").rglob("*.wav"))
+    done = worker.ask(cmd="separate", id="s", input=str(path), output_dir=str(tmp / "nan"), model="dsp",
+                      sanitize=True)
+    assert len(done["warnings"]) == 1 and "101 NaN or infinite samples" in done["warnings"][0]
+    stems = [sf.read(p, dtype="float32")[0] for p in done["paths"]]
+    assert all(np.isfinite(s).all() for s in stems) and any(np.abs(s).max() > 0.01 for s in stems)
+    clean = write_song(tmp / "clean.wav", 1.0)
+    assert "warnings" not in worker.ask(cmd="separate", id="c", input=str(clean), output_dir=str(tmp / "nan"),
+                                        model="dsp", sanitize=True)
+
+
+def test_truncated_files_are_read_as_far_as_they_go_with_a_warning(worker, tmp):
+    full = write_song(tmp / "full.wav", 2.0)
+    cut = tmp / "cut.wav"
+    data = full.read_bytes()
+    cut.write_bytes(data[:44 + 4 * 22050])  # the header still says 2 s; 0.5 s of frames are there
+    done = worker.ask(cmd="separate", id="t", input=str(cut), output_dir=str(tmp / "cut"), model="dsp")
+    (warning,) = done["warnings"]
+    assert "truncated" in warning and "1.50 s (66150 frames)" in warning and "0.50 s" in warning, warning
+    assert sf.info(done["paths"][0]).frames == 22050
+    flac = tmp / "cut.flac"
+    sf.write(flac, sf.read(full, dtype="float32")[0], 44100, subtype="PCM_16")
+    flac.write_bytes(flac.read_bytes()[:len(flac.read_bytes()) // 2])
+    done = worker.ask(cmd="separate", id="f", input=str(flac), output_dir=str(tmp / "cutflac"), model="dsp")
+    (warning,) = done["warnings"]
+    assert "damaged or truncated" in warning and "could not be read" in warning, warning
+    cli = subprocess.run([sys.executable, "-m", "dsu.cli", "separate", str(cut), "-m", "dsp", "-o",
+                          str(tmp / "cli"), "-q", "--threads", "1"], capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    assert cli.returncode == 0 and "warning:" in cli.stderr and "truncated" in cli.stderr, cli.stderr
+
+
+# ---- concurrent writers, killed workers ---------------------------------------------------------------
+
+def _separate_in(worker: RawWorker, request: dict, answers: list) -> None:
+    worker.send(**request)
+    answers.append(worker.until("done", request["id"])[-1])
+
+
+def test_two_workers_writing_the_same_files_never_mix(tmp):
+    """Same track name, different content, one output folder: both jobs finish, the files on disk
+    all come from one of them (dsp's stems sum to their mix), no temporaries are left."""
+    mixes = {}
+    for name, freq in (("a", 220), ("b", 330)):
+        (tmp / name).mkdir()
+        t = np.arange(44100 * 8) / 44100
+        mix = 0.3 * np.stack([np.sin(2 * np.pi * freq * t), np.sin(2 * np.pi * freq * 1.5 * t)], 1)
+        sf.write(tmp / name / "track.wav", mix.astype(np.float32), 44100, subtype="FLOAT")
+        mixes[name] = mix
+    out = tmp / "shared"
+    for trial in range(2):
+        workers = [RawWorker(tmp), RawWorker(tmp)]
+        try:
+            for w in workers:
+                w.until("ready")
+            answers: list = []
+            threads = [threading.Thread(target=_separate_in, args=(w, {
+                "cmd": "separate", "id": name, "input": str(tmp / name / "track.wav"), "output_dir": str(out),
+                "model": "dsp", "segment": 1.0}, answers)) for w, name in zip(workers, "ab")]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(timeout=300)
+        finally:
+            for w in workers:
+                w.close()
+        assert len(answers) == 2 and answers[0]["paths"] == answers[1]["paths"]
+        total = sum(sf.read(p, dtype="float64")[0] for p in answers[0]["paths"])
+        errors = {name: np.abs(total - mix).max() for name, mix in mixes.items()}
+        assert min(errors.values()) < 1e-4 < max(errors.values()), (trial, errors)  # whole: one job's stems
+        assert partials(out) == []
+
+
+def test_a_job_after_kill_9_leaves_no_partial(tmp):
+    song = write_song(tmp / "long.wav", 40.0)
+    out = tmp / "killed"
+    with RawWorker(tmp) as w:
+        w.until("ready")
+        w.send(cmd="separate", id="j", input=str(song), output_dir=str(out), model="dsp", segment=2.0)
+        progress = 0
+        while progress < 2:
+            progress += w.read()["status"] == "progress"
+        w.proc.kill()
+        w.proc.wait()
+    left = partials(out)
+    assert left and all(f".{w.proc.pid}-" in p.name for p in left)  # each names the killed worker
+    with RawWorker(tmp) as w:
+        w.until("ready")
+        done = w.ask(cmd="separate", id="again", input=str(song), output_dir=str(out), model="dsp")
+    assert partials(out) == [] and all(Path(p).exists() for p in done["paths"])
+
+
+# ---- memory and cancel --------------------------------------------------------------------------------
+
+def test_a_job_that_cannot_fit_is_refused_before_it_allocates(worker, tmp):
+    song = write_song(tmp / "small.wav", 1.0)
+    # in range for every option, but 64 spectrograms of 4096 frames of 8192-sample hops at once
+    error = worker.error(cmd="separate", id="big", input=str(song), output_dir=str(tmp / "big"),
+                         model_path=str(MDX / "model.onnx"), primary_stem="Vocals",
+                         **{**MDX_SETTINGS, "mdx_segment_size": 4096}, mdx_batch_size=64, mdx_hop_length=8192)
+    assert error["code"] == "out_of_memory" and "GiB" in error["message"] and "segment_size=4096" in error["message"]
+    assert not partials(tmp / "big") and not list((tmp / "big").rglob("*.wav"))
+    status = worker.ask(cmd="get_status", id="st")
+    assert status["busy"] is False
+
+
+@pytest.fixture(scope="module")
+def demucs_model(tmp) -> Path:
+    from demucs.htdemucs import HTDemucs
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=8000, segment=Fraction(3, 2),
+                     channels=8, depth=2, t_layers=1, t_heads=2, bottom_channels=0, nfft=512)
+    args, kwargs = model._init_args_kwargs
+    path = tmp / "tinyht.th"
+    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, path)
+    return path
+
+
+def test_cancel_stops_a_demucs_job_with_many_shifts_within_a_chunk(worker, tmp, demucs_model):
+    song = write_song(tmp / "minute.wav", 60.0)
+    worker.send(cmd="separate", id="long", input=str(song), output_dir=str(tmp / "cancel"),
+                model_path=str(demucs_model), shifts=20, overlap=0.5)
+    while worker.read()["status"] != "progress":
+        pass
+    worker.send(cmd="cancel", id="long")
+    after = worker.until("error", "long")
+    assert after[-1]["code"] == "cancelled"
+    # 20 shifts x ~80 segments each: the job stops at the next model call, far from its end
+    reached = max(m["progress"] for m in after if m["status"] == "progress") if len(after) > 1 else 0
+    assert reached < 0.25, reached
+    assert not partials(tmp / "cancel") and not list((tmp / "cancel").rglob("*.wav"))
