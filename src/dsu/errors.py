@@ -4,6 +4,7 @@ from __future__ import annotations
 CODES = (
     "bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio",
     "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal",
+    "checksum_mismatch", "download_failed",
 )
 
 

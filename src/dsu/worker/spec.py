@@ -256,6 +256,8 @@ ERRORS: dict[str, str] = {
     "cancelled": "the job was cancelled (by `cancel`, a timeout or the worker stopping); nothing of it was kept",
     "out_of_memory": "the device ran out of memory",
     "internal": "a bug or an unexpected failure; the message and the worker's stderr tell more",
+    "checksum_mismatch": "a downloaded file is not the published one (size, sha256 or pinned hash); nothing was kept",
+    "download_failed": "a download failed (HTTP error, or the network past its retries); a partial file is kept to resume",
 }
 assert tuple(ERRORS) == CODES, "errors.CODES and spec.ERRORS must list the same codes"
 
