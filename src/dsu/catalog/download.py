@@ -193,7 +193,7 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                         raise DSUError("checksum_mismatch", f"{url} offers {total} bytes, not the "
                                                             f"{expected.size} the catalog says; nothing was kept")
                     with open(part, "ab" if resumed else "wb") as out:
-                        for block in response.iter_bytes(CHUNK):
+                        for block in response.iter_bytes():  # as it arrives: a drop loses nothing received
                             if cancelled():
                                 raise DSUError("cancelled", "the download was cancelled; nothing was kept")
                             out.write(block)
@@ -211,7 +211,7 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                     on_progress(have, total, (have - start_bytes) / max(time.monotonic() - started, 1e-6))
                 return digest
             except httpx.HTTPError as e:  # dropped connection, timeout, refused, transient status
-                failures = 0 if received else failures + 1
+                failures = 0 if received >= CHUNK else failures + 1  # a trickle is no progress
                 if failures > retries:
                     what = "timed out" if isinstance(e, httpx.TimeoutException) else "failed"
                     raise DSUError("download_failed", f"downloading {url} {what} {retries + 1} times in a row "
