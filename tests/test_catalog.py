@@ -368,3 +368,35 @@ def test_docs_describe_the_format_the_code_checks():
     example = re.search(r"```json\n(.*?)```", doc, re.S)[1]
     parsed = catalogs.parse(json.loads(example), "docs/catalog.md")
     assert parsed.errors == [] and len(parsed) >= 2
+
+
+def test_separate_download_fetches_a_demucs_bag_then_separates(server, tmp_path):
+    """`dsu separate -m NAME --download`: a Demucs bag whose member's file name carries its sha8."""
+    torch = pytest.importorskip("torch")
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state, save_with_checksum
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=8000, segment=1.5, channels=8, depth=2,
+                     t_layers=1, t_heads=2, bottom_channels=0, nfft=512)
+    args, kwargs = model._init_args_kwargs
+    save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None, True)},
+                       tmp_path / "tiny01.th")
+    member = next(tmp_path.glob("tiny01-*.th"))
+    server.content[member.name] = member.read_bytes()
+    server.content["tinybag.yaml"] = b"models: ['tiny01']\n"
+    entry = {"name": "tinybag", "type": "demucs", "stems": ["drums", "bass", "other", "vocals"], "checkpoint": None,
+             "config": "tinybag.yaml",
+             "files": [{"path": member.name, "url": server.url("ok", member.name), "size": member.stat().st_size,
+                        "sha256": None, "sha256_prefix": member.stem.split("-")[1]},
+                       {"path": "tinybag.yaml", "url": server.url("ok", "tinybag.yaml"), "size": None, "sha256": None}]}
+    catalog = write_catalog(tmp_path / "catalog.json", entry)
+    sf.write(tmp_path / "song.wav", (np.random.default_rng(0).standard_normal((8000, 2)) * 0.1).astype(np.float32), 8000)
+    env = {**ENV, "DSU_CATALOG": str(catalog), "DSU_MODELS": str(tmp_path / "models")}
+    run = dsu("separate", "song.wav", "-m", "tinybag", "-o", "out", "--threads", "1", "-q", cwd=tmp_path, env=env)
+    assert run.returncode == 1 and "dsu models download tinybag" in run.stderr
+    run = dsu("separate", "song.wav", "-m", "tinybag", "--download", "-o", "out", "--threads", "1", "-q",
+              cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in run.stdout.split()) == \
+        [f"tinybag/song/{s}.wav" for s in ("bass", "drums", "other", "vocals")]
+    assert (tmp_path / "models" / member.name).is_file()

@@ -122,9 +122,7 @@ def separate_command(args: argparse.Namespace) -> int:
         args.models_dir = default_models_dir()
     if args.download and args.model:
         from .catalog import cli as models_cli
-        status = models_cli.run(argparse.Namespace(models_command="download", names=[args.model], catalog=None,
-                                                   models_dir=args.models_dir, timeout=30.0, retries=5,
-                                                   quiet=args.quiet))
+        status = models_cli.download_missing(args.model, args.models_dir, quiet=args.quiet)
         if status:
             return status
     device = _device(args)

@@ -164,12 +164,26 @@ def download_command(args, catalog, models_dir: Path) -> int:
         finally:
             bar.close()
         for path in done.paths:
-            print(path)
+            print(path, file=sys.stdout if getattr(args, "print_paths", True) else sys.stderr)
         if not args.quiet:
             state = f"downloaded {done.downloaded / 1e6:,.1f} MB" if done.downloaded else "already installed"
             pinned = f"; pinned {len(done.pinned)} hash(es) in {store.LOCK_FILE}" if done.pinned else ""
             print(f"{entry.name}: installed and verified in {models_dir} ({state}{pinned})", file=sys.stderr)
     return 0
+
+
+def download_missing(name: str, models_dir: Path, quiet: bool = False) -> int:
+    """`dsu separate --download`: install `name` when it is a catalog model not installed yet."""
+    try:
+        catalog = store.current_catalog()
+        entry = catalog.find(name)
+        if entry is None or store.installed(entry, models_dir):
+            return 0
+        args = argparse.Namespace(names=[entry.name], timeout=30.0, retries=5, quiet=quiet, print_paths=False)
+        return download_command(args, catalog, models_dir)
+    except DSUError as e:
+        print(f"dsu: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def verify_command(args, catalog, models_dir: Path) -> int:

@@ -128,10 +128,10 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
         return None
     if entry is None:
         return None
-    models_dir = Path(request["models_dir"]) if request.get("models_dir") else models_dir
+    models_dir = Path(request["models_dir"]) if request.get("models_dir") else Path(models_dir or default_models_dir())
     if not installed(entry, models_dir):
         raise DSUError("model_not_found", f"{name} is a catalog model that is not installed in "
-                                          f"{models_dir or 'the models dir (none given)'}: run "
+                                          f"{models_dir}: run "
                                           f"`{download_command(entry.name, models_dir)}` "
                                           "(or `dsu separate --download`)")
     fields = {k: v for k, v in request.items() if k not in ("model", "models_dir", "model_path", "config_path",
