@@ -400,3 +400,28 @@ def test_separate_download_fetches_a_demucs_bag_then_separates(server, tmp_path)
     assert sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in run.stdout.split()) == \
         [f"tinybag/song/{s}.wav" for s in ("bass", "drums", "other", "vocals")]
     assert (tmp_path / "models" / member.name).is_file()
+
+
+def test_restore_with_an_installed_apollo_model(server, tmp_path):
+    torch = pytest.importorskip("torch")
+    import yaml
+    from dsu.models.apollo import Apollo
+    torch.manual_seed(0)
+    arch = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
+    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**arch).state_dict().items()}},
+               tmp_path / "apollo.ckpt")
+    server.content["apollo.ckpt"] = (tmp_path / "apollo.ckpt").read_bytes()
+    server.content["apollo.yaml"] = yaml.safe_dump({"model": arch}).encode()
+    entry = {"name": "tiny_apollo", "type": "apollo", "stems": ["restored"], "checkpoint": "apollo.ckpt",
+             "config": "apollo.yaml", "purpose": ["restoration"],
+             "files": [{"path": "apollo.ckpt", "url": server.url("ok", "apollo.ckpt")},
+                       {"path": "apollo.yaml", "url": server.url("ok", "apollo.yaml")}]}
+    env = {**ENV, "DSU_CATALOG": str(write_catalog(tmp_path / "catalog.json", entry)), "DSU_MODELS": str(tmp_path / "m")}
+    t = np.arange(22050) / 44100
+    sf.write(tmp_path / "lossy.wav", (np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3).astype(np.float32), 44100)
+    run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
+    assert run.returncode == 1 and "dsu models download tiny_apollo" in run.stderr
+    assert dsu("models", "download", "tiny_apollo", "-q", cwd=tmp_path, env=env).returncode == 0
+    run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert sf.info(tmp_path / "restored.wav").frames == 22050

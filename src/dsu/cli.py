@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     rest = sub.add_parser("restore", help="restore lossy or band-limited audio with an Apollo model")
     rest.add_argument("input", type=Path, metavar="FILE")
     rest.add_argument("-o", "--output", type=Path, required=True, help="the restored file (.wav, .flac, .mp3)")
-    rest.add_argument("--model-path", required=True, help="the Apollo checkpoint (.ckpt or .bin)")
+    restore_model = rest.add_mutually_exclusive_group(required=True)
+    restore_model.add_argument("--model-path", help="the Apollo checkpoint (.ckpt or .bin)")
+    restore_model.add_argument("-m", "--model", help="an installed catalog Apollo model (`dsu models list --family apollo`)")
+    rest.add_argument("--models-dir", type=Path, default=None, help="where --model is installed (default: as `dsu models`)")
     rest.add_argument("--config-path", help="its YAML config (model: sr, win, feature_dim, layer)")
     rest.add_argument("--chunk-seconds", type=float, help="chunk length (default: the model's)")
     rest.add_argument("--overlap-seconds", type=float, help="crossfade between chunks (default: the model's)")
@@ -159,6 +162,13 @@ def restore_command(args: argparse.Namespace) -> int:
     from .cache import ModelCache
     from .worker import spec
 
+    if args.model:
+        from .catalog import store
+        try:
+            args.model_path, args.config_path = store.installed_files(args.model, args.models_dir)
+        except DSUError as e:
+            print(f"dsu: {e.code}: {e.message}", file=sys.stderr)
+            return EXIT_FAILED
     request = {"cmd": "apollo", "input": str(args.input), "output": str(args.output),
                "model_path": args.model_path, "config_path": args.config_path,
                "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,

@@ -141,6 +141,17 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
     return replace(ref, name=entry.name)
 
 
+def installed_files(name: str, models_dir: Path | None) -> tuple[str, str | None]:
+    """(checkpoint, config or None) of an installed catalog model, for commands that take paths."""
+    models_dir = Path(models_dir or default_models_dir())
+    entry = current_catalog().get(name)
+    if not installed(entry, models_dir):
+        raise DSUError("model_not_found", f"{entry.name} is not installed in {models_dir}: run "
+                                          f"`{download_command(entry.name, models_dir)}`")
+    fields = request_fields(entry, models_dir)
+    return fields["model_path"], fields.get("config_path")
+
+
 # ---- installing ----------------------------------------------------------------------------------------
 
 def file_check(entry: Entry, spec: FileSpec) -> Callable[[Path], None]:
