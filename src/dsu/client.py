@@ -253,7 +253,7 @@ class Worker:
 
     def download_model(self, model: str, *, on_progress: Callable[[float], None] | None = None,
                        timeout: float | None = None, **fields) -> dict:
-        """Install catalog model `model` (fields: models_dir, catalog, timeout, retries); the final
+        """Install catalog model `model` (fields: models_dir, catalog, read_timeout, retries); the final
         `model_downloaded`. Its `progress` messages also carry file, bytes_done, bytes_total and speed
         (iterate `submit("download_model", ...)` to see them)."""
         return self.request("download_model", timeout=timeout, on_progress=on_progress, model=model, **fields)

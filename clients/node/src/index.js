@@ -296,7 +296,7 @@ export class DSUWorker extends EventEmitter {
    */
   separate(fields, options) { return this.request("separate", fields, options); }
 
-  /** Install a catalog model (`fields`: models_dir, catalog, timeout, retries); resolves with
+  /** Install a catalog model (`fields`: models_dir, catalog, read_timeout, retries); resolves with
    * `model_downloaded`. Its `progress` messages carry file, bytes_done, bytes_total and speed. */
   downloadModel(model, fields = {}, options) { return this.request("download_model", { ...fields, model }, options); }
 

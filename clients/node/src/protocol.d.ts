@@ -148,7 +148,7 @@ export interface CommandFields {
     /** a catalog file or URL instead of $DSU_CATALOG or the shipped one */
     catalog?: string;
     /** seconds a read may stall before it is retried */
-    timeout?: number;
+    read_timeout?: number;
     /** network failures in a row before giving up */
     retries?: number;
   };

@@ -11,7 +11,7 @@ from . import store
 
 def download_model(fields: dict, models_dir: Path | None, emit: Callable[..., None],
                    cancelled: Callable[[], bool] | None = None) -> dict:
-    """`fields`: the validated request (`model`, `models_dir`, `catalog`, `timeout`, `retries`).
+    """`fields`: the validated request (`model`, `models_dir`, `catalog`, `read_timeout`, `retries`).
     Emits `progress` with the bytes of the file being fetched; returns the `model_downloaded` fields."""
     started = time.perf_counter()
     catalog = catalogs.load(fields.get("catalog"))
@@ -25,7 +25,7 @@ def download_model(fields: dict, models_dir: Path | None, emit: Callable[..., No
              bytes_done=done, bytes_total=total, speed=round(speed), model=entry.name)
 
     done = store.install(entry, target, on_progress=progress, cancelled=cancelled,
-                         timeout=fields.get("timeout", 30.0), retries=fields.get("retries", 5))
+                         timeout=fields.get("read_timeout", 30.0), retries=fields.get("retries", 5))
     return {"model": entry.name, "models_dir": str(target.resolve()), "paths": [str(p.resolve()) for p in done.paths],
             "downloaded": done.downloaded, "size": known if known is not None else sum(p.stat().st_size for p in done.paths),
             "pinned": done.pinned, "elapsed": round(time.perf_counter() - started, 3)}

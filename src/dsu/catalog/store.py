@@ -122,10 +122,7 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
     name = request.get("model") or default_model
     if not name:
         return None
-    try:
-        entry = (catalog or current_catalog()).find(str(name))
-    except DSUError:
-        return None
+    entry = (catalog or current_catalog()).find(str(name))
     if entry is None:
         return None
     models_dir = Path(request["models_dir"]) if request.get("models_dir") else Path(models_dir or default_models_dir())

@@ -149,7 +149,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("list_cached", "the loaded models in the cache, least recently used first", (ID,),
             final=("cached_models",), immediate=True),
     Command("cancel", "stop the job whose `id` is given: a queued job of any kind is dropped, a running "
-                      "separate/apollo stops at its next chunk; without `id`, the running job. That job "
+                      "separate/apollo stops at its next chunk (download_model at its next block); "
+                      "without `id`, the running job. That job "
                       "then answers error `cancelled`",
             (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
     Command("load_model", "load a model into the cache (or find it there)", (ID, *MODEL_FIELDS),
@@ -185,7 +186,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             (ID, Field("model", "string", "the catalog name (see `dsu models list --available`)", required=True),
              Field("models_dir", "string", "install here instead of the worker's models dir", aliases=("model_file_dir",)),
              Field("catalog", "string", "a catalog file or URL instead of $DSU_CATALOG or the shipped one"),
-             Field("timeout", "number", "seconds a read may stall before it is retried", default=30.0, minimum=0.1),
+             Field("read_timeout", "number", "seconds a read may stall before it is retried", default=30.0, minimum=0.1),
              Field("retries", "integer", "network failures in a row before giving up", default=5, minimum=0)),
             final=("model_downloaded",), interim=("progress", "cancelling"), cancellable=True),
 )}
