@@ -52,7 +52,7 @@ def test_usage_and_model_errors(tmp_path):
 def test_models_list(tmp_path):
     run = dsu("models", "list", "--json", cwd=tmp_path)
     assert run.returncode == 0
-    models = [json.loads(line) for line in run.stdout.splitlines()]
+    models = json.loads(run.stdout)  # one JSON array: catalog models and what the models dir holds
     assert {"name": "dsp", "family": "dsp"}.items() <= next(m for m in models if m["name"] == "dsp").items()
 
 

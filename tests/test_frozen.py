@@ -171,6 +171,37 @@ def test_uvr_and_apollo_models_run_frozen(dist, elsewhere, tmp_path):
         worker.close()
 
 
+def test_catalog_download_runs_frozen(dist, elsewhere, tmp_path):
+    """The shipped catalog and its configs are in the folder, and a download (httpx, the lock file, the
+    family's loader check) then a separation by name go through the same code as in the venv."""
+    import threading
+    from test_catalog import Files, msst_entry, write_catalog
+    server = Files()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**bare_env(elsewhere), "DSU_MODELS": str(tmp_path / "models")}
+        listed = subprocess.run([str(dist / "dsu"), "models", "list", "--available", "--json"], cwd=elsewhere, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0 and "left out" not in listed.stderr, listed.stderr
+        assert {"htdemucs", "bs_roformer_viperx_1297", "UVR-MDX-NET-Inst_HQ_3", "apollo_lew_uni"} <= \
+            {row["name"] for row in json.loads(listed.stdout)}
+        env["DSU_CATALOG"] = str(write_catalog(tmp_path / "catalog.json", msst_entry(server, route="drop")))
+        got = subprocess.run([str(dist / "dsu"), "models", "download", "tv", "-q"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0, got.stderr
+        assert [r for _, r in server.requests][1].startswith("bytes=")  # resumed after the drop
+        t = np.arange(44100) / 44100
+        sf.write(tmp_path / "song.wav", (np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3).astype(np.float32), 44100)
+        sep = subprocess.run([str(dist / "dsu"), "separate", str(tmp_path / "song.wav"), "-m", "tv", "-o",
+                              str(tmp_path / "out"), "--threads", "1", "-q"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert sep.returncode == 0, sep.stderr
+        assert [Path(p).name for p in sep.stdout.split()] == ["vocals.wav", "other.wav"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("argv", [["-c", "print('looped')"], ["-m", "dsu.worker"], ["-I", "-c", "pass"],
                                   ["-B", "-s", "-c", "from multiprocessing.spawn import spawn_main"],
                                   ["script.py"]])

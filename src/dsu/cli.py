@@ -49,13 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a model option, e.g. -O shifts=2 -O overlap=0.5 (values parsed as JSON)")
     sep.add_argument("--device", choices=worker_config.DEVICES, default="auto")
     sep.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
-    sep.add_argument("--models-dir", type=Path, default=None, help="where model names are looked up")
+    sep.add_argument("--models-dir", type=Path, default=None,
+                     help="where model names are looked up (default: $DSU_MODELS or the user data folder, "
+                          "see `dsu models --help`)")
+    sep.add_argument("--download", action="store_true",
+                     help="download -m NAME first when it is a catalog model that is not installed")
     sep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     rest = sub.add_parser("restore", help="restore lossy or band-limited audio with an Apollo model")
     rest.add_argument("input", type=Path, metavar="FILE")
     rest.add_argument("-o", "--output", type=Path, required=True, help="the restored file (.wav, .flac, .mp3)")
-    rest.add_argument("--model-path", required=True, help="the Apollo checkpoint (.ckpt or .bin)")
+    restore_model = rest.add_mutually_exclusive_group(required=True)
+    restore_model.add_argument("--model-path", help="the Apollo checkpoint (.ckpt or .bin)")
+    restore_model.add_argument("-m", "--model", help="an installed catalog Apollo model (`dsu models list --family apollo`)")
+    rest.add_argument("--models-dir", type=Path, default=None, help="where --model is installed (default: as `dsu models`)")
     rest.add_argument("--config-path", help="its YAML config (model: sr, win, feature_dim, layer)")
     rest.add_argument("--chunk-seconds", type=float, help="chunk length (default: the model's)")
     rest.add_argument("--overlap-seconds", type=float, help="crossfade between chunks (default: the model's)")
@@ -66,11 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     rest.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    models = sub.add_parser("models", help="models this installation can find")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    listing = models_sub.add_parser("list", help="list models (built in and in the models dir)")
-    listing.add_argument("--models-dir", type=Path, default=None)
-    listing.add_argument("--json", action="store_true", help="one JSON object per model")
+    from .catalog import cli as models_cli
+    models_cli.add_parser(sub)
 
     clean.add_parser(sub)
     worker = sub.add_parser("worker", help="run a persistent JSON-lines worker on stdin/stdout")
@@ -118,6 +122,14 @@ def separate_command(args: argparse.Namespace) -> int:
                "two_stems": args.two_stems, "stems": args.stems.split(",") if args.stems else None,
                "sample_rate": int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate,
                **dict(args.option)}
+    if args.models_dir is None:
+        from .catalog import default_models_dir
+        args.models_dir = default_models_dir()
+    if args.download and args.model:
+        from .catalog import cli as models_cli
+        status = models_cli.download_missing(args.model, args.models_dir, quiet=args.quiet)
+        if status:
+            return status
     device = _device(args)
     cache = ModelCache(device, max_models=1)
     failed = 0
@@ -153,6 +165,13 @@ def restore_command(args: argparse.Namespace) -> int:
     from .cache import ModelCache
     from .worker import spec
 
+    if args.model:
+        from .catalog import store
+        try:
+            args.model_path, args.config_path = store.installed_files(args.model, args.models_dir)
+        except DSUError as e:
+            print(f"dsu: {e.code}: {e.message}", file=sys.stderr)
+            return EXIT_FAILED
     request = {"cmd": "apollo", "input": str(args.input), "output": str(args.output),
                "model_path": args.model_path, "config_path": args.config_path,
                "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
@@ -180,19 +199,8 @@ def print_warnings(path, done: dict) -> None:
 
 
 def models_command(args: argparse.Namespace) -> int:
-    from . import families
-
-    try:
-        found = families.list_models(args.models_dir)
-    except DSUError as e:
-        print(f"dsu: {e.code}: {e.message}", file=sys.stderr)
-        return EXIT_FAILED
-    for m in found:
-        if args.json:
-            print(json.dumps(m, default=str))
-        else:
-            print(f"{m['name']:<32} {m['family']:<8} {', '.join(m.get('stems', []))}")
-    return 0
+    from .catalog import cli as models_cli
+    return models_cli.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

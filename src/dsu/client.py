@@ -251,6 +251,13 @@ class Worker:
                 **fields) -> dict:
         return self.request("apollo", timeout=timeout, on_progress=on_progress, **fields)
 
+    def download_model(self, model: str, *, on_progress: Callable[[float], None] | None = None,
+                       timeout: float | None = None, **fields) -> dict:
+        """Install catalog model `model` (fields: models_dir, catalog, read_timeout, retries); the final
+        `model_downloaded`. Its `progress` messages also carry file, bytes_done, bytes_total and speed
+        (iterate `submit("download_model", ...)` to see them)."""
+        return self.request("download_model", timeout=timeout, on_progress=on_progress, model=model, **fields)
+
     def cancel(self, request_id: Any) -> None:
         """Ask the worker to stop job `request_id`; that job's request then fails with `cancelled`.
         The worker's own answer (`cancelling`, or an error when nothing matched) goes to that request

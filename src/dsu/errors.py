@@ -5,6 +5,7 @@ CODES = (
     "bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio",
     "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal",
     "output_not_writable",
+    "checksum_mismatch", "download_failed",
 )
 
 

@@ -28,7 +28,17 @@ OPTION_TYPES = (str, int, float, bool, list, type(None))
 
 
 def resolve(fields: dict, models_dir: Path | None, default_model: str | None = None) -> ModelRef:
-    return families.resolve({k: fields[k] for k in MODEL_KEYS if k in fields}, models_dir, default_model)
+    request = {k: fields[k] for k in MODEL_KEYS if k in fields}
+    try:
+        return families.resolve(request, models_dir, default_model)
+    except DSUError as e:
+        if e.code != "model_not_found":
+            raise
+        from . import catalog  # a name the models dir does not hold: installed (or installable) from the catalog?
+        ref = catalog.resolve(request, models_dir, default_model)
+        if ref is None:
+            raise
+        return ref
 
 
 def load(ref: ModelRef, cache: ModelCache, emit: Emit) -> tuple[Separator, bool]:

@@ -296,6 +296,10 @@ export class DSUWorker extends EventEmitter {
    */
   separate(fields, options) { return this.request("separate", fields, options); }
 
+  /** Install a catalog model (`fields`: models_dir, catalog, read_timeout, retries); resolves with
+   * `model_downloaded`. Its `progress` messages carry file, bytes_done, bytes_total and speed. */
+  downloadModel(model, fields = {}, options) { return this.request("download_model", { ...fields, model }, options); }
+
   /**
    * Stop the worker: `exit`, then SIGTERM after `graceMs`, then SIGKILL after `graceMs` more.
    * Pending requests reject with code `closed`. Resolves with how the process ended.

@@ -4,8 +4,8 @@ export declare const FINAL_STATUSES: Readonly<Record<string, readonly string[]>>
 export declare const QUEUED: ReadonlySet<string>;
 export declare const ERROR_CODES: readonly ErrorCode[];
 
-export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal" | "output_not_writable";
-export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "restore";
+export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal" | "output_not_writable" | "checksum_mismatch" | "download_failed";
+export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "download_model" | "restore";
 
 /** the fields of each command's request, besides `cmd` and `id` */
 export interface CommandFields {
@@ -151,6 +151,18 @@ export interface CommandFields {
   clean: {
     /** the folder to clean, with its subfolders */
     dir: string;
+  };
+  download_model: {
+    /** the catalog name (see `dsu models list --available`) */
+    model: string;
+    /** install here instead of the worker's models dir */
+    models_dir?: string;
+    /** a catalog file or URL instead of $DSU_CATALOG or the shipped one */
+    catalog?: string;
+    /** seconds a read may stall before it is retried */
+    read_timeout?: number;
+    /** network failures in a row before giving up */
+    retries?: number;
   };
   restore: CommandFields["apollo"];
 }
@@ -335,6 +347,35 @@ export interface ProgressMessage {
   progress: number | null;
   /** 0..100 (older clients) */
   percent: number | null;
+  /** download_model: the file being fetched */
+  file: string | null;
+  /** download_model: its bytes so far */
+  bytes_done: number | null;
+  /** download_model: its size (null when the server does not say) */
+  bytes_total: number | null;
+  /** download_model: bytes per second */
+  speed: number | null;
+}
+
+/** answer to download_model: every file is installed and verified */
+export interface ModelDownloadedMessage {
+  status: "model_downloaded";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** the model's name */
+  model: string | null;
+  /** absolute */
+  models_dir: string | null;
+  /** the model's files, absolute */
+  paths: string[] | null;
+  /** bytes fetched now (0: it was installed already) */
+  downloaded: number | null;
+  /** bytes of all its files */
+  size: number | null;
+  /** files whose first-download hash was pinned in dsu-lock.json */
+  pinned: string[] | null;
+  /** seconds */
+  elapsed: number | null;
 }
 
 /** the job finished; every file it names is complete */
@@ -417,7 +458,7 @@ export interface ErrorMessage {
   message: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | ModelDownloadedMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {
@@ -434,6 +475,7 @@ export interface FinalMessages {
   set_cache_size: CacheSizeUpdatedMessage;
   exit: ExitingMessage;
   clean: CleanedMessage;
+  download_model: ModelDownloadedMessage;
   restore: DoneMessage;
 }
 export type FinalMessage<C extends Command> = FinalMessages[C];

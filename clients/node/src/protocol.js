@@ -16,10 +16,11 @@ export const FINAL_STATUSES = {
   set_cache_size: ["cache_size_updated"],
   exit: ["exiting"],
   clean: ["cleaned"],
+  download_model: ["model_downloaded"],
   restore: ["done"],
 };
 
 /** commands the worker queues (a `cancel` drops them): a timed-out one is cancelled there too */
-export const QUEUED = new Set(["load_model", "preload_model", "separate", "apollo", "clear_cache", "set_cache_size", "exit", "clean", "restore"]);
+export const QUEUED = new Set(["load_model", "preload_model", "separate", "apollo", "clear_cache", "set_cache_size", "exit", "clean", "download_model", "restore"]);
 
-export const ERROR_CODES = ["bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio", "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal", "output_not_writable"];
+export const ERROR_CODES = ["bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio", "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal", "output_not_writable", "checksum_mismatch", "download_failed"];

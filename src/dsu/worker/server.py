@@ -287,6 +287,10 @@ class Server:
     def job_clean(self, job: Job) -> tuple[str, dict]:
         return "cleaned", jobs.clean(job.fields)
 
+    def job_download_model(self, job: Job) -> tuple[str, dict]:
+        from ..catalog.job import download_model
+        return "model_downloaded", download_model(job.fields, self.config.models_dir, job.reply, job.cancel.is_set)
+
     def job_clear_cache(self, job: Job) -> tuple[str, dict]:
         return "cache_cleared", {"models_cleared": self.cache.clear()}
 

@@ -168,7 +168,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("list_cached", "the loaded models in the cache, least recently used first", (ID,),
             final=("cached_models",), immediate=True),
     Command("cancel", "stop the job whose `id` is given: a queued job of any kind is dropped, a running "
-                      "separate/apollo stops at its next chunk; without `id`, the running job. That job "
+                      "separate/apollo stops at its next chunk (download_model at its next block); "
+                      "without `id`, the running job. That job "
                       "then answers error `cancelled`",
             (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
     Command("load_model", "load a model into the cache (or find it there)", (ID, *MODEL_FIELDS),
@@ -202,6 +203,16 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                      "input copies in the temp dir whose owner is gone",
             (ID, Field("dir", "string", "the folder to clean, with its subfolders", required=True)),
             final=("cleaned",)),
+    Command("download_model", "download a catalog model into the models dir: every file streamed to a temporary "
+                              "name, resumed after a dropped connection, its size and sha256 (or the hash pinned "
+                              "by its first download) checked and the file opened by its family's loader before "
+                              "it is renamed into place. `progress` carries the bytes",
+            (ID, Field("model", "string", "the catalog name (see `dsu models list --available`)", required=True),
+             Field("models_dir", "string", "install here instead of the worker's models dir", aliases=("model_file_dir",)),
+             Field("catalog", "string", "a catalog file or URL instead of $DSU_CATALOG or the shipped one"),
+             Field("read_timeout", "number", "seconds a read may stall before it is retried", default=30.0, minimum=0.1),
+             Field("retries", "integer", "network failures in a row before giving up", default=5, minimum=0)),
+            final=("model_downloaded",), interim=("progress", "cancelling"), cancellable=True),
 )}
 
 ALIASES = {alias: c.name for c in COMMANDS.values() for alias in c.aliases}
@@ -265,7 +276,17 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
                                                    _NAME)),
     Message("restoring", "a restoration started", (ID, Field("input", "string", "the input as given"), _NAME)),
     Message("progress", "at least once per processed chunk", (
-        ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"))),
+        ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"),
+        Field("file", "string", "download_model: the file being fetched"),
+        Field("bytes_done", "integer", "download_model: its bytes so far"),
+        Field("bytes_total", "integer", "download_model: its size (null when the server does not say)"),
+        Field("speed", "number", "download_model: bytes per second"))),
+    Message("model_downloaded", "answer to download_model: every file is installed and verified", (
+        ID, _NAME, Field("models_dir", "string", "absolute"), Field("paths", "string[]", "the model's files, absolute"),
+        Field("downloaded", "integer", "bytes fetched now (0: it was installed already)"),
+        Field("size", "integer", "bytes of all its files"),
+        Field("pinned", "string[]", "files whose first-download hash was pinned in dsu-lock.json"),
+        Field("elapsed", "number", "seconds"))),
     Message("done", "the job finished; every file it names is complete", (
         ID, Field("elapsed", "number", "seconds from the request being taken from the queue"),
         Field("output_dir", "string", "absolute: the folder holding `files` (OUT/<model>/<track> for the demucs "
@@ -308,6 +329,8 @@ ERRORS: dict[str, str] = {
     "internal": "a bug or an unexpected failure; the message and the worker's stderr tell more",
     "output_not_writable": "the output folder cannot take new files (read-only, a system folder, a file in "
                            "its place); checked before the model loads",
+    "checksum_mismatch": "a downloaded file is not the published one (size, sha256 or pinned hash); nothing was kept",
+    "download_failed": "a download failed (HTTP error, or the network past its retries); a partial file is kept to resume",
 }
 assert tuple(ERRORS) == CODES, "errors.CODES and spec.ERRORS must list the same codes"
 
