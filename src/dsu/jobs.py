@@ -67,7 +67,8 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
     result = separate_file(model, fields["input"], fields["output_dir"], fmt=fields.get("format", "wav"),
                            bit_depth=fields.get("bit_depth"), stems=fields.get("stems"),
                            two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
-                           options=options, progress=progress, cancelled=cancelled)
+                           options=options, layout=fields.get("layout"), output_names=fields.get("output_names"),
+                           mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled)
     done = _done(result, ref, from_cache, started)
     if ignored:
         done["ignored"] = ignored

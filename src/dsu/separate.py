@@ -28,14 +28,62 @@ class JobResult:
     extra: dict = field(default_factory=dict)
 
 
+# `layout` presets (the contract every front end shares): a template relative to `output_dir`
+LAYOUTS = {"demucs": "{model}/{track}/{stem}.{ext}", "flat": "{track}/{stem}.{ext}",
+           "uvr": "{track}_({Stem})_{model}.{ext}"}
+LAYOUT_ALIASES = {"msst": "flat", "audio_separator": "uvr"}
+PLACEHOLDERS = ("track", "trackext", "stem", "Stem", "model", "ext")
+
+
+def capitalised(stem: str) -> str:
+    """audio-separator's spelling of a stem in file names: `vocals` -> `Vocals`."""
+    return stem[:1].upper() + stem[1:]
+
+
+def layout_template(layout: str) -> str:
+    """The template a `layout` preset names, or `layout` itself when it is a template."""
+    name = LAYOUT_ALIASES.get(layout, layout)
+    if name in LAYOUTS:
+        return LAYOUTS[name]
+    if "{" not in layout:
+        raise DSUError("bad_value", f"layout {layout!r} is no preset ({', '.join([*LAYOUTS, *LAYOUT_ALIASES])}) "
+                                    "and no template (e.g. \"{track}/{stem}.{ext}\")")
+    return layout
+
+
+def _path_part(text: str) -> str:
+    """One path component taken from a name: no separators, no `..`, no NUL."""
+    text = text.replace("/", "_").replace("\\", "_").replace("\0", "")
+    return "_" if text in ("", ".", "..") else text
+
+
 def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path, stems: list[str],
-               ext: str) -> dict[str, Path]:
-    base = input_path.stem
-    if layout == "demucs":
-        return {s: output_dir / model_name / base / f"{s}.{ext}" for s in stems}
-    if layout == "uvr":
-        return {s: output_dir / f"{base}_({s[:1].upper() + s[1:]})_{model_name}.{ext}" for s in stems}
-    return {s: output_dir / base / f"{s}.{ext}" for s in stems}
+               ext: str, output_names: dict | None = None) -> dict[str, Path]:
+    """Where each stem goes: `layout` (a preset or a template, see LAYOUTS) under `output_dir`, or
+    `<output_dir>/<name>.<ext>` for a stem `output_names` names (matched case-insensitively)."""
+    template = layout_template(layout)
+    track, _, trackext = input_path.name.rpartition(".") if "." in input_path.name else (input_path.name, "", "")
+    renamed = {str(k).lower(): str(v) for k, v in (output_names or {}).items()}
+    out = {}
+    for stem in stems:
+        if stem.lower() in renamed:
+            out[stem] = output_dir / f"{_path_part(renamed[stem.lower()])}.{ext}"
+            continue
+        values = {"track": track, "trackext": trackext, "stem": stem, "Stem": capitalised(stem),
+                  "model": model_name, "ext": ext}
+        try:
+            relative = template.format_map({k: _path_part(v) for k, v in values.items()})
+        except (KeyError, IndexError, ValueError) as e:
+            raise DSUError("bad_value", f"layout template {template!r} cannot be filled ({e}); its placeholders "
+                                        f"are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}") from None
+        parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            raise DSUError("bad_value", f"layout template {template!r} must name a file inside the output folder")
+        out[stem] = output_dir.joinpath(*parts)
+    if len(set(out.values())) < len(out):
+        raise DSUError("bad_value", f"layout template {template!r} gives several stems the same file: "
+                                    "put {stem} in it")
+    return out
 
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
@@ -56,25 +104,29 @@ def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled,
 
 
 def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list[str]:
+    """The stems to write, asked for in any case and named in the model's own spelling."""
+    spelled = {s.lower(): s for s in produced}
     if two_stems:
-        if two_stems not in produced:
+        if two_stems.lower() not in spelled:
             raise DSUError("bad_value", f"two_stems={two_stems!r}: this model has {', '.join(produced)}")
+        two_stems = spelled[two_stems.lower()]
         return [two_stems, f"no_{two_stems}"]
     if stems:
         if isinstance(stems, str):
             stems = [stems]
-        unknown = [s for s in stems if s not in produced]
+        unknown = [s for s in stems if s.lower() not in spelled]
         if unknown:
             raise DSUError("bad_value", f"stems {unknown} are not produced by {model.name}: "
                                         f"choose from {', '.join(produced)}")
-        return list(stems)
+        return list(dict.fromkeys(spelled[s.lower()] for s in stems))
     return produced
 
 
 def separate_file(model: Separator, input_path: str | Path, output_dir: str | Path, *,
                   family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
                   stems=None, two_stems: str | None = None, sample_rate="model",
-                  options: dict | None = None,
+                  options: dict | None = None, layout: str | None = None,
+                  output_names: dict | None = None, mp3_bitrate: int | None = None,
                   progress: Callable[[float], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> JobResult:
     started = time.perf_counter()
@@ -94,13 +146,16 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
             raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
-    paths = stem_paths(fam.layout, output_dir, model.name, input_path, wanted, fmt)
+    if two_stems:
+        two_stems = wanted[0]
+    paths = stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt, output_names)
     passes = model.passes(signal, **options)
     needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
     writer = StemWriter(paths, model.samplerate, model.audio_channels, fmt,
-                        bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options))
+                        bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options),
+                        mp3_bitrate=mp3_bitrate)
 
     def sink(block: torch.Tensor) -> None:
         nonlocal position

@@ -95,7 +95,7 @@ export interface CommandFields {
     mdx_n_fft_scale_set?: number;
     /** stem file format */
     format?: "wav" | "flac" | "mp3";
-    /** 16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, 32 for others */
+    /** 16, 24 or 32 (float; flac writes 24); default: 16 for the demucs and uvr layouts (Demucs, MDX-Net, VR), 32 for the flat layout (MSST models, dsp) */
     bit_depth?: 16 | 24 | 32;
     /** write only these stems (default: every stem the model makes) */
     stems?: string | string[];
@@ -103,6 +103,12 @@ export interface CommandFields {
     two_stems?: string;
     /** output sample rate: `model` (the model's), `input` (the input file's) or a number of Hz */
     sample_rate?: "model" | "input" | number;
+    /** kbps of a `format` mp3 stem, constant bitrate (default 320, as demucs; at most 160 below 32 kHz) */
+    mp3_bitrate?: number;
+    /** where stems go under `output_dir`: `demucs` ({model}/{track}/{stem}.{ext}), `flat` or `msst` ({track}/{stem}.{ext}), `uvr` or `audio_separator` ({track}_({Stem})_{model}.{ext}), or a template with those placeholders and {trackext}; default: the family's own */
+    layout?: string;
+    /** stem -> file name without extension, written in `output_dir` (python-audio-separator's custom_output_names) */
+    output_names?: Record<string, unknown>;
     /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
     [option: string]: unknown;
   };

@@ -114,13 +114,23 @@ SEPARATE_FIELDS = (
     Field("output_dir", "string", "the folder the stems are written under", required=True, aliases=("output",)),
     *MODEL_FIELDS,
     Field("format", "string", "stem file format", default="wav", choices=("wav", "flac", "mp3")),
-    Field("bit_depth", "integer", "16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, "
-                                  "32 for others", choices=(16, 24, 32)),
+    Field("bit_depth", "integer", "16, 24 or 32 (float; flac writes 24); default: 16 for the demucs and uvr "
+                                  "layouts (Demucs, MDX-Net, VR), 32 for the flat layout (MSST models, dsp)",
+          choices=(16, 24, 32)),
     Field("stems", "string|string[]", "write only these stems (default: every stem the model makes)",
           aliases=("single_stem",)),
     Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
     Field("sample_rate", "integer|string", "output sample rate: `model` (the model's), `input` (the input "
                                            "file's) or a number of Hz", default="model", choices=("model", "input")),
+    Field("mp3_bitrate", "integer", "kbps of a `format` mp3 stem, constant bitrate (default 320, as demucs; "
+                                    "at most 160 below 32 kHz)", minimum=8),
+    Field("layout", "string", "where stems go under `output_dir`: `demucs` ({model}/{track}/{stem}.{ext}), "
+                              "`flat` or `msst` ({track}/{stem}.{ext}), `uvr` or `audio_separator` "
+                              "({track}_({Stem})_{model}.{ext}), or a template with those placeholders and "
+                              "{trackext}; default: the family's own"),
+    Field("output_names", "object", "stem -> file name without extension, written in `output_dir` "
+                                    "(python-audio-separator's custom_output_names)",
+          aliases=("custom_output_names",)),
 )
 
 RESTORE_FIELDS = (
@@ -157,7 +167,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("preload_model", "like load_model, for warming the cache ahead of jobs", (ID, *MODEL_FIELDS),
             final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
     Command("separate", "separate one file into stem files. It also takes the options of the model's family: "
-                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`; MSST `overlap`, `batch_size`, "
+                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`, `clip_mode` (rescale|none); MSST `overlap`, `batch_size`, "
                         "`chunk_size`, `use_tta`, `extract_instrumental`, `precision`; UVR VR `window_size`, "
                         "`aggression`, `enable_tta`, `enable_post_process`, `post_process_threshold`, "
                         "`high_end_process`, `batch_size`; MDX-Net `segment_size`, `overlap`, `batch_size`, "
