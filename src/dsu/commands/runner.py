@@ -120,5 +120,12 @@ def run_separations(requests: list[dict], *, cache, models_dir, default_model, d
                            f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
             failed += 1
             continue
+        except Exception as e:  # a bug: one line (the traceback with -v), and the other files go on
+            if display.mode == "verbose":
+                import traceback
+                traceback.print_exc()
+            display.failed(request["input"], "internal", f"{type(e).__name__}: {e}")
+            failed += 1
+            continue
         display.done(done)
     return failed

@@ -185,12 +185,15 @@ def list_models(args) -> int:
     return 0
 
 
-def _model_request(args) -> dict:
-    """A path given as -m is used as it is; a bare name is looked up in --model_file_dir."""
-    path = Path(args.model_filename)
-    if path.is_file() and (path.parent != Path(".") or not (Path(args.model_file_dir) / path).is_file()):
-        return {"model_path": str(path)}
-    return {"model": args.model_filename, "models_dir": args.model_file_dir}
+def _model_requests(args) -> list[dict]:
+    """The ways to find `-m`, in order: a name in --model_file_dir (its catalogue, Demucs signatures,
+    UVR tables), that file itself, a path as given."""
+    out = [{"model": args.model_filename, "models_dir": args.model_file_dir}] \
+        if Path(args.model_file_dir).is_dir() else []
+    for path in (Path(args.model_file_dir) / args.model_filename, Path(args.model_filename)):
+        if path.is_file():
+            out.append({"model_path": str(path)})
+    return out or [{"model": args.model_filename, "models_dir": args.model_file_dir}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,20 +229,28 @@ def main(argv: list[str] | None = None) -> int:
         return common.EXIT_FAILED
     if args.apollo:
         return restore_all(args, fmt, output_dir, display)
-    request = {**_model_request(args), "output_dir": str(output_dir), "format": fmt, "layout": "uvr",
+    # audio-separator names files after the model file, whatever DSU calls the model
+    model_stem = Path(args.model_filename).stem.replace("{", "{{").replace("}", "}}")
+    request = {"output_dir": str(output_dir), "format": fmt,
+               "layout": "{track}_({Stem})_" + model_stem + ".{ext}",
                "sample_rate": args.sample_rate, "stems": [args.single_stem] if args.single_stem else None,
                "output_names": args.custom_output_names}
     if fmt == "mp3" and args.output_bitrate:
         request["mp3_bitrate"] = _bitrate(args.output_bitrate)
     request = {k: v for k, v in request.items() if v is not None}
     cache = common.open_cache(args.device, args.threads)
-    try:
-        ref, model = common.load(request, cache, None, display)
-    except DSUError as e:
-        if e.code == "model_not_found" and "model" in request:
-            e = DSUError(e.code, f"{e.message}. DSU does not download models: put {args.model_filename} in "
-                                 f"{args.model_file_dir} (--model_file_dir) or give its path with -m")
-        return common.fail(display, e)
+    for way in _model_requests(args):
+        try:
+            ref, model = common.load({**request, **way}, cache, None, display)
+            request.update(way)
+            break
+        except DSUError as e:
+            error = e
+    else:
+        if error.code == "model_not_found":
+            error = DSUError(error.code, f"{error.message}. DSU does not download models: put {args.model_filename} "
+                                         f"in {args.model_file_dir} (--model_file_dir) or give its path with -m")
+        return common.fail(display, error)
     options, refused = family_options(args, ref.family)
     if refused:
         return common.refuse(PROG, refused)
