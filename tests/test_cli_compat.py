@@ -8,13 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from tiny_models import song, tiny_htdemucs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -32,27 +31,12 @@ def tool(name: str, *args, cwd: Path, env: dict | None = None, stdin: str | None
 def models(tmp_path_factory) -> Path:
     """A models dir: a tiny HTDemucs saved as demucs saves `htdemucs`, and a tiny BS-RoFormer named
     by a models.json entry (as audio-separator names its default model)."""
-    from demucs.htdemucs import HTDemucs
-    from demucs.states import get_state
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    ht = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=44100, segment=Fraction(1, 2), channels=8,
-                  depth=2, t_layers=1, t_heads=2, bottom_channels=0, nfft=512)
-    args, kwargs = ht._init_args_kwargs
-    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": get_state(ht, None, False),
-                "training_args": {}}, root / "htdemucs.th")
+    tiny_htdemucs(root / "htdemucs.th")
     shutil.copytree(FIXTURES / "bs_roformer", root / "roformer")
     (root / "models.json").write_text(json.dumps({"model_bs_roformer_ep_317_sdr_12.9755.ckpt": {
         "type": "bs_roformer", "config": "roformer/config.yaml", "checkpoint": "roformer/model.ckpt"}}))
     return root
-
-
-def song(folder: Path, name: str = "song.wav", seconds: float = 0.6, rate: int = 44100) -> Path:
-    t = np.arange(int(seconds * rate)) / rate
-    audio = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], 1).astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
-    sf.write(folder / name, audio, rate)
-    return folder / name
 
 
 # ---- dsu-demucs ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TextIO
 MODES = ("quiet", "normal", "verbose", "json")
 PLAIN_STEP = 0.10      # a plain line at least every 10 % ...
 PLAIN_SECONDS = 10.0   # ... or every 10 s, whichever comes first
-BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}, {postfix}]"
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
 
 
 def audio_seconds(path: str | Path) -> float | None:
@@ -153,7 +153,7 @@ class Display:
                              bar_format=BAR_FORMAT if self.seconds else BAR_FORMAT.replace(" {n:.0f}/{total:.0f} s", ""),
                              dynamic_ncols=True, mininterval=0.2)
         target = fraction * self._bar.total
-        self._bar.set_postfix_str(self._speed(time.monotonic() - self.started, fraction) or "…", refresh=False)
+        self._bar.set_postfix_str(self._speed(time.monotonic() - self.started, fraction) or "", refresh=False)
         self._bar.update(target - self._bar.n)
 
     def _plain(self, fraction: float) -> None:
