@@ -10,14 +10,14 @@ from pathlib import Path
 from ..errors import DSUError
 from ..progress import Display, mode_from
 from . import runner
-from .separate import add_common
+from .separate import FILES, add_common
 
 SUFFIX = "_restored"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     rest = subparsers.add_parser("restore", help="restore lossy or band-limited audio with an Apollo model")
-    rest.add_argument("input", type=Path, metavar="FILE")
+    rest.add_argument("input", type=Path, metavar="FILE").complete = FILES
     rest.add_argument("-o", "--output", default=".",
                       help="the restored file (.wav, .flac, .mp3), or a folder for <track>_restored.wav "
                            "(default: the current folder)")

@@ -18,6 +18,7 @@ from . import runner
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BIT_DEPTH_HELP = ("16, 24 or 32 (float). Default: 16 for the demucs and uvr layouts (Demucs, MDX-Net and VR "
                   "models), 32 float for the flat layout (MSST models, dsp); flac holds 16 or 24, mp3 none")
+FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab.FILE, without importing shtab
 # request fields `-O` may also set besides the model's own options
 REQUEST_OPTIONS = ("layout", "output_names", "sample_rate", "mp3_bitrate")
 
@@ -54,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sep = subparsers.add_parser("separate", help="separate audio files into stems",
                                 description="Separate audio files into stems. Written paths go to stdout, "
                                             "progress to stderr.")
-    sep.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    sep.add_argument("files", nargs="+", type=Path, metavar="FILE").complete = FILES
     which = sep.add_mutually_exclusive_group()
     which.add_argument("-m", "--model", help="model name (default: $DSU_MODEL, else the best installed 4-stem "
                                              "model, else dsp); `dsu models list` shows them")
@@ -111,18 +112,23 @@ def _argument_problems(args) -> list[str]:
 def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.files), prog=prog)
     problems = _argument_problems(args)
+    model_name, why = args.model, None
+    models_dir_ok = args.models_dir is None or Path(args.models_dir).is_dir()
+    if models_dir_ok:
+        from .. import families
+        try:
+            if not model_name and not args.model_path:
+                from .. import default_model
+                model_name, why = default_model.choose(args.models_dir)
+            families.resolve({"model": model_name, "model_path": args.model_path, "config_path": args.config_path,
+                              "model_type": args.model_type, "repo": args.repo}, args.models_dir)
+        except DSUError as e:  # resolving reads no weights: a wrong name is found with the other mistakes
+            problems.append(f"{e.code}: {e.message}")
     if problems:
         for p in problems:
             display.error(p)
         return runner.EXIT_USAGE
-    model_name = args.model
-    if not model_name and not args.model_path:
-        try:
-            from .. import default_model
-            model_name, why = default_model.choose(args.models_dir)
-        except DSUError as e:
-            display.error(f"{e.code}: {e.message}", e.code)
-            return runner.EXIT_USAGE
+    if why:
         display.info(f"model {model_name}: {why}")
     sample_rate = int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate
     request = {"cmd": "separate", "output_dir": str(args.output_dir), "format": args.format,
