@@ -62,13 +62,8 @@ def test_worker_subcommand_speaks_the_protocol(tmp_path):
 
 
 def test_restore_writes_one_file_and_names_a_mismatch(tmp_path):
-    import torch
-    import yaml
-    from dsu.models.apollo import Apollo
-    apollo = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
-    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**apollo).state_dict().items()}},
-               tmp_path / "apollo_tiny.ckpt")
-    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump({"model": apollo}))
+    from tiny_models import tiny_apollo
+    tiny_apollo(tmp_path, "apollo_tiny.ckpt")
     t = np.arange(22050) / 44100
     sf.write(tmp_path / "lossy.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
     run = dsu("restore", "lossy.wav", "-o", "fixed.flac", "--model-path", "apollo_tiny.ckpt", "--config-path",
@@ -139,14 +134,8 @@ def test_every_path_mistake_at_once_without_traceback(tmp_path):
 
 
 def test_restore_into_a_folder_and_path_mistakes(tmp_path):
-    import torch
-    import yaml
-    from dsu.models.apollo import Apollo
-    from tiny_models import song
-    apollo = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
-    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**apollo).state_dict().items()}},
-               tmp_path / "apollo.ckpt")
-    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump({"model": apollo}))
+    from tiny_models import song, tiny_apollo
+    tiny_apollo(tmp_path)
     song(tmp_path, "take.mp3.wav", seconds=0.3)
     (tmp_path / "restored").mkdir()
     common = ["--model-path", "apollo.ckpt", "--config-path", "apollo.yaml", "--chunk-seconds", "0.2",

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-import torch
-from tiny_models import song, tiny_htdemucs
+from tiny_models import song, tiny_apollo, tiny_htdemucs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -136,12 +135,7 @@ def test_audio_separator_exit_codes(models, tmp_path):
 
 
 def test_audio_separator_apollo(tmp_path):
-    import yaml
-    from dsu.models.apollo import Apollo
-    apollo = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
-    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**apollo).state_dict().items()}},
-               tmp_path / "apollo_tiny.ckpt")
-    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump({"model": apollo}))
+    tiny_apollo(tmp_path, "apollo_tiny.ckpt")
     song(tmp_path, "lossy.wav", seconds=0.5)
     run = tool("dsu-audio-separator", "lossy.wav", "--apollo", "-m", "apollo_tiny.ckpt", "--apollo_config",
                "apollo.yaml", "--output_dir", "restored", "--apollo_chunk_seconds", "0.2",

@@ -31,3 +31,14 @@ def song(folder: Path, name: str = "song.wav", seconds: float = 0.6, rate: int =
     folder.mkdir(parents=True, exist_ok=True)
     sf.write(folder / name, audio, rate)
     return folder / name
+
+
+def tiny_apollo(folder: Path, name: str = "apollo.ckpt") -> tuple[Path, Path]:
+    """A Lightning-style Apollo checkpoint (generator under `audio_model.`) and its YAML config."""
+    import yaml
+    from dsu.models.apollo import Apollo
+    apollo = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
+    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in Apollo(**apollo).state_dict().items()}},
+               folder / name)
+    (folder / "apollo.yaml").write_text(yaml.safe_dump({"model": apollo}))
+    return folder / name, folder / "apollo.yaml"

@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import DSUError
+from ..cache import ModelCache
 from ..progress import Display, mode_from
 from . import runner
 from .separate import FILES, add_common
@@ -60,26 +60,10 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     if device:
         problems.append(device)
     if problems:
-        for p in problems:
-            display.error(p)
-        return runner.EXIT_USAGE
-    from .. import jobs
-    from ..cache import ModelCache
-    from ..worker import spec
+        return runner.report(display, problems)
     request = {"cmd": "apollo", "input": str(args.input), "output": str(output),
                "model_path": args.model_path, "config_path": args.config_path,
                "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
                "feature_dim": args.feature_dim, "layer": args.layer, "bit_depth": args.bit_depth}
     cache = ModelCache(runner.setup_device(args.device, args.threads), max_models=1)
-    display.start(args.input)
-    try:
-        fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
-        done = jobs.restore(fields, cache=cache, models_dir=None, emit=display.emit, progress=display)
-    except DSUError as e:
-        display.failed(args.input, e.code, e.message)
-        return runner.EXIT_FAILED
-    except OSError as e:
-        display.failed(args.input, "internal", f"{e.strerror or e}: {e.filename or ''}")
-        return runner.EXIT_FAILED
-    display.done(done)
-    return runner.EXIT_OK
+    return runner.EXIT_OK if runner.run_restore(request, cache=cache, display=display) else runner.EXIT_FAILED

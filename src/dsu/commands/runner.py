@@ -20,6 +20,13 @@ class Usage(Exception):
         self.problems = problems
 
 
+def report(display: Display, problems: list[str], code: int = EXIT_USAGE) -> int:
+    """Each problem on its own line; the exit code."""
+    for problem in problems:
+        display.error(problem)
+    return code
+
+
 def input_problems(paths) -> list[str]:
     out = []
     for path in paths:
@@ -129,3 +136,21 @@ def run_separations(requests: list[dict], *, cache, models_dir, default_model, d
             continue
         display.done(done)
     return failed
+
+
+def run_restore(request: dict, *, cache, display: Display) -> bool:
+    """One `apollo` request through `jobs.restore`; False (said) when it failed."""
+    from .. import jobs
+    from ..worker import spec
+    display.start(request["input"])
+    try:
+        fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
+        done = jobs.restore(fields, cache=cache, models_dir=None, emit=display.emit, progress=display)
+    except DSUError as e:
+        display.failed(request["input"], e.code, e.message)
+        return False
+    except OSError as e:
+        display.failed(request["input"], "internal", f"{e.strerror or e}: {e.filename or ''}")
+        return False
+    display.done(done)
+    return True

@@ -125,9 +125,7 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
         except DSUError as e:  # resolving reads no weights: a wrong name is found with the other mistakes
             problems.append(f"{e.code}: {e.message}")
     if problems:
-        for p in problems:
-            display.error(p)
-        return runner.EXIT_USAGE
+        return runner.report(display, problems)
     if why:
         display.info(f"model {model_name}: {why}")
     sample_rate = int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate
@@ -153,9 +151,7 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     except DSUError as e:
         problems.append(f"{e.code}: {e.message}")
     if problems:
-        for p in problems:
-            display.error(p)
-        return runner.EXIT_USAGE
+        return runner.report(display, problems)
     display.detail(f"{ref.name} ({ref.family}) on {model.device}, stems: {', '.join(model.output_stems(**options))}")
     requests = [{**request, "input": str(path)} for path in args.files]
     failed = runner.run_separations(requests, cache=cache, models_dir=args.models_dir, default_model=None,

@@ -224,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if folder:
         problems.append(folder)
     if problems:
-        for p in problems:
-            display.error(p)
-        return common.EXIT_FAILED
+        return common.runner.report(display, problems, common.EXIT_FAILED)
     if args.apollo:
         return restore_all(args, fmt, output_dir, display)
     # audio-separator names files after the model file, whatever DSU calls the model
@@ -265,26 +263,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def restore_all(args, fmt: str, output_dir: Path, display: Display) -> int:
-    from .. import jobs
-    from ..worker import spec
     path = Path(args.model_filename)
     if not path.is_file():
         path = Path(args.model_file_dir) / args.model_filename
     cache = common.open_cache(args.device, args.threads)
     failed = 0
     for f in args.audio_files:
-        display.start(f)
         request = {"input": str(f), "output": str(output_dir / f"{Path(f).stem}_restored.{fmt}"),
                    "model_path": str(path), "config_path": args.apollo_config,
                    "chunk_seconds": args.apollo_chunk_seconds, "overlap_seconds": args.apollo_overlap_seconds}
-        try:
-            fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
-            done = jobs.restore(fields, cache=cache, models_dir=None, emit=display.emit, progress=display)
-        except DSUError as e:
-            display.failed(f, e.code, e.message)
-            failed += 1
-            continue
-        display.done(done)
+        failed += not common.runner.run_restore(request, cache=cache, display=display)
     return common.EXIT_FAILED if failed else common.EXIT_OK
 
 

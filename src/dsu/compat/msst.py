@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(bad_folder)
     device = "cpu" if args.force_cpu else "auto"
     if problems:
-        for p in problems:
-            display.error(p)
-        return common.EXIT_FAILED
+        return common.runner.report(display, problems, common.EXIT_FAILED)
     fmt = "flac" if args.flac_file else "wav"
     pcm = args.pcm_type
     if fmt == "flac" and pcm == "FLOAT":
