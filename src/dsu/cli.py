@@ -75,7 +75,11 @@ def _worker(name: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not worker_config.is_worker_call(argv):
         from .compat import MAINS
-        return MAINS[name](argv)
+        try:
+            return MAINS[name](argv)
+        except KeyboardInterrupt:
+            print(f"\n{name}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     from .worker import main as worker_main
     return worker_main(argv, name=name)
 
