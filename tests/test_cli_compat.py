@@ -98,25 +98,27 @@ def test_named_executables_stay_workers(tmp_path):
 
 def test_audio_separator_readme_lines(models, tmp_path):
     song(tmp_path, "audio.wav")
+    sf.write(tmp_path / "hi.wav", sf.read(tmp_path / "audio.wav")[0], 44100, subtype="PCM_24")
     # audio-separator audio.wav --model_filename model_bs_roformer_ep_317_sdr_12.9755.ckpt: FLAC in the cwd
     run = tool("dsu-audio-separator", "audio.wav", "--model_filename", "model_bs_roformer_ep_317_sdr_12.9755.ckpt",
                "--model_file_dir", models, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    made = tmp_path / "audio_(Vocals)_model_bs_roformer_ep_317_sdr_12.9755.flac"
-    assert made.is_file() and sf.info(made).samplerate == 44100
+    made = tmp_path / "audio_(Vocals)_model_bs_roformer_ep_317_sdr_12.flac"  # up to the first dot, as it names
+    info = sf.info(made)
+    assert (info.samplerate, info.subtype) == (44100, "PCM_16")  # the input's bit depth
     # the default model, found through $DSU_MODELS; MP3 at a bitrate; one stem under a custom name
     run = tool("dsu-audio-separator", "audio.wav", "-m", "htdemucs.th", "--output_dir", "out",
                "--output_format=MP3", "--output_bitrate", "128k", "--single_stem=Drums",
                "--custom_output_names", '{"Drums": "drums_output"}', cwd=tmp_path, env={"DSU_MODELS": str(models)})
     assert run.returncode == 0, run.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["drums_output.mp3"]
-    run = tool("dsu-audio-separator", "audio.wav", "-m", "htdemucs.th", "--model_file_dir", models, "--output_dir",
+    run = tool("dsu-audio-separator", "hi.wav", "-m", "htdemucs.th", "--model_file_dir", models, "--output_dir",
                "wav", "--output_format", "WAV", "--sample_rate", "22050", "--demucs_shifts", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     names = sorted(p.name for p in (tmp_path / "wav").iterdir())
-    assert names == [f"audio_({s})_htdemucs.wav" for s in ("Bass", "Drums", "Other", "Vocals")]
+    assert names == [f"hi_({s})_htdemucs.wav" for s in ("Bass", "Drums", "Other", "Vocals")]
     info = sf.info(tmp_path / "wav" / names[0])
-    assert (info.samplerate, info.subtype) == (22050, "PCM_16")
+    assert (info.samplerate, info.subtype) == (22050, "PCM_24")
 
 
 def test_audio_separator_exit_codes(models, tmp_path):

@@ -1,6 +1,7 @@
 """`dsu-audio-separator FILE... -m MODEL ...`: python-audio-separator's `audio-separator` command line,
 run by DSU's families: the same options and defaults (FLAC output, 44100 Hz, the current folder), file
-names `<track>_(<Stem>)_<model>.<ext>` (or `--custom_output_names`), exit codes (no files: help and
+names `<track>_(<Stem>)_<model>.<ext>` (the model file's name up to its first dot; or
+`--custom_output_names`), stems in the input's bit depth, exit codes (no files: help and
 exit 1). Each family takes its own option group (`--mdx_*`, `--vr_*`, `--demucs_*`, `--mdxc_*`), as
 audio-separator does; a group that does not apply to the model is left alone.
 
@@ -167,6 +168,19 @@ def family_options(args, family: str) -> tuple[dict, list[str]]:
     return {}, refused
 
 
+def input_bit_depth(path, fmt: str) -> int | None:
+    """audio-separator writes a stem in its input's bit depth (16 when it cannot tell; flac at most 24)."""
+    if fmt == "mp3":
+        return None
+    try:
+        import soundfile as sf
+        subtype = sf.info(str(path)).subtype
+    except Exception:
+        subtype = ""
+    bits = 24 if subtype == "PCM_24" else 32 if subtype in ("PCM_32", "FLOAT", "DOUBLE") else 16
+    return min(bits, 24) if fmt == "flac" else bits
+
+
 def list_models(args) -> int:
     from .. import families
     found = families.list_models(args.model_file_dir if Path(args.model_file_dir).is_dir() else None)
@@ -227,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return common.runner.report(display, problems, common.EXIT_FAILED)
     if args.apollo:
         return restore_all(args, fmt, output_dir, display)
-    # audio-separator names files after the model file, whatever DSU calls the model
-    model_stem = Path(args.model_filename).stem.replace("{", "{{").replace("}", "}}")
+    # audio-separator names files after the model file up to its first dot, whatever DSU calls the model
+    model_stem = Path(args.model_filename).name.split(".")[0].replace("{", "{{").replace("}", "}}")
     request = {"output_dir": str(output_dir), "format": fmt,
                "layout": "{track}_({Stem})_" + model_stem + ".{ext}",
                "sample_rate": args.sample_rate, "stems": [args.single_stem] if args.single_stem else None,
@@ -258,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = [f"{e.code}: {e.message}"]
     if problems:
         return common.refuse(PROG, problems)
-    requests = [{**request, **options, "input": str(f)} for f in args.audio_files]
+    requests = [{**request, **options, "input": str(f), "bit_depth": input_bit_depth(f, fmt)} for f in args.audio_files]
     return common.run_all(requests, cache, None, display)
 
 

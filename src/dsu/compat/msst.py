@@ -68,7 +68,8 @@ def dsu_template(template: str, values: dict[str, str]) -> str:
             out.append(values[key].replace("{", "{{").replace("}", "}}"))
         else:
             out.append(part.replace("{", "{{").replace("}", "}}"))
-    return "".join(out) + ".{ext}"
+    # an empty {dir_name} leaves an empty folder name, which MSST's os.path.join drops too
+    return "/".join(p for p in "".join(out).split("/") if p not in ("", ".")) + ".{ext}"
 
 
 def _refusals(args) -> list[str]:
