@@ -149,8 +149,9 @@ class Display:
         if self._bar is None:
             from tqdm import tqdm
             total = self.seconds or 1.0
+            fmt = BAR_FORMAT if self.seconds else BAR_FORMAT.replace(" {n:.0f}/{total:.0f} s", "")
             self._bar = tqdm(total=total, desc=f"{self._counter()}{self.name}", file=self.err, leave=True,
-                             bar_format=BAR_FORMAT if self.seconds else BAR_FORMAT.replace(" {n:.0f}/{total:.0f} s", ""),
+                             bar_format=fmt,
                              dynamic_ncols=True, mininterval=0.2)
         target = fraction * self._bar.total
         self._bar.set_postfix_str(self._speed(time.monotonic() - self.started, fraction) or "", refresh=False)

@@ -92,7 +92,8 @@ def _argument_problems(args) -> list[str]:
         problems.append(f"--bit-depth {args.bit_depth} with --format mp3: mp3 has no bit depth; "
                         "drop --bit-depth or use --format wav/flac")
     if args.format == "flac" and args.bit_depth == 32:
-        problems.append("--bit-depth 32 with --format flac: flac holds 16 or 24 bits; use 24, or --format wav for float")
+        problems.append("--bit-depth 32 with --format flac: flac holds 16 or 24 bits; "
+                        "use 24, or --format wav for float")
     if args.mp3_bitrate is not None and args.format != "mp3":
         problems.append(f"--mp3-bitrate {args.mp3_bitrate} applies to --format mp3 only; add --format mp3")
     if args.mp3_bitrate is not None and not 8 <= args.mp3_bitrate <= 320:

@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     model_name = Path(args.start_check_point).stem
     for path in files:
         dir_name = "" if path.parent == folder else path.parent.relative_to(folder).as_posix()
-        values = {"dir_name": dir_name, "model": model_name, "model_type": args.model_type, "start_time": str(int(started))}
+        values = {"dir_name": dir_name, "model": model_name, "model_type": args.model_type,
+                  "start_time": str(int(started))}
         layout = dsu_template(args.filename_template, values)
         display.start(path)
         try:
