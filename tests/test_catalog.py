@@ -327,11 +327,11 @@ def test_catalog_from_a_url(server, tmp_path):
 
 def test_not_installed_catalog_model_says_how_to_get_it(tmp_path):
     run = dsu("separate", "x.wav", "-m", "htdemucs", "--models-dir", tmp_path / "m", "-o", "out", cwd=tmp_path)
-    assert "input_not_found" in run.stderr  # the input is checked before the model
-    (tmp_path / "x.wav").write_bytes(b"")
+    assert "x.wav: no such file" in run.stderr and run.returncode == 2  # with every other argument problem
     sf.write(tmp_path / "x.wav", np.zeros((1000, 2), np.float32), 44100)
+    (tmp_path / "m").mkdir()
     run = dsu("separate", "x.wav", "-m", "htdemucs", "--models-dir", tmp_path / "m", "-o", "out", cwd=tmp_path)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert f"run `dsu models download htdemucs --models-dir {tmp_path / 'm'}`" in run.stderr
 
 
@@ -394,7 +394,7 @@ def test_separate_download_fetches_a_demucs_bag_then_separates(server, tmp_path)
     sf.write(tmp_path / "song.wav", (np.random.default_rng(0).standard_normal((8000, 2)) * 0.1).astype(np.float32), 8000)
     env = {**ENV, "DSU_CATALOG": str(catalog), "DSU_MODELS": str(tmp_path / "models")}
     run = dsu("separate", "song.wav", "-m", "tinybag", "-o", "out", "--threads", "1", "-q", cwd=tmp_path, env=env)
-    assert run.returncode == 1 and "dsu models download tinybag" in run.stderr
+    assert run.returncode == 2 and "dsu models download tinybag" in run.stderr
     run = dsu("separate", "song.wav", "-m", "tinybag", "--download", "-o", "out", "--threads", "1", "-q",
               cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
@@ -421,7 +421,7 @@ def test_restore_with_an_installed_apollo_model(server, tmp_path):
     t = np.arange(22050) / 44100
     sf.write(tmp_path / "lossy.wav", (np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3).astype(np.float32), 44100)
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
-    assert run.returncode == 1 and "dsu models download tiny_apollo" in run.stderr
+    assert run.returncode == 2 and "dsu models download tiny_apollo" in run.stderr
     assert dsu("models", "download", "tiny_apollo", "-q", cwd=tmp_path, env=env).returncode == 0
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr

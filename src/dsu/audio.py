@@ -334,6 +334,19 @@ def subtype_for(fmt: str, bit_depth: int) -> str | None:
     return {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}[bit_depth]
 
 
+MP3_BITRATES = {"MPEG-1": (32, 320), "MPEG-2": (8, 160), "MPEG-2.5": (8, 64)}  # kbps a LAME CBR stream can have
+
+
+def mp3_settings(bitrate: int, samplerate: int) -> dict:
+    """soundfile's arguments for a constant-bitrate MP3 of about `bitrate` kbps: libsndfile maps its
+    compression level 0..1 linearly onto the bitrates of the MPEG version the sample rate implies
+    (measured: 320 -> 321.8, 128 -> 128.7 kbps at 44.1 kHz); higher rates are capped to what it allows."""
+    version = "MPEG-1" if samplerate >= 32000 else "MPEG-2" if samplerate >= 16000 else "MPEG-2.5"
+    low, high = MP3_BITRATES[version]
+    level = (high - min(max(bitrate, low), high)) / (high - low)
+    return {"compression_level": min(level, 0.999), "bitrate_mode": "CONSTANT"}  # 1.0 is refused
+
+
 def partial_name(path: Path) -> Path:
     """A fresh name to write `path` under until it is complete: hidden, not ending in its format,
     unique to this job and naming its process (`dsu.tempfiles`)."""
@@ -349,7 +362,8 @@ class StemWriter:
     rewrites each stem in the asked format, scaled, block by block."""
 
     def __init__(self, paths: dict[str, Path], samplerate: int, channels: int, fmt: str = "wav",
-                 bit_depth: int = 16, out_samplerate: int | None = None, peak_limit: float | None = None):
+                 bit_depth: int = 16, out_samplerate: int | None = None, peak_limit: float | None = None,
+                 mp3_bitrate: int | None = None):
         self.paths = {k: Path(v) for k, v in paths.items()}
         self.samplerate = samplerate
         self.out_samplerate = out_samplerate or samplerate
@@ -357,6 +371,7 @@ class StemWriter:
         self.fmt = fmt
         self.subtype = subtype_for(fmt, bit_depth)
         self.peak_limit = peak_limit
+        self.mp3_bitrate = mp3_bitrate or 320
         self.peaks = {stem: 0.0 for stem in self.paths}
         self.clip = self.subtype not in ("FLOAT",) and peak_limit is None
         self._files: dict[str, sf.SoundFile] = {}
@@ -377,8 +392,9 @@ class StemWriter:
                                                              dtype="float32", quality="HQ")
 
     def _open(self, path: Path) -> sf.SoundFile:
+        extra = mp3_settings(self.mp3_bitrate, self.out_samplerate) if self.fmt == "mp3" else {}
         return sf.SoundFile(str(path), "w", samplerate=self.out_samplerate, channels=self.channels,
-                            format=FORMATS[self.fmt], subtype=self.subtype)
+                            format=FORMATS[self.fmt], subtype=self.subtype, **extra)
 
     def write(self, blocks: dict[str, Tensor], last: bool = False) -> None:
         """`blocks[stem]` is [channels, n] at the model's sample rate."""

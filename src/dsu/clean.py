@@ -14,6 +14,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "whose owner is gone.")
     parser.add_argument("dir", metavar="DIR", help="the output folder to clean (with its subfolders)")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not list the removed files")
+    parser.set_defaults(run=run)
     return parser
 
 

@@ -87,8 +87,8 @@ def separate(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path |
                            bit_depth=bit_depth, stems=fields.get("stems"), layout=layout,
                            output_names=fields.get("output_names"),
                            two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
-                           options=options, sanitize=bool(fields.get("sanitize")), progress=progress,
-                           cancelled=cancelled)
+                           options=options, sanitize=bool(fields.get("sanitize")),
+                           mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled)
     done = _done(result, ref, from_cache, started)
     if ignored:
         done["ignored"] = ignored

@@ -83,18 +83,21 @@ def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled,
 
 
 def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list[str]:
+    """The stems to write, asked for in any case and named in the model's own spelling."""
+    spelled = {s.lower(): s for s in produced}
     if two_stems:
-        if two_stems not in produced:
+        if two_stems.lower() not in spelled:
             raise DSUError("bad_value", f"two_stems={two_stems!r}: this model has {', '.join(produced)}")
+        two_stems = spelled[two_stems.lower()]
         return [two_stems, f"no_{two_stems}"]
     if stems:
         if isinstance(stems, str):
             stems = [stems]
-        unknown = [s for s in stems if s not in produced]
+        unknown = [s for s in stems if s.lower() not in spelled]
         if unknown:
             raise DSUError("bad_value", f"stems {unknown} are not produced by {model.name}: "
                                         f"choose from {', '.join(produced)}")
-        return list(stems)
+        return list(dict.fromkeys(spelled[s.lower()] for s in stems))
     return produced
 
 
@@ -102,7 +105,7 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
                   family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
                   stems=None, two_stems: str | None = None, sample_rate="model",
                   options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
-                  sanitize: bool = False,
+                  sanitize: bool = False, mp3_bitrate: int | None = None,
                   progress: Callable[[float], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> JobResult:
     started = time.perf_counter()
@@ -122,6 +125,8 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
             raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
+    if two_stems:
+        two_stems = wanted[0]
     targets = stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt, family=fam.name,
                          output_names=outputs.check_output_names(output_names),
                          labels=getattr(model, "labels", None))
@@ -131,7 +136,8 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
     writer = StemWriter(targets, model.samplerate, model.audio_channels, fmt,
-                        bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options))
+                        bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options),
+                        mp3_bitrate=mp3_bitrate)
 
     def sink(block: torch.Tensor) -> None:
         nonlocal position

@@ -95,7 +95,7 @@ export interface CommandFields {
     mdx_n_fft_scale_set?: number;
     /** stem file format */
     format?: "wav" | "flac" | "mp3";
-    /** 16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, 32 for others */
+    /** 16, 24 or 32 (float; flac writes 24); default: 16 for the demucs and uvr layouts (Demucs, MDX-Net, VR), 32 for the flat layout (MSST models, dsp) */
     bit_depth?: 16 | 24 | 32;
     /** write only these stems (default: every stem the model makes) */
     stems?: string | string[];
@@ -109,6 +109,8 @@ export interface CommandFields {
     output_names?: Record<string, unknown>;
     /** read NaN/infinite input samples as 0 (reported in `done.warnings`) instead of refusing the file as `unsupported_audio` */
     sanitize?: boolean;
+    /** kbps of a `format` mp3 stem, constant bitrate (default 320, as demucs; at most 160 below 32 kHz) */
+    mp3_bitrate?: number;
     /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
     [option: string]: unknown;
   };

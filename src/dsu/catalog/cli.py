@@ -59,6 +59,7 @@ def add_parser(subparsers) -> None:
     remove = sub.add_parser("remove", help="delete a model's files and pins")
     common(remove)
     remove.add_argument("names", nargs="+", metavar="NAME")
+    models.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

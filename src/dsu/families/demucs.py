@@ -210,7 +210,7 @@ def replay_forward_draws(model: torch.nn.Module, chunks: int) -> None:
 
 class DemucsSeparator(Separator):
     family = "demucs"
-    options = frozenset({"shifts", "overlap", "segment", "batch_size"})
+    options = frozenset({"shifts", "overlap", "segment", "batch_size", "clip_mode"})
 
     def __init__(self, name: str, models: list[torch.nn.Module], weights=None, segment=None,
                  device: torch.device = torch.device("cpu")):
@@ -255,6 +255,14 @@ class DemucsSeparator(Separator):
         device = batch * span * self.audio_channels * memory.FLOAT * (1 + len(self.stems)) * 16
         return memory.Estimate(host, device, f"shifts={shifts}, {len(self.bag)} model(s), segment={seconds:g} s, "
                                              f"batch_size={batch}")
+
+    def peak_limit(self, clip_mode=None, **_) -> float | None:
+        """demucs' `--clip-mode rescale` (its CLI's default): a stem peaking above 1/1.01 is scaled down
+        to it as a whole; `none` (this family's default): samples past full scale are clipped when
+        written as integers."""
+        if clip_mode not in (None, "none", "rescale"):
+            raise DSUError("bad_value", f"clip_mode must be \"rescale\" or \"none\", not {clip_mode!r}")
+        return 1 / 1.01 if clip_mode == "rescale" else None
 
     def passes(self, signal: Signal, shifts=None, overlap=None, segment=None, batch_size=None, **_) -> list[Pass]:
         shifts = whole_number("shifts", shifts, 0, default=1)

@@ -74,3 +74,24 @@ def parse_args(argv: list[str] | None = None, name: str = "dsu") -> WorkerConfig
                                                             "JSON answers on stdout (see docs/protocol.md)")
     add_worker_arguments(parser, name)
     return config_from(parser.parse_args(argv))
+
+
+# the worker's own flags (those taking a value, and switches): argv made only of these starts a worker
+WORKER_VALUE_FLAGS = ("--models-dir", "--device", "--threads", "--max-cached-models", "--max-cache-memory", "--name")
+WORKER_SWITCHES = ("--worker",)
+
+
+def is_worker_call(argv: list[str]) -> bool:
+    """True for no arguments, `--worker` anywhere, or worker flags only; anything else is a drop-in
+    command line (`dsu-demucs song.mp3 -n htdemucs`)."""
+    if "--worker" in argv:
+        return True
+    rest = iter(argv)
+    for token in rest:
+        name = token.split("=", 1)[0]
+        if name in WORKER_VALUE_FLAGS:
+            if "=" not in token:
+                next(rest, None)
+        elif token not in WORKER_SWITCHES:
+            return False
+    return True

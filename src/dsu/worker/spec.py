@@ -118,8 +118,9 @@ SEPARATE_FIELDS = (
     Field("output_dir", "string", "the folder the stems are written under", required=True, aliases=("output",)),
     *MODEL_FIELDS,
     Field("format", "string", "stem file format", default="wav", choices=("wav", "flac", "mp3")),
-    Field("bit_depth", "integer", "16, 24 or 32 (float; flac writes 24); default: 16 for Demucs-family models, "
-                                  "32 for others", choices=(16, 24, 32)),
+    Field("bit_depth", "integer", "16, 24 or 32 (float; flac writes 24); default: 16 for the demucs and uvr "
+                                  "layouts (Demucs, MDX-Net, VR), 32 for the flat layout (MSST models, dsp)",
+          choices=(16, 24, 32)),
     Field("stems", "string|string[]", "write only these stems (default: every stem the model makes)",
           aliases=("single_stem",)),
     Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
@@ -135,9 +136,11 @@ SEPARATE_FIELDS = (
                               "Demucs, flat for MSST and dsp, uvr for VR and MDX-Net)"),
     Field("output_names", "object", "stem -> file base name (python-audio-separator's custom_output_names; the "
                                     "stem in either spelling, any case): that stem's file is `<name>.<ext>` in "
-                                    "the folder the layout gives it"),
+                                    "the folder the layout gives it", aliases=("custom_output_names",)),
     Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
                                  "instead of refusing the file as `unsupported_audio`", default=False),
+    Field("mp3_bitrate", "integer", "kbps of a `format` mp3 stem, constant bitrate (default 320, as demucs; "
+                                    "at most 160 below 32 kHz)", minimum=8),
 )
 
 RESTORE_FIELDS = (
@@ -177,7 +180,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("preload_model", "like load_model, for warming the cache ahead of jobs", (ID, *MODEL_FIELDS),
             final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
     Command("separate", "separate one file into stem files. It also takes the options of the model's family: "
-                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`; MSST `overlap`, `batch_size`, "
+                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`, `clip_mode` (rescale|none); MSST `overlap`, `batch_size`, "
                         "`chunk_size`, `use_tta`, `extract_instrumental`, `precision`; UVR VR `window_size`, "
                         "`aggression`, `enable_tta`, `enable_post_process`, `post_process_threshold`, "
                         "`high_end_process`, `batch_size`; MDX-Net `segment_size`, `overlap`, `batch_size`, "

@@ -1,0 +1,156 @@
+"""What every separating command line shares: checks of paths and devices that become one-line
+errors, and the loop that runs `separate` requests through `dsu.jobs` with one loaded model."""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from ..errors import DSUError
+from ..progress import Display
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Usage(Exception):
+    """Argument problems, all found before any work starts: one line each, then exit 2."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def report(display: Display, problems: list[str], code: int = EXIT_USAGE) -> int:
+    """Each problem on its own line; the exit code."""
+    for problem in problems:
+        display.error(problem)
+    return code
+
+
+def input_problems(paths) -> list[str]:
+    out = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            out.append(f"{path} is a folder, not an audio file: give the files in it (e.g. {path}/*.wav)")
+        elif not path.exists():
+            out.append(f"{path}: no such file (check the name; quote a path with spaces)")
+    return out
+
+
+def folder_problem(path: Path, option: str) -> str | None:
+    """Why `path` cannot be (or become) a folder files are written into, or None."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{option} {path} is a file, not a folder: give a folder (it is created when missing)"
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{option} {path}: {existing} is a file, so no folder can be made under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{option} {path}: {existing} is not writable; choose a folder you can write to"
+    return None
+
+
+def device_problem(wanted: str) -> str | None:
+    """An explicitly asked device that is not there is an error; `auto` falls back quietly."""
+    if wanted == "auto" or wanted == "cpu":
+        return None
+    from .. import device as devices
+    chosen, warning = devices.choose_device(wanted)
+    if warning:
+        return f"--device {wanted}: not available in this torch build or machine; use --device auto (or cpu)"
+    return None
+
+
+def setup_device(wanted: str, threads: int | None):
+    from .. import device as devices
+    chosen, _ = devices.choose_device(wanted)
+    devices.set_threads(threads)
+    return chosen
+
+
+def unknown_options(given, known, accepted=()) -> list[str]:
+    """A line per option name the model does not take, with the closest valid name."""
+    valid = sorted(set(known) | set(accepted))
+    out = []
+    for name in given:
+        if name in valid:
+            continue
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"this model takes: {', '.join(sorted(known)) or 'none'}"
+        out.append(f"-O {name}: not an option of this model; {hint}")
+    return out
+
+
+def load_model(request: dict, *, cache, models_dir, default_model, display: Display):
+    """(resolved ref, loaded Separator) of a `separate` request, through the cache."""
+    from .. import jobs
+    from ..worker import spec
+    fields, _ = spec.validate(spec.COMMANDS["separate"], {"input": "-", "output_dir": "-", **request})
+    ref = jobs.resolve(fields, models_dir, default_model)
+    model, _ = jobs.load(ref, cache, display.emit)
+    return ref, model
+
+
+def stem_problems(model, request: dict, options: dict) -> list[str]:
+    """Stems asked for that the model does not make (matched in any case)."""
+    produced = model.output_stems(**options)
+    lowered = {s.lower() for s in produced}
+    asked = request.get("stems") or []
+    asked = [asked] if isinstance(asked, str) else list(asked)
+    if request.get("two_stems"):
+        asked.append(request["two_stems"])
+    return [f"stem {s!r}: {model.name} makes {', '.join(produced)}" for s in asked if s.lower() not in lowered]
+
+
+def run_separations(requests: list[dict], *, cache, models_dir, default_model, display: Display) -> int:
+    """Each request (one input each) through `jobs.separate`; failures are said and counted."""
+    from .. import jobs
+    from ..worker import spec
+    failed = 0
+    for request in requests:
+        display.start(request["input"])
+        try:
+            fields, extra = spec.validate(spec.COMMANDS["separate"], request)
+            done = jobs.separate(fields, extra, cache=cache, models_dir=models_dir, default_model=default_model,
+                                 emit=display.emit, progress=display)
+        except DSUError as e:
+            display.failed(request["input"], e.code, e.message)
+            failed += 1
+            continue
+        except OSError as e:  # the disk filled up, a folder vanished or became read-only mid-run
+            display.failed(request["input"], "output_not_writable" if e.errno else "internal",
+                           f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+            failed += 1
+            continue
+        except Exception as e:  # a bug: one line (the traceback with -v), and the other files go on
+            if display.mode == "verbose":
+                import traceback
+                traceback.print_exc()
+            display.failed(request["input"], "internal", f"{type(e).__name__}: {e}")
+            failed += 1
+            continue
+        display.done(done)
+    return failed
+
+
+def run_restore(request: dict, *, cache, display: Display) -> bool:
+    """One `apollo` request through `jobs.restore`; False (said) when it failed."""
+    from .. import jobs
+    from ..worker import spec
+    display.start(request["input"])
+    try:
+        fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
+        done = jobs.restore(fields, cache=cache, models_dir=None, emit=display.emit, progress=display)
+    except DSUError as e:
+        display.failed(request["input"], e.code, e.message)
+        return False
+    except OSError as e:
+        display.failed(request["input"], "internal", f"{e.strerror or e}: {e.filename or ''}")
+        return False
+    display.done(done)
+    return True

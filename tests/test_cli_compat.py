@@ -1,0 +1,182 @@
+"""The drop-in command lines (`dsu-demucs`, `dsu-audio-separator`, `dsu-bsroformer`) run as their tools'
+READMEs show them, as real processes on real files with tiny random-weight models: output folders,
+file names, formats, exit codes, and the options DSU refuses by name."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from tiny_models import song, tiny_apollo, tiny_htdemucs
+
+FIXTURES = Path(__file__).parent / "fixtures" / "msst"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENTRY = {"dsu-demucs": "demucs_worker", "dsu-audio-separator": "audio_separator_worker",
+         "dsu-bsroformer": "bsroformer_worker"}
+
+
+def tool(name: str, *args, cwd: Path, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    code = f"from dsu.cli import {ENTRY[name]} as main; raise SystemExit(main())"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          env={**ENV, **(env or {})}, cwd=cwd, timeout=300, input=stdin)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """A models dir: a tiny HTDemucs saved as demucs saves `htdemucs`, and a tiny BS-RoFormer named
+    by a models.json entry (as audio-separator names its default model)."""
+    root = tmp_path_factory.mktemp("models")
+    tiny_htdemucs(root / "htdemucs.th")
+    shutil.copytree(FIXTURES / "bs_roformer", root / "roformer")
+    (root / "models.json").write_text(json.dumps({"model_bs_roformer_ep_317_sdr_12.9755.ckpt": {
+        "type": "bs_roformer", "config": "roformer/config.yaml", "checkpoint": "roformer/model.ckpt"}}))
+    return root
+
+
+# ---- dsu-demucs ----------------------------------------------------------------------------------------
+
+def test_demucs_readme_lines(models, tmp_path):
+    song(tmp_path, "a.wav")
+    song(tmp_path, "b.flac")
+    env = {"DSU_MODELS": str(models)}
+    # demucs PATH_TO_AUDIO_FILE_1 [PATH_TO_AUDIO_FILE_2 ...]: htdemucs, separated/htdemucs/<track>/<stem>.wav
+    run = tool("dsu-demucs", "a.wav", "b.flac", "missing.wav", "-j", "1", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr  # demucs says a missing track and goes on
+    assert "File missing.wav does not exist" in run.stderr
+    for track in ("a", "b"):
+        for stem in ("drums", "bass", "other", "vocals"):
+            info = sf.info(tmp_path / "separated" / "htdemucs" / track / f"{stem}.wav")
+            assert (info.samplerate, info.channels, info.subtype) == (44100, 2, "PCM_16")
+    assert "\r" not in run.stderr
+    # demucs --two-stems=vocals myfile.mp3 (here a wav), --mp3 at the default 320 kbps, a --filename
+    run = tool("dsu-demucs", "--two-stems=vocals", "a.wav", "--mp3", "-o", "out", "--filename",
+               "{track}-{stem}.{ext}", "-d", "cpu", "-j", "1", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "htdemucs").iterdir()) == ["a-no_vocals.mp3", "a-vocals.mp3"]
+    assert sf.info(tmp_path / "out" / "htdemucs" / "a-vocals.mp3").format == "MP3"
+    # --flac --int24 and --float32
+    run = tool("dsu-demucs", "a.wav", "--flac", "--int24", "-o", "flac", "--repo", models, "-j", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sf.info(tmp_path / "flac" / "htdemucs" / "a" / "vocals.flac").subtype == "PCM_24"
+    run = tool("dsu-demucs", "a.wav", "--float32", "--two-stems", "drums", "--other-method", "none", "-o", "f32",
+               "-j", "1", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    written = list((tmp_path / "f32" / "htdemucs" / "a").iterdir())
+    assert [p.name for p in written] == ["drums.wav"] and sf.info(written[0]).subtype == "FLOAT"
+
+
+def test_demucs_refusals_and_failures(models, tmp_path):
+    song(tmp_path, "a.wav")
+    env = {"DSU_MODELS": str(models)}
+    for args, named in ((["--no-split"], "--no-split"), (["--clip-mode", "clamp"], "--clip-mode clamp"),
+                        (["--two-stems", "vocals", "--other-method", "minus"], "--other-method minus"),
+                        (["--mp3", "--mp3-preset", "5"], "--mp3-preset 5"), (["-d", "cuda:1"], "-d cuda:1")):
+        run = tool("dsu-demucs", "a.wav", *args, cwd=tmp_path, env=env)
+        assert run.returncode == 2 and named in run.stderr, (args, run.stderr)
+        assert "Traceback" not in run.stderr
+    run = tool("dsu-demucs", "a.wav", "-n", "no_such_model", cwd=tmp_path, env=env)
+    assert run.returncode == 1 and "model_not_found" in run.stderr and "Traceback" not in run.stderr
+    run = tool("dsu-demucs", "a.wav", "--two-stems", "kazoo", cwd=tmp_path, env=env)
+    assert run.returncode == 1 and 'stem "kazoo" is not in selected model' in run.stderr
+    assert not (tmp_path / "separated" / "htdemucs" / "a").exists()
+
+
+def test_named_executables_stay_workers(tmp_path):
+    for name, args in zip(ENTRY, ([], ["--worker", "--threads", "1"], ["--threads=1", "--device", "cpu"])):
+        run = tool(name, *args, cwd=tmp_path, stdin='{"cmd":"ping","id":1}\n')
+        statuses = [json.loads(line)["status"] for line in run.stdout.splitlines()]
+        assert statuses == ["loading", "ready", "pong", "exiting"], (name, args, run.stdout, run.stderr)
+        assert run.returncode == 0
+
+
+# ---- dsu-audio-separator -----------------------------------------------------------------------------
+
+def test_audio_separator_readme_lines(models, tmp_path):
+    song(tmp_path, "audio.wav")
+    sf.write(tmp_path / "hi.wav", sf.read(tmp_path / "audio.wav")[0], 44100, subtype="PCM_24")
+    # audio-separator audio.wav --model_filename model_bs_roformer_ep_317_sdr_12.9755.ckpt: FLAC in the cwd
+    run = tool("dsu-audio-separator", "audio.wav", "--model_filename", "model_bs_roformer_ep_317_sdr_12.9755.ckpt",
+               "--model_file_dir", models, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # up to the first dot, and the stem as the config spells it (audio-separator names MDXC stems by `instruments`)
+    made = tmp_path / "audio_(vocals)_model_bs_roformer_ep_317_sdr_12.flac"
+    info = sf.info(made)
+    assert (info.samplerate, info.subtype) == (44100, "PCM_16")  # the input's bit depth
+    # the default model, found through $DSU_MODELS; MP3 at a bitrate; one stem under a custom name
+    run = tool("dsu-audio-separator", "audio.wav", "-m", "htdemucs.th", "--output_dir", "out",
+               "--output_format=MP3", "--output_bitrate", "128k", "--single_stem=Drums",
+               "--custom_output_names", '{"Drums": "drums_output"}', cwd=tmp_path, env={"DSU_MODELS": str(models)})
+    assert run.returncode == 0, run.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["drums_output.mp3"]
+    run = tool("dsu-audio-separator", "hi.wav", "-m", "htdemucs.th", "--model_file_dir", models, "--output_dir",
+               "wav", "--output_format", "WAV", "--sample_rate", "22050", "--demucs_shifts", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    names = sorted(p.name for p in (tmp_path / "wav").iterdir())
+    assert names == [f"hi_({s})_htdemucs.wav" for s in ("Bass", "Drums", "Other", "Vocals")]
+    info = sf.info(tmp_path / "wav" / names[0])
+    assert (info.samplerate, info.subtype) == (22050, "PCM_24")
+
+
+def test_audio_separator_exit_codes(models, tmp_path):
+    song(tmp_path, "audio.wav")
+    run = tool("dsu-audio-separator", "--model_file_dir", models, "-m", "htdemucs.th", cwd=tmp_path)
+    assert run.returncode == 1 and "usage:" in run.stdout  # no files: help, exit 1 (as audio-separator)
+    run = tool("dsu-audio-separator", "audio.wav", "--output_format", "OGG", "--chunk_duration", "600",
+               "--invert_spect", cwd=tmp_path)
+    assert run.returncode == 2
+    assert all(n in run.stderr for n in ("--output_format OGG", "--chunk_duration", "--invert_spect"))
+    run = tool("dsu-audio-separator", "audio.wav", "-m", "UVR-MDX-NET-Inst_HQ_3.onnx", "--model_file_dir", models,
+               cwd=tmp_path)
+    assert run.returncode == 1 and "does not download" in run.stderr and "Traceback" not in run.stderr
+    run = tool("dsu-audio-separator", "--list_models", "--list_format", "json", "--model_file_dir", models,
+               cwd=tmp_path)
+    assert run.returncode == 0 and "htdemucs" in {m["name"] for m in json.loads(run.stdout)}
+
+
+def test_audio_separator_apollo(tmp_path):
+    tiny_apollo(tmp_path, "apollo_tiny.ckpt")
+    song(tmp_path, "lossy.wav", seconds=0.5)
+    run = tool("dsu-audio-separator", "lossy.wav", "--apollo", "-m", "apollo_tiny.ckpt", "--apollo_config",
+               "apollo.yaml", "--output_dir", "restored", "--apollo_chunk_seconds", "0.2",
+               "--apollo_overlap_seconds", "0.05", "--threads", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert sf.info(tmp_path / "restored" / "lossy_restored.wav").frames == int(0.5 * 44100)
+
+
+# ---- dsu-bsroformer (MSST inference.py) ---------------------------------------------------------------
+
+def test_msst_readme_line_and_template(models, tmp_path):
+    song(tmp_path / "input" / "wavs", "mix.wav")
+    song(tmp_path / "input" / "wavs" / "live", "encore.wav")
+    (tmp_path / "input" / "wavs" / "notes.txt").write_text("not audio")
+    base = ["--model_type", "bs_roformer", "--config_path", models / "roformer" / "config.yaml",
+            "--start_check_point", models / "roformer" / "model.ckpt", "--input_folder", "input/wavs/"]
+    run = tool("dsu-bsroformer", *base, "--store_dir", "separation_results/", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr  # an unreadable file is said and skipped, as MSST does
+    assert "Cannot read track" in run.stdout and "Total files found: 3" in run.stdout
+    out = tmp_path / "separation_results"
+    assert sf.info(out / "mix" / "vocals.wav").subtype == "FLOAT" and (out / "encore" / "vocals.wav").is_file()
+    run = tool("dsu-bsroformer", *base, "--store_dir", "flac", "--flac_file", "--pcm_type", "PCM_24",
+               "--extract_instrumental", "--filename_template", "{dir_name}/{file_name}_{instr}_{model_type}",
+               cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    got = sorted(p.relative_to(tmp_path / "flac").as_posix() for p in (tmp_path / "flac").rglob("*.flac"))
+    assert got == ["live/encore_instrumental_bs_roformer.flac", "live/encore_vocals_bs_roformer.flac",
+                   "mix_instrumental_bs_roformer.flac", "mix_vocals_bs_roformer.flac"]
+    assert sf.info(tmp_path / "flac" / got[0]).subtype == "PCM_24"
+
+
+def test_msst_refusals(models, tmp_path):
+    run = tool("dsu-bsroformer", "--model_type", "bs_roformer", "--input_folder", "in", "--bigshifts", "3",
+               "--draw_spectro", "5", "--device_ids", "0", "1", cwd=tmp_path)
+    assert run.returncode == 2
+    for named in ("--bigshifts 3", "--draw_spectro", "--device_ids 0 1", "--start_check_point"):
+        assert named in run.stderr
+    run = tool("dsu-bsroformer", "--model_type", "bs_roformer", "--config_path", models / "roformer" / "config.yaml",
+               "--start_check_point", models / "roformer" / "model.ckpt", "--input_folder", "nowhere", cwd=tmp_path)
+    assert run.returncode == 1 and "--input_folder nowhere: no such folder" in run.stderr
