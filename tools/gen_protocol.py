@@ -138,7 +138,9 @@ def node_module() -> str:
             f"export const FINAL_STATUSES = {finals};\n\n"
             "/** commands the worker queues (a `cancel` drops them): a timed-out one is cancelled there too */\n"
             f"export const QUEUED = new Set({json.dumps(queued)});\n\n"
-            f"export const ERROR_CODES = {json.dumps(list(CODES))};\n")
+            f"export const ERROR_CODES = {json.dumps(list(CODES))};\n\n"
+            "/** per command (and alias): which of the client's default timeouts applies (quick, load, job) */\n"
+            f"export const TIMEOUT_KINDS = {json.dumps(spec.timeout_kinds())};\n")
 
 
 def _ts_type(f) -> str:
@@ -162,7 +164,8 @@ def node_types() -> str:
     out = [f"// {HEADER}", f"export declare const PROTOCOL_VERSION: {spec.PROTOCOL};",
            "export declare const FINAL_STATUSES: Readonly<Record<string, readonly string[]>>;",
            "export declare const QUEUED: ReadonlySet<string>;",
-           "export declare const ERROR_CODES: readonly ErrorCode[];", "",
+           "export declare const ERROR_CODES: readonly ErrorCode[];",
+           'export declare const TIMEOUT_KINDS: Readonly<Record<string, "quick" | "load" | "job">>;', "",
            "export type ErrorCode = " + " | ".join(json.dumps(c) for c in CODES) + ";",
            "export type Command = " + " | ".join(json.dumps(n) for n in (*spec.COMMANDS, *spec.ALIASES)) + ";", "",
            "/** the fields of each command's request, besides `cmd` and `id` */",

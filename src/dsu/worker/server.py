@@ -16,7 +16,7 @@ from ..cache import ModelCache
 from ..errors import DSUError
 from . import spec
 from .config import WorkerConfig
-from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines
+from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines, shown
 
 MiB = 1 << 20
 
@@ -163,7 +163,7 @@ class Server:
             line = raw.strip()
             if line:
                 self.handle_line(line)
-        except Exception as e:
+        except BaseException as e:  # SystemExit from a library included: one request fails, not the reader
             traceback.print_exc(file=sys.stderr)
             Reply(self.out, None).error("internal", f"{type(e).__name__} while reading a request "
                                                     "(see the worker's stderr)")
@@ -192,7 +192,7 @@ class Server:
                 self.queue.put(Job(command, fields, extra, reply))
         except DSUError as e:
             reply.error(e.code, e.message)
-        except Exception as e:  # a bug: say so, keep serving
+        except BaseException as e:  # a bug (or a library's SystemExit): say so, keep serving
             traceback.print_exc(file=sys.stderr)
             reply.error("internal", f"{type(e).__name__}: {e} (see the worker's stderr)")
 
@@ -232,7 +232,7 @@ class Server:
             targets = self.queue.take(key)
             running = current if current is not None and current.key == key else None
             if not targets and running is None:
-                raise DSUError("bad_value", f"no queued or running job has id {json.dumps(fields['id'])} "
+                raise DSUError("bad_value", f"no queued or running job has id {shown(fields['id'])} "
                                             "(it may have finished already)")
         if running is not None and not running.command.cancellable:
             raise DSUError("bad_value", f"the running {running.command.name} cannot be stopped; it ends on its own")

@@ -370,6 +370,18 @@ def check_family_options(command: Command, options: dict) -> None:
             options[name] = declared.check(value, command.name, name)
 
 
+def timeout_kind(command: Command) -> str:
+    """How long a client waits for an answer before it takes the worker for stuck: `quick` (answered
+    at once), `job` (sends progress: the silence between messages counts) or `load` (a queued command
+    that may take minutes without a word)."""
+    return "quick" if command.immediate else "job" if command.cancellable else "load"
+
+
+def timeout_kinds() -> dict[str, str]:
+    """`timeout_kind` per command and alias."""
+    return {name: timeout_kind(COMMANDS[ALIASES.get(name, name)]) for name in [*COMMANDS, *ALIASES]}
+
+
 def final_statuses() -> dict[str, list[str]]:
     """Per command and alias, the statuses that end it (clients wait for one of these or `error`)."""
     out = {name: list(c.final) for name, c in COMMANDS.items()}
