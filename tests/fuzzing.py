@@ -121,7 +121,7 @@ def requests(draw, name: str, setting: Setting) -> Case:
     """A line asking for command `name`, with some fields replaced or added by fuzzed ones."""
     command = spec.COMMANDS[name]
     fields = base_request(command, setting)
-    declared = [*command.fields, *(spec.FAMILY_OPTIONS if command.family_options else ())]
+    declared = [*command.fields, *(getattr(spec, "FAMILY_OPTIONS", ()) if command.family_options else ())]
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["declared", "declared", "alias", "unknown", "drop"]))
         if kind == "declared" and declared:
@@ -222,8 +222,10 @@ class FuzzWorker:
         proc = self.proc
         threading.Thread(target=lambda: [self.lines.put(x) for x in proc.stdout] + [self.lines.put(b"")],
                          daemon=True).start()
+        wait, self.wait = self.wait, max(self.wait, 120.0)  # importing torch may take a while on a busy machine
         while self.read()["status"] != "ready":
             pass
+        self.wait = wait
 
     def stderr_tail(self) -> str:
         self.stderr.seek(0)

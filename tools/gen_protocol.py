@@ -58,9 +58,10 @@ def _field_rows(fields, with_defaults: bool) -> list[str]:
 
 
 def _range(f) -> str:
-    if f.minimum is not None and f.maximum is not None:
-        return f"{f.minimum:g} to {f.maximum:g}"
-    return f"at least {f.minimum:g}" if f.minimum is not None else f"at most {f.maximum:g}"
+    low, high = (None if x is None else spec.number_text(x) for x in (f.minimum, f.maximum))
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    return f"at least {low}" if low is not None else f"at most {high}"
 
 
 def _worker_options() -> list[str]:

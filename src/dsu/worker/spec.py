@@ -37,6 +37,11 @@ TYPES = {  # name -> (check, how it is written in docs and errors)
 C_INT_MAX = 2 ** 31 - 1  # an integer field without a maximum of its own still fits C int
 
 
+def number_text(x: float) -> str:
+    """A bound as docs and errors write it: 4194304, not 4.1943e+06."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -71,10 +76,10 @@ class Field:
                                         f"{', '.join(json.dumps(c) for c in self.choices)}, not {shown(value)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if self.minimum is not None and value < self.minimum:
-                raise DSUError("bad_value", f"`{name}` of {cmd} must be at least {self.minimum:g}, not {shown(value)}")
+                raise DSUError("bad_value", f"`{name}` of {cmd} must be at least {number_text(self.minimum)}, not {shown(value)}")
             most = self.maximum if self.maximum is not None else C_INT_MAX if isinstance(value, int) else None
             if most is not None and value > most:
-                raise DSUError("bad_value", f"`{name}` of {cmd} must be at most {most:g}, not {shown(value)}"
+                raise DSUError("bad_value", f"`{name}` of {cmd} must be at most {number_text(most)}, not {shown(value)}"
                                             + (f" ({self.doc})" if self.maximum is not None else ""))
         return value
 
