@@ -39,6 +39,7 @@ ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_catego
 TEXT = st.one_of(st.text(ANY_CHAR, max_size=40), st.text(st.sampled_from("ab/.\\\0 -_é"), max_size=300),
                  st.sampled_from(["", ".", "..", "../../../x", "dsp", "model", "wav", "flac", "mp3", "vocals",
                                   "CON", "a" * 256, "é" * 200, "\0", "auto", "float16", "true", "false", "16"]))
+LONG_NAMES = ("n" * 255, "n" * 256, "é" * 128, "d/" * 2048 + "x", "d/" * 2100, "x" * 5000)
 SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from(EDGE_INTEGERS),
                    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(EDGE_FLOATS), TEXT)
 JSON_VALUE = st.recursive(SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -59,14 +60,14 @@ def typed_value(f: spec.Field) -> st.SearchStrategy[str]:
     """JSON text of values around what field `f` accepts: its choices, its bounds and just past them,
     its type with the wrong shape."""
     near = []
-    for bound in (f.minimum, f.maximum):
+    for bound in (f.minimum, getattr(f, "maximum", None)):
         if bound is not None:
             near += [bound, bound - 1, bound + 1, bound - 0.5, bound + 0.5, -bound]
     by_type = {
         "integer": st.one_of(st.integers(-10, 10 ** 6), st.sampled_from(EDGE_INTEGERS)),
         "number": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(EDGE_FLOATS)),
         "boolean": st.one_of(st.booleans(), st.sampled_from(["true", "false", 0, 1, "0", "1"])),
-        "string": TEXT, "string[]": st.lists(TEXT, max_size=4), "string|string[]": st.one_of(TEXT, st.lists(TEXT)),
+        "string": st.one_of(TEXT, st.sampled_from(LONG_NAMES)), "string[]": st.lists(TEXT, max_size=4), "string|string[]": st.one_of(TEXT, st.lists(TEXT)),
         "integer|string": st.one_of(TEXT, st.integers()), "object": st.dictionaries(TEXT, SCALAR, max_size=3),
         "object[]": st.lists(st.dictionaries(TEXT, SCALAR, max_size=3), max_size=3), "any": JSON_VALUE,
     }

@@ -104,22 +104,11 @@ def test_console_script_argv(tmp_path):
         assert e.value.code == "model_not_found"
 
 
-# a worker that says it is ready and then answers nothing but `exit` (a `separate` gets one
-# `separating`, then silence): what a deadlocked worker looks like from outside
-STUCK = """
-import json, sys
-print(json.dumps({"status": "ready", "protocol": 1}), flush=True)
-for line in sys.stdin:
-    request = json.loads(line)
-    if request.get("cmd") == "exit":
-        break
-    if request.get("cmd") == "separate":
-        print(json.dumps({"status": "separating", "id": request.get("id")}), flush=True)
-"""
+STUCK = Path(__file__).parent / "fixtures" / "stuck_worker.py"  # answers `ready`, then nothing
 
 
 def test_a_worker_that_stops_answering_is_replaced(tmp_path):
-    with Worker(argv=[sys.executable, "-c", STUCK], timeouts={"quick": 1.0, "job": 1.5}) as w:
+    with Worker(argv=[sys.executable, str(STUCK)], timeouts={"quick": 1.0, "job": 1.5}) as w:
         first = w.pid
         started = time.monotonic()
         job = w.submit("separate", input="x.wav", output_dir=str(tmp_path))

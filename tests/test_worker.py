@@ -414,13 +414,11 @@ def test_ids_json_cannot_carry_are_refused_not_echoed_as_null(worker, id_text):
     assert "id" not in answer
 
 
-def test_an_overlong_line_is_skipped_in_linear_time(worker):
-    started = time.monotonic()
+def test_an_overlong_line_is_skipped_and_a_long_one_read(worker):
     answer = _answer_to(worker, b'{"cmd":"ping","x":"' + b"x" * (40 << 20) + b'"}')
     assert answer["code"] == "bad_json" and "skipped" in answer["message"] and "id" not in answer
     big = _answer_to(worker, b'{"cmd":"ping","id":"big","x":"' + b"y" * (15 << 20) + b'"}')  # under the limit
-    assert big == {"status": "pong", "id": "big", "model_loaded": None}
-    assert time.monotonic() - started < 60  # 99 s for the first line alone when lines were re-split
+    assert big == {"status": "pong", "id": "big", "model_loaded": None}  # times: benchmarks/fuzz.py
 
 
 @pytest.mark.parametrize("fields, words", [
@@ -500,3 +498,21 @@ def test_last_resort_guards_keep_both_threads_alive(tmp, song):
         assert answers[None]["code"] == "internal" and "RuntimeError" in answers[None]["message"]
         assert answers["c"]["status"] == "done"
         assert w.proc.wait(30) == 0
+
+
+def test_protocol_out_writes_one_json_line_whatever_it_is_given():
+    from dsu.worker.stdio import ProtocolOut
+    read_fd, write_fd = os.pipe()
+    out = ProtocolOut(write_fd)
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    out.send({"status": "error", "message": "lone \ud800 surrogate", "nan": float("nan"), "inf": [float("-inf")],
+              "path": Path("/x"), "deep": deep})
+    out.send({"status": "pong", "id": 1})
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        lines = f.read().splitlines()
+    first, second = (json.loads(line.decode("utf-8")) for line in lines)  # strict: no NaN, valid UTF-8
+    assert first["message"] == "lone \ufffd surrogate" and first["nan"] is None and first["inf"] == [None]
+    assert first["path"] == "/x" and second == {"status": "pong", "id": 1}

@@ -1,13 +1,14 @@
 // Timeouts of the client: a worker that stops answering is killed and replaced, and limits count
 // from a request's turn. A tiny real process plays the stuck worker; a real DSU worker the healthy one.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { DEFAULT_TIMEOUTS, DSUError, DSUWorker } from "../src/index.js";
+import { writeSong } from "./song.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const PYTHON = process.env.DSU_PYTHON ?? join(REPO, ".venv", "bin", "python");
@@ -16,16 +17,7 @@ after(() => rmSync(TMP, { recursive: true, force: true }));
 const LIMIT = { timeout: 90_000 };
 
 // says ready, then answers nothing but `exit`; a `separate` gets one `separating`, then silence
-const STUCK = `
-import json, sys
-print(json.dumps({"status": "ready", "protocol": 1}), flush=True)
-for line in sys.stdin:
-    request = json.loads(line)
-    if request.get("cmd") == "exit":
-        break
-    if request.get("cmd") == "separate":
-        print(json.dumps({"status": "separating", "id": request.get("id")}), flush=True)
-`;
+const STUCK = join(REPO, "tests", "fixtures", "stuck_worker.py");
 
 async function rejectsWith(promise, code, pattern) {
   await assert.rejects(promise, (error) => {
@@ -43,7 +35,7 @@ test("default limits by command kind", () => {
 });
 
 test("a worker that stops answering is killed, its requests time out, the next request gets a new one", LIMIT, async () => {
-  const worker = new DSUWorker({ command: PYTHON, args: ["-c", STUCK], timeouts: { quick: 1000, job: 1500 } });
+  const worker = new DSUWorker({ command: PYTHON, args: [STUCK], timeouts: { quick: 1000, job: 1500 } });
   try {
     await worker.start();
     const first = worker.pid;
@@ -86,28 +78,3 @@ test("limits count from a request's turn, and progress keeps a job alive (real w
     await worker.close();
   }
 });
-
-function writeSong(path, seconds) {
-  const rate = 44100;
-  const frames = Math.round(seconds * rate);
-  const data = Buffer.alloc(frames * 4);
-  for (let i = 0; i < frames; i++) {
-    const t = i / rate;
-    data.writeInt16LE(Math.round(8000 * Math.sin(2 * Math.PI * 220 * t)), i * 4);
-    data.writeInt16LE(Math.round(8000 * Math.sin(2 * Math.PI * 330 * t)), i * 4 + 2);
-  }
-  const header = Buffer.alloc(44);
-  header.write("RIFF", 0);
-  header.writeUInt32LE(36 + data.length, 4);
-  header.write("WAVEfmt ", 8);
-  header.writeUInt32LE(16, 16);
-  header.writeUInt16LE(1, 20);
-  header.writeUInt16LE(2, 22);
-  header.writeUInt32LE(rate, 24);
-  header.writeUInt32LE(rate * 4, 28);
-  header.writeUInt16LE(4, 32);
-  header.writeUInt16LE(16, 34);
-  header.write("data", 36);
-  header.writeUInt32LE(data.length, 40);
-  writeFileSync(path, Buffer.concat([header, data]));
-}

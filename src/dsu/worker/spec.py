@@ -37,6 +37,21 @@ TYPES = {  # name -> (check, how it is written in docs and errors)
 C_INT_MAX = 2 ** 31 - 1  # an integer field without a maximum of its own still fits C int
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one file name and of a whole path (Linux; others allow less)
+
+
+def check_name(text: str, name: str, cmd: str) -> None:
+    """Every string of the protocol is a path, a name that becomes part of one, or a choice: refuse
+    what no file system takes before it reaches one (where it would be an OSError, not an answer)."""
+    if "\0" in text:
+        raise DSUError("bad_value", f"`{name}` of {cmd} contains a NUL character (\\u0000), which no "
+                                    f"file name or model name may hold: {shown(text)}")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > PATH_MAX or any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in text.split("/")):
+        raise DSUError("bad_value", f"`{name}` of {cmd} is longer than a path ({PATH_MAX} bytes) or holds a name "
+                                    f"longer than a file name ({NAME_MAX} bytes): {shown(text)}")
+
+
 def number_text(x: float) -> str:
     """A bound as docs and errors write it: 4194304, not 4.1943e+06."""
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
@@ -66,9 +81,8 @@ class Field:
         if self.type == "integer" and isinstance(value, float):
             value = int(value)
         for text in [value] if isinstance(value, str) else value if isinstance(value, list) else ():
-            if isinstance(text, str) and "\0" in text:
-                raise DSUError("bad_value", f"`{name}` of {cmd} contains a NUL character (\\u0000), which no "
-                                            f"file name or model name may hold: {shown(value)}")
+            if isinstance(text, str):
+                check_name(text, name, cmd)
         if isinstance(value, float) and not math.isfinite(value):
             raise DSUError("bad_value", f"`{name}` of {cmd} must be a finite number, not {value}")
         if self.choices and value not in self.choices and not (self.type == "integer|string" and isinstance(value, int)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import threading
 import traceback
@@ -20,6 +21,7 @@ from ..errors import DSUError
 MAX_LINE_BYTES = 16 << 20   # a request is a few hundred bytes; 16 MiB leaves room for long lists
 MAX_DEPTH = 64              # nesting of objects and lists in a request (ids included)
 SHOWN_CHARS = 120           # how much of a bad value an error message quotes
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: Python strings hold them, UTF-8 cannot
 
 
 class ProtocolOut:
@@ -87,7 +89,7 @@ def _clean(value, depth: int):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {_clean(str(k), depth): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -209,11 +211,7 @@ def unencodable(value: Any) -> tuple[str | None, str] | None:
 
 
 def _has_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
+    return _SURROGATE.search(text) is not None
 
 
 def shown_text(text: str) -> str:
