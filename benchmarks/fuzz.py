@@ -48,9 +48,16 @@ class Run:
                 self.crashes.append(text[:500])
                 tally = self.worker.tally
                 self.worker.kill()
-                self.worker = FuzzWorker(self.tmp, wait=self.wait)
-                self.worker.tally = tally
-                self.worker.start()
+                for attempt in range(3):  # a worker that cannot even start is one more crash, then stop
+                    self.worker = FuzzWorker(self.tmp, wait=self.wait)
+                    self.worker.tally = tally
+                    try:
+                        self.worker.start()
+                        break
+                    except Broken as again:
+                        self.crashes.append(f"restart: {str(again)[:300]}")
+                        if attempt == 2:
+                            raise
 
 
 def fuzz(run: Run, lines: int, seed_value: int) -> float:

@@ -71,7 +71,7 @@ def typed_value(f: spec.Field) -> st.SearchStrategy[str]:
         "integer|string": st.one_of(TEXT, st.integers()), "object": st.dictionaries(TEXT, SCALAR, max_size=3),
         "object[]": st.lists(st.dictionaries(TEXT, SCALAR, max_size=3), max_size=3), "any": JSON_VALUE,
     }
-    options = [by_type[f.type], JSON_VALUE]
+    options = [by_type[f.type], JSON_VALUE, st.none()]  # null: the field as if absent
     if f.choices:
         options.append(st.sampled_from(f.choices))
     if near:

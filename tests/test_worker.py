@@ -445,6 +445,12 @@ def test_family_options_are_typed_and_bounded_before_any_model_runs(worker, song
     assert not (tmp / "never").exists()
 
 
+def test_a_null_family_option_is_absent(worker, song, tmp):
+    done = worker.ask(cmd="separate", id="null", input=str(song), output_dir=str(tmp / "null"), model="dsp",
+                      segment=None, shifts=None)
+    assert done["status"] == "done" and len(done["files"]) == 4
+
+
 def test_every_family_option_is_in_the_protocol_table():
     from dsu import families  # noqa: F401 (registers every family)
     from dsu.families.base import Separator

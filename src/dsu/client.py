@@ -119,7 +119,9 @@ class Request:
 
 class Worker:
     """A worker subprocess. `argv` replaces the command line (e.g. a frozen `dsu-demucs`);
-    `args` are added to the default one. Its stderr goes to ours unless `stderr` says otherwise."""
+    `args` are added to the default one. Its stderr goes to ours unless `stderr` says otherwise.
+    `timeout`: the default deadline of `request` (None: none); `timeouts`: silence limits by command
+    kind, merged into DEFAULT_TIMEOUTS (a kind set to None: no limit)."""
 
     def __init__(self, args: list[str] | None = None, *, argv: list[str] | None = None,
                  env: dict | None = None, cwd: str | None = None, stderr: Any = None,

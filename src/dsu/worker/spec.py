@@ -382,10 +382,15 @@ def validate(command: Command, request: dict) -> tuple[dict, dict]:
 
 
 def check_family_options(command: Command, options: dict) -> None:
-    """Check, in place, the family options among a request's other fields, under the names given."""
-    for name, value in options.items():
+    """Check, in place, the family options among a request's other fields, under the names given;
+    null is absence, as for the command's own fields."""
+    for name, value in list(options.items()):
         declared = FAMILY_OPTION_NAMES.get(name)
-        if declared is not None and value is not None:
+        if declared is None:
+            continue
+        if value is None:
+            del options[name]
+        else:
             options[name] = declared.check(value, command.name, name)
 
 
