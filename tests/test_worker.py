@@ -418,7 +418,7 @@ def test_an_overlong_line_is_skipped_and_a_long_one_read(worker):
     answer = _answer_to(worker, b'{"cmd":"ping","x":"' + b"x" * (40 << 20) + b'"}')
     assert answer["code"] == "bad_json" and "skipped" in answer["message"] and "id" not in answer
     big = _answer_to(worker, b'{"cmd":"ping","id":"big","x":"' + b"y" * (15 << 20) + b'"}')  # under the limit
-    assert big == {"status": "pong", "id": "big", "model_loaded": None}  # times: benchmarks/fuzz.py
+    assert big["status"] == "pong" and big["id"] == "big"  # times: benchmarks/fuzz.py
 
 
 @pytest.mark.parametrize("fields, words", [
