@@ -291,6 +291,14 @@ class FuzzWorker:
             if len(finals) > case.answers:
                 raise Broken(f"{len(finals)} final answers to {case.line[:300]!r}: {finals}")
 
+    def resync(self) -> None:
+        """After a broken promise: skip whatever is left of the case up to a fresh marker's pong."""
+        self._n += 1
+        marker = f"resync-{self._n}"
+        self.send(json.dumps({"cmd": "ping", "id": marker}).encode())
+        while self.read().get("id") != marker:
+            pass
+
     def close(self) -> int:
         """`exit`: the worker must say `exiting` and end with 0."""
         self.send(b'{"cmd":"exit","id":"last"}')

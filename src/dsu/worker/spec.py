@@ -38,6 +38,9 @@ C_INT_MAX = 2 ** 31 - 1  # an integer field without a maximum of its own still f
 
 
 NAME_MAX, PATH_MAX = 255, 4096  # bytes of one file name and of a whole path (Linux; others allow less)
+# names DSU turns into file names with something added (model + ".ckpt"/"-<sha8>.th", stem + temporary
+# suffixes): they leave that much room
+EXTENDED_NAMES, NAME_ROOM = frozenset({"model", "stems", "two_stems", "primary_stem", "single_stem"}), 32
 
 
 def check_name(text: str, name: str, cmd: str) -> None:
@@ -46,10 +49,11 @@ def check_name(text: str, name: str, cmd: str) -> None:
     if "\0" in text:
         raise DSUError("bad_value", f"`{name}` of {cmd} contains a NUL character (\\u0000), which no "
                                     f"file name or model name may hold: {shown(text)}")
+    most = NAME_MAX - NAME_ROOM if name in EXTENDED_NAMES else NAME_MAX
     size = len(text.encode("utf-8", "surrogatepass"))
-    if size > PATH_MAX or any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in text.split("/")):
+    if size > PATH_MAX or any(len(part.encode("utf-8", "surrogatepass")) > most for part in text.split("/")):
         raise DSUError("bad_value", f"`{name}` of {cmd} is longer than a path ({PATH_MAX} bytes) or holds a name "
-                                    f"longer than a file name ({NAME_MAX} bytes): {shown(text)}")
+                                    f"longer than {most} bytes (a file name has at most {NAME_MAX}): {shown(text)}")
 
 
 def number_text(x: float) -> str:
