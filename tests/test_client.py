@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,41 @@ def test_console_script_argv(tmp_path):
         with pytest.raises(WorkerError) as e:  # no htdemucs without a models dir
             w.request("load_model")
         assert e.value.code == "model_not_found"
+
+
+STUCK = Path(__file__).parent / "fixtures" / "stuck_worker.py"  # answers `ready`, then nothing
+
+
+def test_a_worker_that_stops_answering_is_replaced(tmp_path):
+    with Worker(argv=[sys.executable, str(STUCK)], timeouts={"quick": 1.0, "job": 1.5}) as w:
+        first = w.pid
+        started = time.monotonic()
+        job = w.submit("separate", input="x.wav", output_dir=str(tmp_path))
+        ping = w.submit("ping")
+        for request in (ping, job):  # the ping's silence stops the worker: both fail
+            with pytest.raises(WorkerError) as e:
+                request.result()
+            assert e.value.code == "timeout" and "did not answer ping" in e.value.message
+        assert 1.0 <= time.monotonic() - started < 10 and w.proc.poll() is not None
+        job = w.submit("separate", input="x.wav", output_dir=str(tmp_path))  # a new worker, silent after `separating`
+        assert w.pid != first and w.starts == 2
+        assert next(iter(job))["status"] == "separating"
+        with pytest.raises(WorkerError) as e:
+            job.result()
+        assert e.value.code == "timeout" and "did not answer separate" in e.value.message
+        with pytest.raises(WorkerError) as e:  # a limit per request
+            w.request("ping", idle_timeout=0.3)
+        assert e.value.code == "timeout" and w.starts == 3
+
+
+def test_limits_count_from_a_requests_turn_and_progress_keeps_a_job_alive(songs, tmp_path):
+    """Real worker: a separate of several seconds with progress all along, and a load queued behind
+    it, each under limits of a second: neither is taken for stuck."""
+    with Worker(["--threads", "1"], env=ENV, stderr=open(tmp_path / "stderr", "w"),
+                timeouts={"quick": 5.0, "load": 1.0, "job": 1.0}) as w:
+        started = time.monotonic()
+        job = w.submit("separate", input=str(songs["long"]), output_dir=str(tmp_path), model="dsp", segment=0.5)
+        load = w.submit("load_model", model="dsp")
+        assert w.ping()["status"] == "pong"
+        assert job.result()["status"] == "done" and load.result()["status"] == "model_loaded"
+        assert time.monotonic() - started > 1.0 and w.starts == 1

@@ -372,3 +372,154 @@ def test_cache_bounds_and_eviction(tmp):
         mismatch = w.error(cmd="load_model", id=11, model_path=models["alpha"]["model_path"],
                            config_path=models["beta"]["config_path"])
         assert mismatch["code"] == "config_mismatch"
+
+
+# ---- lines no worker may die of (issue 15) ------------------------------------------------------------
+
+def _answer_to(worker: RawWorker, line: bytes) -> dict:
+    """The one answer to `line`: the error or final message before the pong of a marker ping."""
+    worker.send_line(line + b"\n")
+    worker.send(cmd="ping", id="marker")
+    answers = []
+    while (m := worker.read()).get("id") != "marker":
+        answers.append(m)
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+@pytest.mark.parametrize("line, code, field", [
+    (b'{"cmd":"separate","input":"\\ud800","output_dir":"o","id":1}', "bad_value", "`input`"),
+    (b'{"cmd":"separate","input":"x.wav","output_dir":"o","config_path":"a\\udfffb","id":1}', "bad_value",
+     "`config_path`"),
+    (b'{"cmd":"ping","\\udc00":1,"id":1}', "bad_value", "`\\udc00`"),
+    (b'{"cmd":"ping","x":{"\\ud800":1},"id":1}', "bad_value", "`x`"),
+    (b'{"cmd":"ping","x":' + b'{"a":' * 100 + b"1" + b"}" * 100 + b',"id":1}', "bad_value", "`x` nests deeper"),
+    (b'{"cmd":"ping","x":' + b'[' * 100000 + b"]" * 100000 + b',"id":1}', "bad_json", "nests too deep"),
+    (b'{"cmd":"ping","x":' + b"9" * 4301 + b',"id":1}', "bad_json", "digits"),
+    (b'{"cmd":"ping","x":NaN,"id":1}', "bad_value", "`x` holds NaN"),
+    (b'{"cmd":"ping","x":1e400,"id":1}', "bad_value", "`x`"),
+    (b'{"cmd":"separate","input":"x.wav","output_dir":"o\\u0000","id":1}', "bad_value", "NUL"),
+    (b'{"cmd":"separate","input":"x.wav","output_dir":"o","model":"dsp","segment":[1],"id":1}', "bad_value", "segment"),
+    (b'\xed\xa0\x80', "bad_json", "UTF-8"),
+])
+def test_lines_that_cannot_be_carried_back_are_coded_errors(worker, line, code, field):
+    answer = _answer_to(worker, line)
+    assert answer["status"] == "error" and answer["code"] == code and field in answer["message"], answer
+    assert ("id" in answer) == (code == "bad_value"), answer  # the id is echoed whenever it was read
+
+
+@pytest.mark.parametrize("id_text", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b'"\\ud800"', b'["\\udc00"]'])
+def test_ids_json_cannot_carry_are_refused_not_echoed_as_null(worker, id_text):
+    answer = _answer_to(worker, b'{"cmd":"separate","id":' + id_text + b',"input":"x","output_dir":"o"}')
+    assert answer["status"] == "error" and answer["code"] == "bad_value" and "`id`" in answer["message"]
+    assert "id" not in answer
+
+
+def test_an_overlong_line_is_skipped_and_a_long_one_read(worker):
+    answer = _answer_to(worker, b'{"cmd":"ping","x":"' + b"x" * (40 << 20) + b'"}')
+    assert answer["code"] == "bad_json" and "skipped" in answer["message"] and "id" not in answer
+    big = _answer_to(worker, b'{"cmd":"ping","id":"big","x":"' + b"y" * (15 << 20) + b'"}')  # under the limit
+    assert big["status"] == "pong" and big["id"] == "big"  # times: benchmarks/fuzz.py
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"model": "dsp", "segment": "12"}, "`segment` of separate must be a number"),
+    ({"use_tta": "false"}, "`use_tta` of separate must be true or false"),
+    ({"extract_instrumental": "false"}, "`extract_instrumental`"),
+    ({"chunk_size": "16"}, "`chunk_size` of separate must be an integer"),
+    ({"chunk_size": 2 ** 31}, "at most 4194304"),
+    ({"shifts": 2 ** 31}, "`shifts` of separate must be at most 20"),
+    ({"shifts": 1e308}, "at most 20"),
+    ({"segment_size": 2 ** 20}, "at most 4096"),
+    ({"mdx_segment_size": 2 ** 20}, "`mdx_segment_size` of separate must be at most 4096"),
+    ({"vr_window_size": 2 ** 20}, "`vr_window_size`"),
+    ({"mdx_dim_t_set": 2 ** 31}, "`mdx_dim_t_set` of separate must be at most 12"),
+    ({"aggression": 101}, "`aggression`"),
+    ({"overlap": -0.5}, "`overlap` of separate must be at least 0"),
+    ({"precision": "float8"}, "`precision`"),
+    ({"batch_size": True}, "`batch_size` of separate must be an integer"),
+    ({"sample_rate": 2 ** 31}, "`sample_rate`"),
+])
+def test_family_options_are_typed_and_bounded_before_any_model_runs(worker, song, tmp, fields, words):
+    error = worker.error(cmd="separate", id="opt", input=str(song), output_dir=str(tmp / "never"), **fields)
+    assert error["code"] == "bad_value" and words in error["message"], error
+    assert not (tmp / "never").exists()
+
+
+def test_a_null_family_option_is_absent(worker, song, tmp):
+    done = worker.ask(cmd="separate", id="null", input=str(song), output_dir=str(tmp / "null"), model="dsp",
+                      segment=None, shifts=None)
+    assert done["status"] == "done" and len(done["files"]) == 4
+
+
+def test_every_family_option_is_in_the_protocol_table():
+    from dsu import families  # noqa: F401 (registers every family)
+    from dsu.families.base import Separator
+
+    def subclasses(cls):
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+    separators = subclasses(Separator)
+    assert len(separators) >= 6
+    for cls in separators:
+        assert set(cls.options) <= set(spec.FAMILY_OPTION_NAMES), (cls.__name__, set(cls.options) - set(spec.FAMILY_OPTION_NAMES))
+    for f in [*spec.FAMILY_OPTIONS, *(f for c in spec.COMMANDS.values() for f in c.fields)]:
+        if f.type in ("integer", "number") and f.name != "id":
+            assert f.choices or f.maximum is not None and f.minimum is not None, f.name
+
+
+# Faults injected into a real worker process: what the last-resort guards are for
+FAULTY = """
+import sys
+from dsu import jobs
+from dsu.worker import server, main
+
+def crash_in_job(fields, **_):
+    if fields.get("model") == "exit-please":
+        sys.exit(3)  # a library calling sys.exit inside a job
+    raise KeyError("boom")
+jobs.load_model = crash_in_job
+parse = server.parse_request
+def crash_in_reader(line):
+    if b"reader-bug" in line:
+        raise RuntimeError("reader bug")
+    return parse(line)
+server.parse_request = crash_in_reader
+main(sys.argv[1:])
+"""
+
+
+def test_last_resort_guards_keep_both_threads_alive(tmp, song):
+    with RawWorker(tmp, argv=[sys.executable, "-c", FAULTY]) as w:
+        assert w.read()["status"] == "loading" and w.read()["status"] == "ready"
+        w.send(cmd="load_model", id="a", model="x")
+        w.send(cmd="load_model", id="b", model="exit-please")
+        w.send_line(b'{"cmd":"ping","id":"reader-bug"}\n')
+        w.send(cmd="separate", id="c", input=str(song), output_dir=str(tmp / "guards"), model="dsp")
+        w.proc.stdin.close()  # end of input still ends the worker, after the queue
+        answers = {}
+        while (m := w.read())["status"] != "exiting":
+            if m["status"] in ("error", "done"):
+                answers[m.get("id")] = m
+        assert answers["a"]["code"] == "internal" and "KeyError" in answers["a"]["message"]
+        assert answers["b"]["code"] == "internal" and "SystemExit" in answers["b"]["message"]
+        assert answers[None]["code"] == "internal" and "RuntimeError" in answers[None]["message"]
+        assert answers["c"]["status"] == "done"
+        assert w.proc.wait(30) == 0
+
+
+def test_protocol_out_writes_one_json_line_whatever_it_is_given():
+    from dsu.worker.stdio import ProtocolOut
+    read_fd, write_fd = os.pipe()
+    out = ProtocolOut(write_fd)
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    out.send({"status": "error", "message": "lone \ud800 surrogate", "nan": float("nan"), "inf": [float("-inf")],
+              "path": Path("/x"), "deep": deep})
+    out.send({"status": "pong", "id": 1})
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        lines = f.read().splitlines()
+    first, second = (json.loads(line.decode("utf-8")) for line in lines)  # strict: no NaN, valid UTF-8
+    assert first["message"] == "lone \ufffd surrogate" and first["nan"] is None and first["inf"] == [None]
+    assert first["path"] == "/x" and second == {"status": "pong", "id": 1}

@@ -5,7 +5,13 @@
                                on_progress=lambda p: print(f"{p:.0%}"))
 
 Requests get ids of their own (unless given one), replies are matched by id, so several requests
-can be in flight; a worker that dies is started again for the next request."""
+can be in flight; a worker that dies is started again for the next request.
+
+A worker that stops answering is taken for stuck: each request has a limit by the kind of its command
+(DEFAULT_TIMEOUTS: quick commands a few seconds, model loads a few minutes, jobs a while without any
+message, progress included; queued requests count from their turn). Past it the worker is killed,
+its requests fail with `timeout` and the next request starts a new one. `Worker(timeouts={...})`
+changes the limits per kind, `idle_timeout=` per request (None or 0: no limit)."""
 from __future__ import annotations
 
 import itertools
@@ -20,9 +26,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .runtime import is_frozen
-from .worker.spec import COMMANDS, final_statuses
+from .worker.spec import COMMANDS, final_statuses, timeout_kinds
 
 FINAL = final_statuses()
+KINDS = timeout_kinds()
+# seconds without an answer after which a worker is taken for stuck, by timeout kind (spec.timeout_kind)
+DEFAULT_TIMEOUTS = {"quick": 15.0, "load": 300.0, "job": 600.0}
+WATCH_INTERVAL = 0.1
+BY_KIND = object()  # a request's idle_timeout when none is given: its kind's
 
 
 class WorkerError(Exception):
@@ -46,12 +57,17 @@ def default_argv() -> list[str]:
 class Request:
     """One request in flight: iterate it for its messages (the last one is final), or `result()`."""
 
-    def __init__(self, worker: "Worker", request_id: Any, message: dict):
+    def __init__(self, worker: "Worker", request_id: Any, message: dict, idle_timeout: float | None = None):
         self.worker, self.id, self.message = worker, request_id, message
         self.proc = worker.proc  # the process it was sent to: only that one's death fails it
         self.messages: queue.Queue = queue.Queue()
         self.final: dict | None = None
         self.error: WorkerError | None = None
+        self.kind = KINDS.get(message["cmd"], "load")
+        self.idle_timeout = idle_timeout   # seconds of silence tolerated (None: none)
+        self.heard = time.monotonic()      # its last message, or the start of its turn
+        self.answered = False              # its final message (or error) has arrived
+        self.failed = False                # failed by the client (stuck worker): the exit is no news
 
     def _final_for(self, status: str) -> bool:
         return status == "error" or status in FINAL.get(self.message["cmd"], ())
@@ -103,14 +119,20 @@ class Request:
 
 class Worker:
     """A worker subprocess. `argv` replaces the command line (e.g. a frozen `dsu-demucs`);
-    `args` are added to the default one. Its stderr goes to ours unless `stderr` says otherwise."""
+    `args` are added to the default one. Its stderr goes to ours unless `stderr` says otherwise.
+    `timeout`: the default deadline of `request` (None: none); `timeouts`: silence limits by command
+    kind, merged into DEFAULT_TIMEOUTS (a kind set to None: no limit)."""
 
     def __init__(self, args: list[str] | None = None, *, argv: list[str] | None = None,
                  env: dict | None = None, cwd: str | None = None, stderr: Any = None,
-                 ready_timeout: float = 120.0, timeout: float | None = None, restart: bool = True):
+                 ready_timeout: float = 120.0, timeout: float | None = None, restart: bool = True,
+                 timeouts: dict[str, float | None] | None = None):
         self.argv = list(argv) if argv is not None else default_argv() + list(args or [])
         self.env, self.cwd, self.stderr = env, cwd, stderr
         self.ready_timeout, self.timeout, self.restart = ready_timeout, timeout, restart
+        self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        self._inflight: dict[str, Request] = {}  # sent to the running process and not answered, in order
+        self._watching = False
         self.proc: subprocess.Popen | None = None
         self.info: dict | None = None          # the ready message
         self.events: queue.Queue = queue.Queue()  # messages with no request of ours (no id)
@@ -139,6 +161,9 @@ class Worker:
             self.starts += 1
             threading.Thread(target=self._read, args=(self.proc, self._ready), daemon=True,
                              name="dsu-client-reader").start()
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, daemon=True, name="dsu-client-watchdog").start()
         try:
             ready = self._ready.get(timeout=self.ready_timeout)
         except queue.Empty:
@@ -178,7 +203,9 @@ class Worker:
         if not started:
             ready.put(WorkerError("start_failed", f"the worker exited with code {code} before it was ready"))
         with self._lock:
-            pending = [r for r in self._pending.values() if r.proc is proc]
+            pending = [r for r in self._pending.values() if r.proc is proc and not r.failed]
+            for key in [k for k, r in self._inflight.items() if r.proc is proc]:
+                del self._inflight[key]
         for request in pending:
             request.messages.put(error)
 
@@ -186,7 +213,14 @@ class Worker:
         request = None
         if "id" in message:
             with self._lock:
-                request = self._pending.get(_key(message["id"]))
+                key = _key(message["id"])
+                request = self._pending.get(key)
+                inflight = self._inflight.get(key)
+                if inflight is not None:  # heard from, even when its caller gave up on it
+                    inflight.heard = time.monotonic()
+                    if inflight._final_for(message.get("status")):
+                        inflight.answered = True
+                        del self._inflight[key]
         if request is None:
             self._event(message)
         else:
@@ -208,8 +242,9 @@ class Worker:
     def command_name(cmd: str) -> str:
         return next((c.name for c in COMMANDS.values() if cmd == c.name or cmd in c.aliases), cmd)
 
-    def submit(self, cmd: str, **fields) -> Request:
-        """Send a request and return at once; `fields` may hold an `id` of your own."""
+    def submit(self, cmd: str, *, idle_timeout: float | None | object = BY_KIND, **fields) -> Request:
+        """Send a request and return at once; `fields` may hold an `id` of your own. `idle_timeout`
+        replaces the limit of the command's kind (see DEFAULT_TIMEOUTS; None: no limit)."""
         if not self.alive():
             if self.proc is not None and not self.restart:
                 raise WorkerError("worker_exited", "the worker is not running (restart=False)")
@@ -218,19 +253,62 @@ class Worker:
         if request_id is None:
             request_id = f"py-{next(self._ids)}"
         message = {"cmd": cmd, "id": request_id, **fields}
-        request = Request(self, request_id, message)
+        limit = self.timeouts.get(KINDS.get(cmd, "load")) if idle_timeout is BY_KIND else idle_timeout
+        request = Request(self, request_id, message, limit or None)
         with self._lock:
             if _key(request_id) in self._pending:
                 raise WorkerError("bad_value", f"a request with id {request_id!r} is already pending")
             self._pending[_key(request_id)] = request
+            self._inflight[_key(request_id)] = request
+            request.heard = time.monotonic()
         self._send(message)
         return request
 
     def request(self, cmd: str, *, timeout: float | None = None, on_progress: Callable[[float], None] | None = None,
-                on_message: Callable[[dict], None] | None = None, **fields) -> dict:
-        """Send a request and wait for its final reply."""
-        return self.submit(cmd, **fields).result(timeout if timeout is not None else self.timeout,
-                                                 on_progress, on_message)
+                on_message: Callable[[dict], None] | None = None, idle_timeout: float | None | object = BY_KIND,
+                **fields) -> dict:
+        """Send a request and wait for its final reply. `timeout`: give up after this long (a job is
+        cancelled, the worker goes on); `idle_timeout`: see `submit`."""
+        return self.submit(cmd, idle_timeout=idle_timeout, **fields).result(
+            timeout if timeout is not None else self.timeout, on_progress, on_message)
+
+    # ---- stuck workers ---------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Fail the requests of a worker that stays silent past a request's limit, and stop it."""
+        head: Request | None = None
+        while not self._closed:
+            time.sleep(WATCH_INTERVAL)
+            now = time.monotonic()
+            with self._lock:
+                proc = self.proc
+                inflight = [r for r in self._inflight.values() if r.proc is proc]
+                queued = [r for r in inflight if r.kind != "quick"]
+                if queued and queued[0] is not head:  # the worker runs queued requests in order: a turn starts
+                    head = queued[0]
+                    head.heard = max(head.heard, now)
+                waiting = [r for r in inflight if r.kind == "quick"] + queued[:1]
+                stuck = next((r for r in waiting if r.idle_timeout and now - r.heard > r.idle_timeout), None)
+            if stuck is not None and proc is not None:
+                self._stuck(proc, stuck)
+
+    def _stuck(self, proc: subprocess.Popen, culprit: Request) -> None:
+        error = WorkerError("timeout", f"the worker did not answer {culprit.message['cmd']} (id {culprit.id!r}) "
+                                       f"for {culprit.idle_timeout:g} s; it was stopped"
+                                       + (" and the next request starts a new one" if self.restart else ""))
+        with self._lock:
+            failed = [r for r in self._inflight.values() if r.proc is proc]
+            for key in [k for k, r in self._inflight.items() if r.proc is proc]:
+                del self._inflight[key]
+            for request in failed:
+                request.failed = True
+        proc.kill()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for request in failed:
+            request.messages.put(error)
 
     def _send(self, message: dict) -> None:
         try:

@@ -22,6 +22,9 @@ export class DSUError extends Error {
 export interface RequestOptions {
   /** reject with code `timeout` after this long; a job is also cancelled in the worker */
   timeoutMs?: number;
+  /** silence after which the worker is taken for stuck: killed, its requests rejected with `timeout`
+   * (default: the client's `timeouts` for the command's kind; 0: none) */
+  idleTimeoutMs?: number;
   /** progress 0..1 of a job */
   onProgress?: (progress: number, message: Message) => void;
   /** every interim message (`separating`, `progress`, `loading_model`, ...) */
@@ -54,8 +57,10 @@ export interface DSUWorkerOptions {
   stderr?: "pipe" | "inherit" | "ignore";
   /** how long a start may take, default 120000 */
   readyTimeoutMs?: number;
-  /** default per-request timeout, 0 (default) = none */
+  /** default per-request deadline, 0 (default) = none */
   timeoutMs?: number;
+  /** silence limits per command kind in ms (DEFAULT_TIMEOUTS: quick 15000, load 300000, job 600000) */
+  timeouts?: Partial<TimeoutLimits>;
   /** start again at once after a crash, default true (else the next request starts it) */
   restart?: boolean;
   /** crashes tolerated per minute before giving up, default 3 */
@@ -63,6 +68,17 @@ export interface DSUWorkerOptions {
   /** how long `close()` waits after `exit` and again after SIGTERM, default 5000 */
   graceMs?: number;
 }
+
+export interface TimeoutLimits {
+  /** commands answered at once (ping, get_status, ...) */
+  quick: number;
+  /** queued commands without progress (load_model, ...), from their turn */
+  load: number;
+  /** jobs (separate, apollo): the silence between two of their messages */
+  job: number;
+}
+
+export declare const DEFAULT_TIMEOUTS: Readonly<TimeoutLimits>;
 
 export type WorkerState = "idle" | "starting" | "ready" | "closing" | "closed" | "failed";
 

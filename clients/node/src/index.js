@@ -5,7 +5,17 @@ import { spawn } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { createInterface } from "node:readline";
 
-import { FINAL_STATUSES, QUEUED } from "./protocol.js";
+import { FINAL_STATUSES, QUEUED, TIMEOUT_KINDS } from "./protocol.js";
+
+/**
+ * Milliseconds without an answer after which a worker is taken for stuck, by the kind of command
+ * (TIMEOUT_KINDS): `quick` ones are answered at once, `load` ones may take minutes without a word,
+ * a `job` sends progress, so its limit is the silence between messages. Queued requests count from
+ * their turn. Past a limit the worker is killed, its requests reject with `timeout`, and the next
+ * request starts a new one. Override per client (`timeouts`) or per request (`idleTimeoutMs`); 0: none.
+ */
+export const DEFAULT_TIMEOUTS = Object.freeze({ quick: 15_000, load: 300_000, job: 600_000 });
+const WATCH_INTERVAL_MS = 100;
 
 /**
  * A failed request. `code` is one of the worker's error codes (`input_not_found`, `cancelled`, ...,
@@ -53,7 +63,8 @@ const STDERR_LINES_KEPT = 40;
 /**
  * A persistent DSU worker. Events: `loading`, `ready` (the ready message), `message` (every message),
  * `progress` (progress messages), `stderr` (a line), `exit` ({code, signal, expected}),
- * `crash` (DSUError), `restart` (the new ready message), `warning` (a non-protocol stdout line).
+ * `crash` (DSUError), `restart` (the new ready message), `warning` (a non-protocol stdout line),
+ * `stuck` (DSUError `timeout`: a worker that stopped answering was killed).
  */
 export class DSUWorker extends EventEmitter {
   /**
@@ -65,7 +76,10 @@ export class DSUWorker extends EventEmitter {
    * @param {"pipe"|"inherit"|"ignore"} [options.stderr] "pipe" (default) emits `stderr` lines and
    *   keeps the last ones for crash reports
    * @param {number} [options.readyTimeoutMs] how long a start may take (default 120000)
-   * @param {number} [options.timeoutMs] default per-request timeout, 0 = none (default)
+   * @param {number} [options.timeoutMs] default per-request deadline, 0 = none (default): past it the
+   *   request rejects with `timeout` and a job is cancelled, the worker goes on
+   * @param {{quick?: number, load?: number, job?: number}} [options.timeouts] silence limits per command
+   *   kind (see DEFAULT_TIMEOUTS): past one the worker is killed and replaced
    * @param {boolean} [options.restart] start again at once after a crash (default true; else the next request starts it)
    * @param {number} [options.maxRestarts] crashes tolerated per minute before giving up (default 3)
    * @param {number} [options.graceMs] how long `close()` waits after `exit` and after SIGTERM (default 5000)
@@ -77,6 +91,10 @@ export class DSUWorker extends EventEmitter {
       args: [], stderr: "pipe", readyTimeoutMs: 120_000, timeoutMs: 0, restart: true, maxRestarts: 3,
       graceMs: 5000, ...options,
     };
+    this.options.timeouts = { ...DEFAULT_TIMEOUTS, ...(options.timeouts ?? {}) };
+    this._inflight = new Map(); // JSON key of id -> entry, sent to the running child and not answered, in order
+    this._watch = null;
+    this._head = null;
     /** @type {import("node:child_process").ChildProcess | null} */
     this.child = null;
     /** the ready message of the running worker */
@@ -174,6 +192,13 @@ export class DSUWorker extends EventEmitter {
     this.emit("message", message);
     if (message.status === "progress") this.emit("progress", message);
     if (!("id" in message)) return;
+    const inflight = this._inflight.get(keyOf(message.id));
+    if (inflight) { // heard from, even when its caller gave up on it
+      inflight.heardAt = Date.now();
+      if (message.status === "error" || isFinal(inflight.message.cmd, message.status)) {
+        this._inflight.delete(keyOf(message.id));
+      }
+    }
     const entry = this._pending.get(keyOf(message.id));
     if (!entry) return; // an answer to a request that already timed out, or to someone else's cancel
     if (message.status === "error") {
@@ -195,7 +220,8 @@ export class DSUWorker extends EventEmitter {
   }
 
   _exited(child, code, signal, wasReady) {
-    if (child !== this.child) return;
+    for (const [key, entry] of this._inflight) if (entry.child === child) this._inflight.delete(key);
+    if (child !== this.child) return; // a stuck worker this client stopped: already reported
     this.child = null;
     this._starting = null;
     const expected = this.state === "closing" || this.state === "closed";
@@ -246,6 +272,9 @@ export class DSUWorker extends EventEmitter {
       return new Request(this, id, message, promise);
     }
     this._pending.set(keyOf(id), entry);
+    const kind = TIMEOUT_KINDS[cmd] ?? "load";
+    entry.kind = kind;
+    entry.idleTimeoutMs = options.idleTimeoutMs ?? this.options.timeouts[kind] ?? 0;
     const timeoutMs = options.timeoutMs ?? this.options.timeoutMs;
     if (timeoutMs > 0) {
       entry.timer = setTimeout(() => {
@@ -263,11 +292,59 @@ export class DSUWorker extends EventEmitter {
     this.start().then(() => {
       if (this._pending.get(keyOf(id)) !== entry) return; // settled (cancelled, timed out) before it was sent
       entry.sent = true;
-      this._send(message);
+      if (this._send(message)) {
+        entry.child = this.child;
+        entry.heardAt = Date.now();
+        this._inflight.set(keyOf(id), entry);
+        this._watchStuck();
+      }
     }, (error) => {
       if (this._pending.get(keyOf(id)) === entry) this._settle(entry, error);
     });
     return new Request(this, id, message, promise);
+  }
+
+  _watchStuck() {
+    if (this._watch) return;
+    this._watch = setInterval(() => {
+      const now = Date.now();
+      const inflight = [...this._inflight.values()].filter((e) => e.child === this.child);
+      if (!inflight.length) {
+        clearInterval(this._watch);
+        this._watch = null;
+        this._head = null;
+        return;
+      }
+      const queued = inflight.filter((e) => e.kind !== "quick");
+      if (queued.length && queued[0] !== this._head) { // the worker runs queued requests in order: a turn starts
+        this._head = queued[0];
+        this._head.heardAt = Math.max(this._head.heardAt, now);
+      }
+      const waiting = [...inflight.filter((e) => e.kind === "quick"), ...queued.slice(0, 1)];
+      const stuck = waiting.find((e) => e.idleTimeoutMs > 0 && now - e.heardAt > e.idleTimeoutMs);
+      if (stuck) this._stuck(stuck);
+    }, WATCH_INTERVAL_MS);
+    this._watch.unref?.();
+  }
+
+  /** Kill a worker that stayed silent past `culprit`'s limit; its requests reject with `timeout`. */
+  _stuck(culprit) {
+    const child = culprit.child;
+    const error = new DSUError("timeout", `the worker did not answer ${culprit.message.cmd} (id `
+      + `${JSON.stringify(culprit.id)}) for ${culprit.idleTimeoutMs} ms; it was stopped and the next request `
+      + `starts a new one${this._tail()}`, { request: culprit.message });
+    const failed = [...this._inflight.values()].filter((e) => e.child === child);
+    for (const entry of failed) {
+      this._inflight.delete(keyOf(entry.id));
+      if (this._pending.get(keyOf(entry.id)) === entry) this._settle(entry, error);
+    }
+    if (this.child === child) { // forget it now: the next request must not be sent to it
+      this.child = null;
+      this._starting = null;
+      this.state = "failed";
+    }
+    child.kill("SIGKILL");
+    this.emit("stuck", error);
   }
 
   _send(message) {
@@ -338,6 +415,8 @@ export class DSUWorker extends EventEmitter {
 /**
  * @typedef {object} RequestOptions
  * @property {number} [timeoutMs] reject with code `timeout` after this long (a job is also cancelled)
+ * @property {number} [idleTimeoutMs] the silence after which the worker is taken for stuck (killed, its
+ *   requests rejected with `timeout`); default: `timeouts[kind]` of the client, 0: none
  * @property {(progress: number, message: object) => void} [onProgress] progress 0..1 of a job
  * @property {(message: object) => void} [onMessage] every interim message (`separating`, `progress`, ...)
  * @property {AbortSignal} [signal] aborting it cancels the request

@@ -3,6 +3,7 @@ export declare const PROTOCOL_VERSION: 1;
 export declare const FINAL_STATUSES: Readonly<Record<string, readonly string[]>>;
 export declare const QUEUED: ReadonlySet<string>;
 export declare const ERROR_CODES: readonly ErrorCode[];
+export declare const TIMEOUT_KINDS: Readonly<Record<string, "quick" | "load" | "job">>;
 
 export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal" | "output_not_writable" | "checksum_mismatch" | "download_failed";
 export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "download_model" | "restore";

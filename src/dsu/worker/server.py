@@ -16,7 +16,7 @@ from ..cache import ModelCache
 from ..errors import DSUError
 from . import spec
 from .config import WorkerConfig
-from .stdio import ProtocolOut, read_lines
+from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines, shown
 
 MiB = 1 << 20
 
@@ -142,21 +142,42 @@ class Server:
     # ---- stdin -----------------------------------------------------------------------------------
 
     def _read(self) -> None:
-        for raw in read_lines(0):
+        try:
+            for raw in read_lines(0):
+                if self.stopping or self.exit_reply is not None:
+                    break  # an `exit` is queued or the worker is stopping: nothing more is taken
+                self.guarded_line(raw)
+        except BaseException:  # the reader itself failed: say so, and still end as at end of input
+            traceback.print_exc(file=sys.stderr)
+        finally:
+            if self.exit_reply is None:
+                self.queue.put(END)  # end of input: finish what was asked, then exit
+
+    def guarded_line(self, raw: bytes | TooLong) -> None:
+        """Handle one line; the last resort for a bug: an `internal` error for that line only."""
+        try:
+            if isinstance(raw, TooLong):
+                Reply(self.out, None).error("bad_json", f"the line has {raw.size} bytes, more than the "
+                                                        f"{MAX_LINE_BYTES} a request may have; it was skipped")
+                return
             line = raw.strip()
-            if not line:
-                continue
-            if self.stopping or self.exit_reply is not None:
-                break  # an `exit` is queued or the worker is stopping: nothing more is taken
-            self.handle_line(line)
-        if self.exit_reply is None:
-            self.queue.put(END)  # end of input: finish what was asked, then exit
+            if line:
+                self.handle_line(line)
+        except BaseException as e:  # SystemExit from a library included: one request fails, not the reader
+            traceback.print_exc(file=sys.stderr)
+            Reply(self.out, None).error("internal", f"{type(e).__name__} while reading a request "
+                                                    "(see the worker's stderr)")
 
     def handle_line(self, line: bytes) -> None:
         try:
-            request = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            Reply(self.out, None).error("bad_json", f"not a JSON line ({e}); send one JSON object per line")
+            request = parse_request(line)
+        except DSUError as e:
+            Reply(self.out, None).error(e.code, e.message)
+            return
+        try:
+            check_encodable(request)
+        except BadField as e:  # answered under the request's id, unless the id is what cannot be sent back
+            Reply(self.out, None if e.field == "id" else request).error(e.code, e.message)
             return
         reply = Reply(self.out, request)
         try:
@@ -171,7 +192,7 @@ class Server:
                 self.queue.put(Job(command, fields, extra, reply))
         except DSUError as e:
             reply.error(e.code, e.message)
-        except Exception as e:  # a bug: say so, keep serving
+        except BaseException as e:  # a bug (or a library's SystemExit): say so, keep serving
             traceback.print_exc(file=sys.stderr)
             reply.error("internal", f"{type(e).__name__}: {e} (see the worker's stderr)")
 
@@ -211,7 +232,7 @@ class Server:
             targets = self.queue.take(key)
             running = current if current is not None and current.key == key else None
             if not targets and running is None:
-                raise DSUError("bad_value", f"no queued or running job has id {json.dumps(fields['id'])} "
+                raise DSUError("bad_value", f"no queued or running job has id {shown(fields['id'])} "
                                             "(it may have finished already)")
         if running is not None and not running.command.cancellable:
             raise DSUError("bad_value", f"the running {running.command.name} cannot be stopped; it ends on its own")
@@ -232,6 +253,9 @@ class Server:
             self.current = job
             try:
                 status, fields = self.run(job)
+            except BaseException as e:  # the last resort (SystemExit from a library, ...): this job fails, not the thread
+                traceback.print_exc(file=sys.stderr)
+                status, fields = _error("internal", f"{type(e).__name__} in the job runner (see the worker's stderr)")
             finally:
                 self.current = None  # before the answer: a `cancel` that follows it must not find the job
             job.reply(status, **fields)

@@ -6,10 +6,12 @@ what is written here is what the worker does. Nothing here imports torch."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CODES, DSUError
+from .stdio import shown
 
 PROTOCOL = 1
 
@@ -32,6 +34,33 @@ TYPES = {  # name -> (check, how it is written in docs and errors)
 }
 
 
+C_INT_MAX = 2 ** 31 - 1  # an integer field without a maximum of its own still fits C int
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one file name and of a whole path (Linux; others allow less)
+# names DSU turns into file names with something added (model + ".ckpt"/"-<sha8>.th", stem + temporary
+# suffixes): they leave that much room
+EXTENDED_NAMES, NAME_ROOM = frozenset({"model", "stems", "two_stems", "primary_stem", "single_stem"}), 32
+
+
+def check_name(text: str, name: str, cmd: str) -> None:
+    """Every string of the protocol is a path, a name that becomes part of one, or a choice: refuse
+    what no file system takes before it reaches one (where it would be an OSError, not an answer)."""
+    if "\0" in text:
+        raise DSUError("bad_value", f"`{name}` of {cmd} contains a NUL character (\\u0000), which no "
+                                    f"file name or model name may hold: {shown(text)}")
+    most = NAME_MAX - NAME_ROOM if name in EXTENDED_NAMES else NAME_MAX
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > PATH_MAX or any(len(part.encode("utf-8", "surrogatepass")) > most for part in text.split("/")):
+        raise DSUError("bad_value", f"`{name}` of {cmd} is longer than a path ({PATH_MAX} bytes) or holds a name "
+                                    f"longer than {most} bytes (a file name has at most {NAME_MAX}): {shown(text)}")
+
+
+def number_text(x: float) -> str:
+    """A bound as docs and errors write it: 4194304, not 4.1943e+06."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -42,21 +71,34 @@ class Field:
     choices: tuple = ()
     minimum: float | None = None
     aliases: tuple[str, ...] = ()  # other names accepted for the same field (older clients)
+    maximum: float | None = None   # integers without one stop at C_INT_MAX
 
     def __post_init__(self):
         assert self.type in TYPES, self.type
 
-    def check(self, value: Any, cmd: str) -> Any:
+    def check(self, value: Any, cmd: str, name: str | None = None) -> Any:
+        """`value` checked by type and range (`name`: the spelling the request used)."""
+        name = name or self.name
         ok, described = TYPES[self.type]
         if not ok(value):
-            raise DSUError("bad_value", f"`{self.name}` of {cmd} must be {described}, not {json.dumps(value)}")
+            raise DSUError("bad_value", f"`{name}` of {cmd} must be {described}, not {shown(value)}")
         if self.type == "integer" and isinstance(value, float):
             value = int(value)
+        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else ():
+            if isinstance(text, str):
+                check_name(text, name, cmd)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DSUError("bad_value", f"`{name}` of {cmd} must be a finite number, not {value}")
         if self.choices and value not in self.choices and not (self.type == "integer|string" and isinstance(value, int)):
-            raise DSUError("bad_value", f"`{self.name}` of {cmd} must be one of "
-                                        f"{', '.join(json.dumps(c) for c in self.choices)}, not {json.dumps(value)}")
-        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
-            raise DSUError("bad_value", f"`{self.name}` of {cmd} must be at least {self.minimum:g}, not {value}")
+            raise DSUError("bad_value", f"`{name}` of {cmd} must be one of "
+                                        f"{', '.join(json.dumps(c) for c in self.choices)}, not {shown(value)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                raise DSUError("bad_value", f"`{name}` of {cmd} must be at least {number_text(self.minimum)}, not {shown(value)}")
+            most = self.maximum if self.maximum is not None else C_INT_MAX if isinstance(value, int) else None
+            if most is not None and value > most:
+                raise DSUError("bad_value", f"`{name}` of {cmd} must be at most {number_text(most)}, not {shown(value)}"
+                                            + (f" ({self.doc})" if self.maximum is not None else ""))
         return value
 
 
@@ -100,16 +142,16 @@ MODEL_FIELDS = (
     # UVR's per-model settings, for a VR .pth / MDX-Net .onnx that DSU's tables do not know (or to override them)
     Field("vr_model_param", "string", "VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512"),
     Field("primary_stem", "string", "VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...)"),
-    Field("nout", "integer", "VR 5.1 networks: channels (e.g. 32, 48, 64)", minimum=1),
-    Field("nout_lstm", "integer", "VR 5.1 networks: LSTM width (e.g. 128)", minimum=1),
+    Field("nout", "integer", "VR 5.1 networks: channels (e.g. 32, 48, 64)", minimum=1, maximum=1024),
+    Field("nout_lstm", "integer", "VR 5.1 networks: LSTM width (e.g. 128)", minimum=1, maximum=4096),
     Field("is_karaoke", "boolean", "VR/MDX: a karaoke (lead vs backing vocals) model"),
     Field("is_bv_model", "boolean", "VR: a backing-vocals model"),
-    Field("is_bv_model_rebalanced", "number", "VR: the backing-vocals rebalance factor", minimum=0),
+    Field("is_bv_model_rebalanced", "number", "VR: the backing-vocals rebalance factor", minimum=0, maximum=10),
     Field("compensate", "number", "MDX: the factor on the primary stem where it is taken from the mix to "
-                                            "form the secondary (e.g. 1.035)", minimum=0),
-    Field("mdx_dim_f_set", "integer", "MDX: frequency bins the network takes (e.g. 3072)", minimum=1),
-    Field("mdx_dim_t_set", "integer", "MDX: log2 of the frames per segment (8: 256 frames)", minimum=1),
-    Field("mdx_n_fft_scale_set", "integer", "MDX: the STFT size (e.g. 7680)", minimum=2),
+                                            "form the secondary (e.g. 1.035)", minimum=0, maximum=10),
+    Field("mdx_dim_f_set", "integer", "MDX: frequency bins the network takes (e.g. 3072)", minimum=1, maximum=16384),
+    Field("mdx_dim_t_set", "integer", "MDX: log2 of the frames per segment (8: 256 frames)", minimum=1, maximum=12),
+    Field("mdx_n_fft_scale_set", "integer", "MDX: the STFT size (e.g. 7680)", minimum=2, maximum=32768),
 )
 
 SEPARATE_FIELDS = (
@@ -125,7 +167,8 @@ SEPARATE_FIELDS = (
           aliases=("single_stem",)),
     Field("two_stems", "string", "write this stem and `no_<stem>` (the rest summed) only"),
     Field("sample_rate", "integer|string", "output sample rate: `model` (the model's), `input` (the input "
-                                           "file's) or a number of Hz", default="model", choices=("model", "input")),
+                                           "file's) or a number of Hz", default="model", choices=("model", "input"),
+          minimum=1000, maximum=768000),
     Field("layout", "string", "where the stem files go under `output_dir`: a preset, `demucs` "
                               "(`{model}/{track}/{stem}.{ext}`), `flat` or `msst` (`{track}/{stem}.{ext}`), `uvr` or "
                               "`audio_separator` (`{track}_({Stem})_{model}.{ext}`, the model named up to its first "
@@ -140,7 +183,7 @@ SEPARATE_FIELDS = (
     Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
                                  "instead of refusing the file as `unsupported_audio`", default=False),
     Field("mp3_bitrate", "integer", "kbps of a `format` mp3 stem, constant bitrate (default 320, as demucs; "
-                                    "at most 160 below 32 kHz)", minimum=8),
+                                    "at most 160 below 32 kHz)", minimum=8, maximum=320),
 )
 
 RESTORE_FIELDS = (
@@ -149,18 +192,64 @@ RESTORE_FIELDS = (
           aliases=("output_path",)),
     Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin)", required=True),
     Field("config_path", "string", "its YAML config"),
-    Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1),
-    Field("overlap_seconds", "number", "crossfade between chunks; default: the model's", minimum=0,
+    Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1,
+          maximum=600),
+    Field("overlap_seconds", "number", "crossfade between chunks; default: the model's", minimum=0, maximum=300,
           aliases=("chunk_overlap",)),
     Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
     Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
-    Field("feature_dim", "integer", "the model's feature width when no config is given (e.g. 256, 384)", minimum=1),
-    Field("layer", "integer", "the model's number of layers when no config is given (e.g. 6)", minimum=1),
-    Field("sr", "integer", "the model's sample rate when no config is given", minimum=1),
-    Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1),
+    Field("feature_dim", "integer", "the model's feature width when no config is given (e.g. 256, 384)", minimum=1,
+          maximum=8192),
+    Field("layer", "integer", "the model's number of layers when no config is given (e.g. 6)", minimum=1,
+          maximum=256),
+    Field("sr", "integer", "the model's sample rate when no config is given", minimum=1000, maximum=768000),
+    Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1, maximum=1000),
     Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
                                  "instead of refusing the file as `unsupported_audio`", default=False),
 )
+
+# The options of the model families, checked by type and range before any family code sees them
+# (`separate` and every command with `family_options`). One name may serve several families; the
+# range here is the widest any of them accepts, and a family refuses what its loaded model cannot use
+# (a Demucs `segment` longer than it was trained on, MSST's whole-number `overlap`, ...).
+FAMILY_OPTIONS = (
+    Field("shifts", "integer", "Demucs: random time shifts averaged (the shift trick); each one is a whole "
+                               "extra pass", minimum=0, maximum=20),
+    Field("overlap", "number", "Demucs and MDX-Net: the fraction of a chunk shared with the next (below 1); "
+                               "MSST: how many chunks overlap each sample (a whole number, at least 1)",
+          minimum=0, maximum=64, aliases=("mdx_overlap",)),
+    Field("segment", "number", "Demucs and dsp: seconds per chunk (Demucs: at most what the model was "
+                               "trained on)", minimum=0.01, maximum=600),
+    Field("batch_size", "integer", "chunks per model call (all families)", minimum=1, maximum=64,
+          aliases=("vr_batch_size", "mdx_batch_size")),
+    Field("chunk_size", "integer", "MSST: samples per chunk (default: the model config's)", minimum=1,
+          maximum=1 << 22),
+    Field("use_tta", "boolean", "MSST: also demix with channels swapped and polarity inverted, and average"),
+    Field("extract_instrumental", "boolean", "MSST: also write the mix minus the model's first stem"),
+    Field("precision", "string", "MSST: the forward pass's float type (auto: float16 on CUDA when the model "
+                                 "trained with it)", choices=("auto", "float32", "float16", "bfloat16")),
+    Field("window_size", "integer", "VR: STFT frames per network window (320, 512 or 1024 in UVR)", minimum=1,
+          maximum=4096, aliases=("vr_window_size",)),
+    Field("aggression", "integer", "VR: how hard the primary stem is pulled out", minimum=-100, maximum=100,
+          aliases=("vr_aggression",)),
+    Field("enable_tta", "boolean", "VR: test-time augmentation", aliases=("vr_enable_tta",)),
+    Field("enable_post_process", "boolean", "VR: remove vocal artefacts from the instrumental",
+          aliases=("vr_enable_post_process", "vr_post_process")),
+    Field("post_process_threshold", "number", "VR: the post-process threshold (0.1 to 0.3 in UVR)", minimum=0,
+          maximum=1, aliases=("vr_post_process_threshold",)),
+    Field("high_end_process", "boolean", "VR: mirror the high end the band set cuts",
+          aliases=("vr_high_end_process",)),
+    Field("segment_size", "integer", "MDX-Net: STFT frames per network call", minimum=2, maximum=4096,
+          aliases=("mdx_segment_size",)),
+    Field("hop_length", "integer", "MDX-Net: the STFT hop", minimum=1, maximum=8192, aliases=("mdx_hop_length",)),
+    Field("enable_denoise", "boolean", "MDX-Net: run the network on the mix and its negation and average",
+          aliases=("mdx_enable_denoise",)),
+    Field("normalization_threshold", "number", "MDX-Net and VR: a louder mix and stem are scaled down to this "
+                                               "peak (above 0)", minimum=0, maximum=1, aliases=("normalization",)),
+    Field("chunk_seconds", "number", "Apollo: seconds per chunk", minimum=0.1, maximum=600),
+    Field("overlap_seconds", "number", "Apollo: crossfade between chunks", minimum=0, maximum=300),
+)
+FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.aliases)}
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("ping", "is the worker alive (answered even while a job runs)", (ID,), final=("pong",), immediate=True),
@@ -197,8 +286,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             cancellable=True, aliases=("restore",)),
     Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
     Command("set_cache_size", "change how many models the cache keeps (0 disables it); evicts the oldest",
-            (ID, Field("n", "integer", "models to keep", required=True, minimum=0, aliases=("max_cached_models",)),
-             Field("max_memory_mb", "number", "memory the cached models may hold, MiB", minimum=0)),
+            (ID, Field("n", "integer", "models to keep", required=True, minimum=0, maximum=1000,
+                   aliases=("max_cached_models",)),
+             Field("max_memory_mb", "number", "memory the cached models may hold, MiB", minimum=0, maximum=2 ** 30)),
             final=("cache_size_updated",), interim=("cache_evicted",)),
     Command("exit", "finish the jobs queued before it, then exit", (ID,), final=("exiting",)),
     Command("clean", "remove what killed DSU processes left: partial files under `dir` whose owner process is "
@@ -368,7 +458,34 @@ def validate(command: Command, request: dict) -> tuple[dict, dict]:
                 values[f.name] = f.default
             continue
         values[f.name] = f.check(value, command.name)
+    if command.family_options:
+        check_family_options(command, rest)
     return values, rest
+
+
+def check_family_options(command: Command, options: dict) -> None:
+    """Check, in place, the family options among a request's other fields, under the names given;
+    null is absence, as for the command's own fields."""
+    for name, value in list(options.items()):
+        declared = FAMILY_OPTION_NAMES.get(name)
+        if declared is None:
+            continue
+        if value is None:
+            del options[name]
+        else:
+            options[name] = declared.check(value, command.name, name)
+
+
+def timeout_kind(command: Command) -> str:
+    """How long a client waits for an answer before it takes the worker for stuck: `quick` (answered
+    at once), `job` (sends progress: the silence between messages counts) or `load` (a queued command
+    that may take minutes without a word)."""
+    return "quick" if command.immediate else "job" if command.cancellable else "load"
+
+
+def timeout_kinds() -> dict[str, str]:
+    """`timeout_kind` per command and alias."""
+    return {name: timeout_kind(COMMANDS[ALIASES.get(name, name)]) for name in [*COMMANDS, *ALIASES]}
 
 
 def final_statuses() -> dict[str, list[str]]:

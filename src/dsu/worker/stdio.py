@@ -1,14 +1,27 @@
 """The worker's pipes: protocol JSON on the real stdout only, everything else to stderr, and request
 lines read from stdin without Python's buffered stdin (whose lock a reader thread would still hold
-when the interpreter shuts down)."""
+when the interpreter shuts down).
+
+A request line is at most MAX_LINE_BYTES long and its JSON at most MAX_DEPTH deep; anything a line
+can hold (invalid UTF-8, lone surrogates, NaN/Infinity, 10,000-digit integers, 100,000 brackets) is
+turned into a coded error here, never into an exception that reaches a thread's top."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import sys
 import threading
-from typing import Callable, Iterator
+import traceback
+from typing import Any, Callable, Iterator
+
+from ..errors import DSUError
+
+MAX_LINE_BYTES = 16 << 20   # a request is a few hundred bytes; 16 MiB leaves room for long lists
+MAX_DEPTH = 64              # nesting of objects and lists in a request (ids included)
+SHOWN_CHARS = 120           # how much of a bad value an error message quotes
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: Python strings hold them, UTF-8 cannot
 
 
 class ProtocolOut:
@@ -33,7 +46,15 @@ class ProtocolOut:
         return cls(protocol_fd)
 
     def send(self, message: dict) -> None:
-        line = (json.dumps(_finite(message), ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        """Write `message` as one line. Never raises and never writes anything but one JSON object:
+        a message that cannot be encoded as it is goes out cleaned (NaN -> null, lone surrogates ->
+        U+FFFD), and failing even that, as an `internal` error."""
+        try:
+            line = encode(message)
+        except Exception:  # a bug in the caller's message: report it rather than lose the answer
+            traceback.print_exc(file=sys.stderr)
+            line = encode({"status": "error", "code": "internal",
+                           "message": "the worker could not encode an answer (see its stderr)"})
         with self._lock:
             if self._closed:
                 return
@@ -44,32 +65,164 @@ class ProtocolOut:
             except OSError:  # EPIPE: whoever started us is gone; nobody will read another line
                 self._closed = True
                 if self.broken is not None:
-                    self.broken()
+                    try:
+                        self.broken()
+                    except Exception:
+                        traceback.print_exc(file=sys.stderr)
 
 
-def _finite(value):
-    """JSON has no NaN/Infinity: send null rather than a line strict parsers reject."""
+def encode(message: dict) -> bytes:
+    """`message` as one strict JSON line (UTF-8, newline-terminated)."""
+    try:
+        text = json.dumps(message, ensure_ascii=False, allow_nan=False, default=str)
+        return (text + "\n").encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
+        text = json.dumps(_clean(message, 0), ensure_ascii=False, allow_nan=False, default=str)
+        return (text + "\n").encode("utf-8")
+
+
+def _clean(value, depth: int):
+    """What strict JSON can carry of `value`: NaN/Infinity -> null, lone surrogates -> U+FFFD,
+    nesting past MAX_DEPTH -> null."""
+    if depth > MAX_DEPTH:
+        return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_clean(str(k), depth): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return [_clean(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _clean(str(value), depth)
 
 
-def read_lines(fd: int = 0, size: int = 1 << 16) -> Iterator[bytes]:
-    """Lines of `fd` (without their newline) until end of file; a last line without newline counts."""
-    pending = b""
+# ---- reading ------------------------------------------------------------------------------------------
+
+class TooLong:
+    """Stands for a line over the size limit, which was skipped without being held."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def read_lines(fd: int = 0, size: int = 1 << 16, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | TooLong]:
+    """Lines of `fd` (without their newline) until end of file; a last line without newline counts.
+    Linear in the input: each byte is searched once. A line longer than `limit` bytes comes out as
+    a `TooLong` when its end is reached, its bytes dropped as they arrive."""
+    parts: list[bytes] = []
+    held = 0
+    skipped = None  # bytes of the over-long line seen so far, while skipping one
     while True:
         try:
             data = os.read(fd, size)
         except OSError:
             data = b""
         if not data:
-            if pending:
-                yield pending
+            if skipped is not None:
+                yield TooLong(skipped)
+            elif parts:
+                yield b"".join(parts)
             return
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        yield from lines
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start:end]
+            if skipped is not None:
+                skipped += len(piece)
+            elif held + len(piece) > limit:
+                skipped, parts, held = held + len(piece), [], 0
+            else:
+                parts.append(piece)
+                held += len(piece)
+            if end < 0:
+                break
+            if skipped is not None:
+                yield TooLong(skipped)
+            else:
+                yield b"".join(parts)
+            parts, held, skipped = [], 0, None
+            start = end + 1
+
+
+def parse_request(line: bytes) -> Any:
+    """The JSON value of a request line. Raises DSUError `bad_json` for a line that is not JSON
+    (or too deep for the parser, or with an integer past Python's 4300-digit limit)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DSUError("bad_json", f"the line is not UTF-8 (byte {e.start}); send one JSON object per line") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise DSUError("bad_json", f"the line nests too deep; requests may nest at most {MAX_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, and int()'s digit limit
+        if not isinstance(e, json.JSONDecodeError):
+            raise DSUError("bad_json", f"an integer in the line has more digits than Python reads "
+                                       f"({sys.get_int_max_str_digits()}); send numbers of usual size") from None
+        raise DSUError("bad_json", f"not a JSON line ({e}); send one JSON object per line") from None
+    return value
+
+
+def check_encodable(request: Any) -> None:
+    """Raise BadField for the first part of `request` that strict JSON cannot carry (`id` first,
+    so a request with a bad `id` is never answered under a changed one)."""
+    trouble = unencodable(request)
+    if trouble is not None:
+        raise BadField(*trouble)
+
+
+class BadField(DSUError):
+    """A request whose field `field` holds a value JSON cannot carry (None: the request itself)."""
+
+    def __init__(self, field: str | None, what: str):
+        where = "the request" if field is None else f"`{shown_text(json.dumps(field)[1:-1])}`"
+        super().__init__("bad_value", f"{where} {what}; send plain JSON: finite numbers and valid unicode text")
+        self.field = field
+
+
+def unencodable(value: Any) -> tuple[str | None, str] | None:
+    """(top-level field or None, what is wrong) for the first part of a parsed request that strict
+    JSON cannot carry; None when all of it can. Iterative, so no depth can exhaust the stack."""
+    top = value if isinstance(value, dict) else {None: value}
+    for key, item in sorted(top.items(), key=lambda kv: kv[0] != "id"):
+        if isinstance(key, str) and _has_surrogate(key):
+            return key, "is a field name with an unpaired surrogate (\\ud800-\\udfff)"
+        stack = [(item, 1)]
+        while stack:
+            v, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                return key, f"nests deeper than {MAX_DEPTH} levels"
+            if isinstance(v, float) and not math.isfinite(v):
+                return key, "holds NaN, an infinity or a number too large for a double"
+            if isinstance(v, str):
+                if _has_surrogate(v):
+                    return key, "holds text with an unpaired surrogate (\\ud800-\\udfff)"
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    if _has_surrogate(k):
+                        return key, "holds a name with an unpaired surrogate (\\ud800-\\udfff)"
+                    stack.append((x, depth + 1))
+            elif isinstance(v, list):
+                stack.extend((x, depth + 1) for x in v)
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def shown_text(text: str) -> str:
+    """`text` cut to SHOWN_CHARS for an error message."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def shown(value: Any) -> str:
+    """A request value as an error message quotes it: JSON, ASCII-escaped, cut short."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        text = repr(value)
+    return shown_text(text)
