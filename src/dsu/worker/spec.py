@@ -218,6 +218,9 @@ FAMILY_OPTIONS = (
     Field("overlap", "number", "Demucs and MDX-Net: the fraction of a chunk shared with the next (below 1); "
                                "MSST: how many chunks overlap each sample (a whole number, at least 1)",
           minimum=0, maximum=64, aliases=("mdx_overlap",)),
+    Field("clip_mode", "string", "Demucs: `rescale` scales a stem peaking past full scale down as a whole (the "
+                                 "demucs CLI's default), `none` clips samples when written as integers",
+          choices=("rescale", "none")),
     Field("segment", "number", "Demucs and dsp: seconds per chunk (Demucs: at most what the model was "
                                "trained on)", minimum=0.01, maximum=600),
     Field("batch_size", "integer", "chunks per model call (all families)", minimum=1, maximum=64,
@@ -303,8 +306,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             (ID, Field("model", "string", "the catalog name (see `dsu models list --available`)", required=True),
              Field("models_dir", "string", "install here instead of the worker's models dir", aliases=("model_file_dir",)),
              Field("catalog", "string", "a catalog file or URL instead of $DSU_CATALOG or the shipped one"),
-             Field("read_timeout", "number", "seconds a read may stall before it is retried", default=30.0, minimum=0.1),
-             Field("retries", "integer", "network failures in a row before giving up", default=5, minimum=0)),
+             Field("read_timeout", "number", "seconds a read may stall before it is retried", default=30.0, minimum=0.1,
+                   maximum=3600),
+             Field("retries", "integer", "network failures in a row before giving up", default=5, minimum=0,
+                   maximum=100)),
             final=("model_downloaded",), interim=("progress", "cancelling"), cancellable=True),
 )}
 
