@@ -28,6 +28,8 @@ TYPES = {  # name -> (check, how it is written in docs and errors)
     "integer|string": (lambda v: isinstance(v, str) or isinstance(v, int) and not isinstance(v, bool),
                        "an integer or a string"),
     "object[]": (lambda v: isinstance(v, list), "a list of objects"),
+    "number[]": (lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v), "a list of numbers"),
     "object": (lambda v: isinstance(v, dict), "an object"),
 }
 
@@ -140,6 +142,39 @@ RESTORE_FIELDS = (
     Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1),
 )
 
+ENSEMBLE_ALGORITHMS = ("avg_wave", "median_wave", "min_wave", "max_wave", "avg_fft", "median_fft", "min_fft",
+                       "max_fft", "uvr_max_spec", "uvr_min_spec", "ensemble_wav")
+
+ENSEMBLE_FIELDS = (
+    Field("input", "string", "the audio file to separate with every member (with `models` or `preset`)"),
+    Field("output_dir", "string", "the folder the blended stems are written under (with `models`)"),
+    Field("models", "object[]", "the members, at least 2: each {\"model\": ...} or {\"model_path\": ..., "
+                                "\"config_path\": ...} with the model fields of `separate`, its own family options "
+                                "(`shifts`, `overlap`, ...) and `stem_map` (its stem -> ensemble stem, e.g. "
+                                "{\"no_vocals\": \"instrumental\"}); a plain string is a model name"),
+    Field("preset", "string", "a python-audio-separator ensemble preset (members + algorithm), e.g. "
+                              "vocal_balanced, instrumental_clean; its models are looked up by name"),
+    Field("files", "string[]", "instead of `models`: stem files to blend into `output` (at least 2)"),
+    Field("output", "string", "with `files`: the file to write (its extension sets the format)"),
+    Field("algorithm", "string", "how stems are blended (MSST's ensemble.py and python-audio-separator's "
+                                 "ensembler); default avg_wave, or the preset's", choices=ENSEMBLE_ALGORITHMS),
+    Field("weights", "number[]", "one weight >= 0 per member or file (avg_wave and avg_fft use them); "
+                                 "default equal"),
+    Field("stems", "string|string[]", "the ensemble stems to write (default: every stem a member makes); "
+                                      "names match case-insensitively, no_vocals/inst/`other` of a 2-stem "
+                                      "vocal model are `instrumental`"),
+    Field("name", "string", "the ensemble's name in output paths (default: preset_<preset> or "
+                            "custom_ensemble_<members>, as python-audio-separator)"),
+    Field("layout", "string", "output layout: demucs, flat (msst), uvr (audio_separator); default: the "
+                              "worker's (dsu-audio-separator uvr, dsu-demucs demucs, others flat)"),
+    Field("reference", "string", "whose median_fft to follow: msst (numpy's complex median) or "
+                                 "audio_separator (medians of real and imaginary parts); default "
+                                 "audio_separator for dsu-audio-separator, msst otherwise",
+          choices=("msst", "audio_separator")),
+    Field("format", "string", "output format (with `models`)", default="wav", choices=("wav", "flac", "mp3")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float; the default)", choices=(16, 24, 32)),
+)
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("ping", "is the worker alive (answered even while a job runs)", (ID,), final=("pong",), immediate=True),
     Command("get_status", "what the worker is doing: the running job, the queue, the cache", (ID,),
@@ -149,7 +184,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("list_cached", "the loaded models in the cache, least recently used first", (ID,),
             final=("cached_models",), immediate=True),
     Command("cancel", "stop the job whose `id` is given: a queued job of any kind is dropped, a running "
-                      "separate/apollo stops at its next chunk; without `id`, the running job. That job "
+                      "separate/apollo/ensemble stops at its next chunk; without `id`, the running job. That job "
                       "then answers error `cancelled`",
             (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
     Command("load_model", "load a model into the cache (or find it there)", (ID, *MODEL_FIELDS),
@@ -172,6 +207,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             (ID, *RESTORE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "restoring", "progress", "cancelling"),
             cancellable=True, aliases=("restore",)),
+    Command("ensemble", "separate one file with several models and blend their stems as they are produced "
+                        "(or blend stem `files`). Members are loaded into the cache (grown for the job when "
+                        "smaller) and stay there; fields members' families understand apply to every member",
+            (ID, *ENSEMBLE_FIELDS), final=("done",),
+            interim=("loading_model", "cache_evicted", "ensembling", "progress", "cancelling"),
+            cancellable=True, family_options=True),
     Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
     Command("set_cache_size", "change how many models the cache keeps (0 disables it); evicts the oldest",
             (ID, Field("n", "integer", "models to keep", required=True, minimum=0, aliases=("max_cached_models",)),
@@ -226,13 +267,21 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
                                                    _NAME)),
     Message("restoring", "a restoration started", (ID, Field("input", "string", "the input as given"), _NAME)),
     Message("progress", "at least once per processed chunk", (
-        ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"))),
+        ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"),
+        Field("member", "string", "ensemble: the member model running now"))),
+    Message("ensembling", "an ensemble started", (
+        ID, Field("input", "string", "the input as given"), Field("model", "string", "the ensemble's name"),
+        Field("members", "string[]", "the members that run"), Field("algorithm", "string", "the blend"))),
     Message("done", "the job finished; every file it names is complete", (
         ID, Field("elapsed", "number", "seconds from the request being taken from the queue"),
         Field("output_dir", "string", "absolute"), Field("files", "string[]", "basenames of the files written"),
         Field("paths", "string[]", "their absolute paths"), Field("stems", "string[]", "the stems written"),
         _NAME, Field("model_from_cache", "boolean", "the model was already loaded"),
-        Field("ignored", "string[]", "request fields the model does not use (only when there are any)"))),
+        Field("ignored", "string[]", "request fields the model does not use (only when there are any)"),
+        Field("members", "object[]", "ensemble: per member `model`, `family`, `stems`, `blended`, "
+                                     "`model_from_cache` (with `files`: `file`)"),
+        Field("algorithm", "string", "ensemble: the blend"),
+        Field("weights", "number[]", "ensemble: the weights given (null: equal)"))),
     Message("cache_cleared", "answer to clear_cache", (ID, Field("models_cleared", "integer", "how many were dropped"))),
     Message("cache_size_updated", "answer to set_cache_size", (
         ID, Field("max_cached_models", "integer", "the new bound"),
