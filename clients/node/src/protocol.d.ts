@@ -5,7 +5,7 @@ export declare const QUEUED: ReadonlySet<string>;
 export declare const ERROR_CODES: readonly ErrorCode[];
 
 export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal";
-export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "restore";
+export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "ensemble" | "clear_cache" | "set_cache_size" | "exit" | "restore";
 
 /** the fields of each command's request, besides `cmd` and `id` */
 export interface CommandFields {
@@ -131,6 +131,38 @@ export interface CommandFields {
     sr?: number;
     /** the model's window in milliseconds when no config is given */
     win?: number;
+  };
+  ensemble: {
+    /** the audio file to separate with every member (with `models` or `preset`) */
+    input?: string;
+    /** the folder the blended stems are written under (with `models`) */
+    output_dir?: string;
+    /** the members, at least 2: each {"model": ...} or {"model_path": ..., "config_path": ...} with the model fields of `separate`, its own family options (`shifts`, `overlap`, ...) and `stem_map` (its stem -> ensemble stem, e.g. {"no_vocals": "instrumental"}); a plain string is a model name */
+    models?: Record<string, unknown>[];
+    /** a python-audio-separator ensemble preset (members + algorithm), e.g. vocal_balanced, instrumental_clean; its models are looked up by name */
+    preset?: string;
+    /** instead of `models`: stem files to blend into `output` (at least 2) */
+    files?: string[];
+    /** with `files`: the file to write (its extension sets the format) */
+    output?: string;
+    /** how stems are blended (MSST's ensemble.py and python-audio-separator's ensembler); default avg_wave, or the preset's */
+    algorithm?: "avg_wave" | "median_wave" | "min_wave" | "max_wave" | "avg_fft" | "median_fft" | "min_fft" | "max_fft" | "uvr_max_spec" | "uvr_min_spec" | "ensemble_wav";
+    /** one weight >= 0 per member or file (avg_wave and avg_fft use them); default equal */
+    weights?: number[];
+    /** the ensemble stems to write (default: every stem a member makes); names match case-insensitively, no_vocals/inst/`other` of a 2-stem vocal model are `instrumental` */
+    stems?: string | string[];
+    /** the ensemble's name in output paths (default: preset_<preset> or custom_ensemble_<members>, as python-audio-separator) */
+    name?: string;
+    /** output layout: demucs, flat (msst), uvr (audio_separator); default: the worker's (dsu-audio-separator uvr, dsu-demucs demucs, others flat) */
+    layout?: string;
+    /** whose median_fft to follow: msst (numpy's complex median) or audio_separator (medians of real and imaginary parts); default audio_separator for dsu-audio-separator, msst otherwise */
+    reference?: "msst" | "audio_separator";
+    /** output format (with `models`) */
+    format?: "wav" | "flac" | "mp3";
+    /** 16, 24 or 32 (float; the default) */
+    bit_depth?: 16 | 24 | 32;
+    /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
+    [option: string]: unknown;
   };
   clear_cache: Record<never, never>;
   set_cache_size: {
@@ -323,6 +355,23 @@ export interface ProgressMessage {
   progress: number | null;
   /** 0..100 (older clients) */
   percent: number | null;
+  /** ensemble: the member model running now */
+  member: string | null;
+}
+
+/** an ensemble started */
+export interface EnsemblingMessage {
+  status: "ensembling";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** the input as given */
+  input: string | null;
+  /** the ensemble's name */
+  model: string | null;
+  /** the members that run */
+  members: string[] | null;
+  /** the blend */
+  algorithm: string | null;
 }
 
 /** the job finished; every file it names is complete */
@@ -346,6 +395,12 @@ export interface DoneMessage {
   model_from_cache: boolean | null;
   /** request fields the model does not use (only when there are any) */
   ignored?: string[] | null;
+  /** ensemble: per member `model`, `family`, `stems`, `blended`, `model_from_cache` (with `files`: `file`) */
+  members: Record<string, unknown>[] | null;
+  /** ensemble: the blend */
+  algorithm: string | null;
+  /** ensemble: the weights given (null: equal) */
+  weights: number[] | null;
 }
 
 /** answer to clear_cache */
@@ -390,7 +445,7 @@ export interface ErrorMessage {
   message: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | DoneMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | EnsemblingMessage | DoneMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {
@@ -403,6 +458,7 @@ export interface FinalMessages {
   preload_model: ModelPreloadedMessage;
   separate: DoneMessage;
   apollo: DoneMessage;
+  ensemble: DoneMessage;
   clear_cache: CacheClearedMessage;
   set_cache_size: CacheSizeUpdatedMessage;
   exit: ExitingMessage;

@@ -12,6 +12,7 @@ export const FINAL_STATUSES = {
   preload_model: ["model_preloaded"],
   separate: ["done"],
   apollo: ["done"],
+  ensemble: ["done"],
   clear_cache: ["cache_cleared"],
   set_cache_size: ["cache_size_updated"],
   exit: ["exiting"],
@@ -19,6 +20,6 @@ export const FINAL_STATUSES = {
 };
 
 /** commands the worker queues (a `cancel` drops them): a timed-out one is cancelled there too */
-export const QUEUED = new Set(["load_model", "preload_model", "separate", "apollo", "clear_cache", "set_cache_size", "exit", "restore"]);
+export const QUEUED = new Set(["load_model", "preload_model", "separate", "apollo", "ensemble", "clear_cache", "set_cache_size", "exit", "restore"]);
 
 export const ERROR_CODES = ["bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio", "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal"];
