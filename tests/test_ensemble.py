@@ -282,3 +282,27 @@ def tiny_demucs(folder: Path) -> Path:
     torch.save({"klass": HDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None, False),
                 "training_args": {}}, path)
     return path
+
+
+def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
+    """A UVR VR model yields the whole file at its end (the documented exception); the streaming
+    member's blocks wait for it and the blend is still each member's separation, averaged."""
+    from dsu.client import Worker
+    from dsu.models.vr_cascade import CascadedASPPNet
+
+    torch.manual_seed(2)
+    vr_path = tmp_path / "narrow_vr.pth"
+    torch.save(CascadedASPPNet(672, 2, 0, 4).state_dict(), vr_path)
+    vr_member = {"model_path": str(vr_path), "vr_model_param": "4band_v2", "primary_stem": "Instrumental"}
+    dsp_member = {"model": "dsp", "segment": 1}
+    with Worker(["--threads", "1"]) as worker:
+        done = worker.ensemble(input=str(song), output_dir=str(tmp_path / "ens"), models=[dsp_member, vr_member],
+                               algorithm="avg_wave", weights=[1, 3], stems=["vocals"])
+        alone = []
+        for k, m in enumerate((dsp_member, vr_member)):
+            one = worker.separate(input=str(song), output_dir=str(tmp_path / f"m{k}"), bit_depth=32,
+                                  normalization_threshold=1, **m)
+            alone.append({canonical_stem(s, one["stems"]): read(p) for s, p in zip(one["stems"], one["paths"])})
+    assert [m["family"] for m in done["members"]] == ["dsp", "vr"]
+    want = (alone[0]["vocals"] + 3 * alone[1]["vocals"]) / 4
+    assert snr(want, read(done["paths"][0])) > 100
