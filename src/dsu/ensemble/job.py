@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import engine, jobs
-from ..audio import FileSignal, StemWriter
+from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
 from ..families import Separator
 from ..separate import stem_paths
@@ -312,9 +312,12 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
     runs: list[_MemberRun] = []
     writers: dict[str, StemWriter] = {}
     blends: dict[str, StemBlend] = {}
+    current: Member | None = None  # the member whose code runs now, named when it fails
     try:
         for k, m in enumerate(used):
+            current = m
             runs.append(_MemberRun(m, input_path, stems, reporter(k), cancelled))
+        current = None
         length = runs[0].length
         for s in stems:
             idx = [k for k, r in enumerate(runs) if s in r.pending]
@@ -324,7 +327,9 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
         emitted = 0
         while not all(r.done for r in runs):
             behind = min((r for r in runs if not r.done), key=lambda r: r.position)
+            current = behind.member
             behind.step()
+            current = None
             ready = min(r.position if not r.done else length for r in runs)
             if ready > emitted:
                 n = ready - emitted
@@ -347,8 +352,7 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
                                         "or use --device cpu") from None
     except DSUError as e:
         _abort(writers)
-        running = next((r for r in runs if not r.done), None)
-        raise (running.member.fail(e) if running is not None and "member" not in e.message else e) from None
+        raise (current.fail(e) if current is not None and e.code != "cancelled" else e) from None
     except BaseException:
         _abort(writers)
         raise
@@ -423,7 +427,8 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
         signals = [FileSignal(f, rate, nch) for f in files]
         length = max(s.length for s in signals)
         output = Path(fields["output"])
-        fmt = fields.get("format") or output.suffix.lstrip(".").lower() or "wav"
+        suffix = output.suffix.lstrip(".").lower()
+        fmt = suffix if suffix in FORMATS else fields.get("format") or "wav"
         writer = StemWriter({"ensemble": output}, rate, nch, fmt, fields.get("bit_depth") or 32)
         blend = StemBlend(algorithm, len(files), nch, length, weights, reference, output.parent)
         try:
