@@ -364,7 +364,7 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
     folder = Path(*_common(written)).resolve() if written else Path(fields["output_dir"]).resolve()
     return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(folder),
             "files": [p.name for p in written], "paths": [str(p.resolve()) for p in written], "stems": stems,
-            "model": name, "algorithm": algorithm, "samplerate": samplerate,
+            "model": name, "algorithm": algorithm,
             "weights": None if weights is None else [float(w) for w in weights],
             "members": [{"model": m.label, "family": m.ref.family, "stems": list(m.mapping),
                          "model_from_cache": m.from_cache,
@@ -458,6 +458,6 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
         progress(1.0)
     return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(written.parent.resolve()),
             "files": [written.name], "paths": [str(written.resolve())], "stems": ["ensemble"],
-            "model": "files", "algorithm": algorithm, "samplerate": rate,
+            "model": "files", "algorithm": algorithm,
             "weights": None if weights is None else [float(w) for w in weights],
             "members": [{"file": str(f)} for f in files]}
