@@ -191,6 +191,7 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
         ({"models": [{"model": "dsp"}, {"model": "dsp", "segment": 0.01}]}, "bad_value", "member 2 (dsp): segment"),
         ({"models": [{"model": "dsp"}, 7]}, "bad_value", "models[1]"),
         ({"models": dsp2, "preset": "no_such"}, "bad_value", "vocal_balanced"),
+        ({"preset": "vocal_balanced"}, "model_not_found", "member 1 (bs_roformer_vocals_resurrection_unwa.ckpt)"),
         ({"files": [str(song)], "output": str(out / "x.wav")}, "bad_value", "at least 2"),
     ]
     with Worker(["--threads", "1", "--max-cached-models", "3"]) as worker:
@@ -260,6 +261,12 @@ def test_file_ensemble_on_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", *files[:2], "--weights", "1",
                           "-o", str(tmp_path / "no.wav"), "-q"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "bad_value" in bad.stderr and not (tmp_path / "no.wav").exists()
+
+
+def test_presets_are_listed():
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--list-presets"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "vocal_balanced" in run.stdout and "avg_fft" in run.stdout
 
 
 def test_model_ensemble_on_the_command_line(song, tmp_path):

@@ -54,8 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help='a member as the worker takes it, e.g. \'{"model": "dsp", "segment": 8, '
                         '"stem_map": {"other": "instrumental"}}\'')
     p.add_argument("--preset", help="a python-audio-separator ensemble preset (e.g. vocal_balanced)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     p.add_argument("--files", nargs="+", type=Path, metavar="FILE", help="blend these stem files into -o instead")
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=Path,
                    help="the output folder (models), or the output file (--files)")
     p.add_argument("-a", "--algorithm", "--type", choices=ALGORITHMS, default=None,
                    help="default avg_wave (or the preset's)")
@@ -81,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from ..worker import spec
     from . import job
 
+    if args.list_presets:
+        for name, preset in job.presets().items():
+            print(f"{name:<28} {preset['algorithm']:<13} {', '.join(preset['models'])}")
+        return 0
+    if args.output is None:
+        print("dsu ensemble: give -o/--output (a folder, or the file to write with --files)", file=sys.stderr)
+        return 2
     request = {"cmd": "ensemble", "algorithm": args.algorithm, "weights": args.weights, "name": args.name,
                "layout": args.layout, "reference": args.reference, "bit_depth": args.bit_depth}
     if args.files:
