@@ -25,6 +25,7 @@ TS_TYPES = {
     "any": "unknown", "string": "string", "integer": "number", "number": "number", "boolean": "boolean",
     "string[]": "string[]", "string|string[]": "string | string[]", "integer|string": "number | string",
     "object[]": "Record<string, unknown>[]", "object": "Record<string, unknown>",
+    "number[]": "number[]",
 }
 
 

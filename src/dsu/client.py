@@ -336,6 +336,12 @@ class Worker:
         (iterate `submit("download_model", ...)` to see them)."""
         return self.request("download_model", timeout=timeout, on_progress=on_progress, model=model, **fields)
 
+    def ensemble(self, *, on_progress: Callable[[float], None] | None = None, timeout: float | None = None,
+                 **fields) -> dict:
+        """Several models over `input` (`models=[{"model": ...}, ...]`, `algorithm`, `weights`), or stem
+        `files` blended into `output`; the `done` message lists `files`, `members`, `elapsed`."""
+        return self.request("ensemble", timeout=timeout, on_progress=on_progress, **fields)
+
     def cancel(self, request_id: Any) -> None:
         """Ask the worker to stop job `request_id`; that job's request then fails with `cancelled`.
         The worker's own answer (`cancelling`, or an error when nothing matched) goes to that request

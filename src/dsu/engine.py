@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -202,6 +202,14 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
         cancelled: Callable[[], bool] | None = None) -> None:
     """Run every pass over the output timeline [0, length) and feed `sink` with finished
     [sources, channels, n] blocks in order, n summing to `length`."""
+    for block in blocks(passes, length, progress, cancelled):
+        sink(block)
+
+
+def blocks(passes: Sequence[Pass], length: int, progress: Callable[[float], None] | None = None,
+           cancelled: Callable[[], bool] | None = None) -> Iterator[Tensor]:
+    """`run` as a generator: the finished blocks in order, computed only as they are asked for, so
+    several models can be stepped side by side (an ensemble) with none running ahead."""
     batches = [_batches(p) for p in passes]
     total_chunks = sum(len(p.chunks) for p in passes) or 1
     weights = [torch.as_tensor(p.weight, dtype=torch.float32) for p in passes]
@@ -216,18 +224,18 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
     heapq.heapify(heap)
     upcoming: list[int | None] = [min(c.start for c in p.chunks) if p.chunks else None for p in passes]
 
-    def flush(stop: int) -> None:
+    def flush(stop: int) -> Tensor | None:
         nonlocal flushed
         stop = min(stop, length)
         if stop <= flushed or shape is None:
-            return
+            return None
         mixed = None
         for p, acc, w in zip(passes, accs, weights):
             total, wsum = acc.take(stop, shape)
             part = torch.where(wsum > 0, total / wsum, p.unweighted) * _per_source(w, total)
             mixed = part if mixed is None else mixed + part
-        sink(mixed / _per_source(weight_sum, mixed))
         flushed = stop
+        return mixed / _per_source(weight_sum, mixed)
 
     while heap:
         if cancelled is not None and cancelled():
@@ -254,14 +262,18 @@ def run(passes: Sequence[Pass], length: int, sink: Callable[[Tensor], None],
         else:
             upcoming[i] = None
         _forget_read(passes, upcoming)
-        flush(heap[0][0] if heap else length)
+        block = flush(heap[0][0] if heap else length)
         for _ in chunks:  # one report per processed chunk, whatever the batch size
             done += 1
             if progress is not None:
                 progress(done / total_chunks)
+        if block is not None:
+            yield block
     if shape is None:
         raise ValueError("nothing to run: the plan has no chunks")
-    flush(length)
+    block = flush(length)
+    if block is not None:
+        yield block
 
 
 def _stepper(done: int, count: int, total: int, progress, cancelled) -> Callable[[float], None]:

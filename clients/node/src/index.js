@@ -378,6 +378,14 @@ export class DSUWorker extends EventEmitter {
   downloadModel(model, fields = {}, options) { return this.request("download_model", { ...fields, model }, options); }
 
   /**
+   * Separate one file with several models and blend their stems (`models`, `algorithm`, `weights`),
+   * or blend stem `files` into `output`. Resolves with the `done` message (`files`, `members`, `elapsed`).
+   * @param {EnsembleFields} fields
+   * @param {RequestOptions} [options]
+   */
+  ensemble(fields, options) { return this.request("ensemble", fields, options); }
+
+  /**
    * Stop the worker: `exit`, then SIGTERM after `graceMs`, then SIGKILL after `graceMs` more.
    * Pending requests reject with code `closed`. Resolves with how the process ended.
    * @returns {Promise<{code: number|null, signal: string|null}>}
@@ -433,6 +441,21 @@ export class DSUWorker extends EventEmitter {
  * @property {16|24|32} [bit_depth]
  * @property {string[]} [stems]
  * @property {string} [two_stems]
+ * @property {any} [id]
+ */
+
+/**
+ * @typedef {object} EnsembleFields
+ * @property {string} [input]
+ * @property {string} [output_dir]
+ * @property {Array<object|string>} [models] members: {model} or {model_path, config_path}, options, stem_map
+ * @property {string} [preset]
+ * @property {string[]} [files] stem files to blend into `output` instead
+ * @property {string} [output]
+ * @property {string} [algorithm]
+ * @property {number[]} [weights]
+ * @property {string|string[]} [stems]
+ * @property {string} [name]
  * @property {any} [id]
  */
 

@@ -6,7 +6,7 @@ export declare const ERROR_CODES: readonly ErrorCode[];
 export declare const TIMEOUT_KINDS: Readonly<Record<string, "quick" | "load" | "job">>;
 
 export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal" | "output_not_writable" | "checksum_mismatch" | "download_failed";
-export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "download_model" | "restore";
+export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "ensemble" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "download_model" | "restore";
 
 /** the fields of each command's request, besides `cmd` and `id` */
 export interface CommandFields {
@@ -142,6 +142,38 @@ export interface CommandFields {
     win?: number;
     /** read NaN/infinite input samples as 0 (reported in `done.warnings`) instead of refusing the file as `unsupported_audio` */
     sanitize?: boolean;
+  };
+  ensemble: {
+    /** the audio file to separate with every member (with `models` or `preset`) */
+    input?: string;
+    /** the folder the blended stems are written under (with `models`) */
+    output_dir?: string;
+    /** the members, at least 2: each {"model": ...} or {"model_path": ..., "config_path": ...} with the model fields of `separate`, its own family options (`shifts`, `overlap`, ...) and `stem_map` (its stem -> ensemble stem, e.g. {"no_vocals": "instrumental"}); a plain string is a model name */
+    models?: Record<string, unknown>[];
+    /** a python-audio-separator ensemble preset (members + algorithm), e.g. vocal_balanced, instrumental_clean; its models are looked up by name */
+    preset?: string;
+    /** instead of `models`: stem files to blend into `output` (at least 2) */
+    files?: string[];
+    /** with `files`: the file to write (its extension sets the format) */
+    output?: string;
+    /** how stems are blended (MSST's ensemble.py and python-audio-separator's ensembler); default avg_wave, or the preset's */
+    algorithm?: "avg_wave" | "median_wave" | "min_wave" | "max_wave" | "avg_fft" | "median_fft" | "min_fft" | "max_fft" | "uvr_max_spec" | "uvr_min_spec" | "ensemble_wav";
+    /** one weight >= 0 per member or file (avg_wave and avg_fft use them); default equal */
+    weights?: number[];
+    /** the ensemble stems to write (default: every stem a member makes); names match case-insensitively, no_vocals/inst/`other` of a 2-stem vocal model are `instrumental` */
+    stems?: string | string[];
+    /** the ensemble's name in output paths (default: preset_<preset> or custom_ensemble_<members>, as python-audio-separator) */
+    name?: string;
+    /** output layout: demucs, flat (msst), uvr (audio_separator); default: the worker's (dsu-audio-separator uvr, dsu-demucs demucs, others flat) */
+    layout?: string;
+    /** whose median_fft to follow: msst (numpy's complex median) or audio_separator (medians of real and imaginary parts); default audio_separator for dsu-audio-separator, msst otherwise */
+    reference?: "msst" | "audio_separator";
+    /** output format (with `models`) */
+    format?: "wav" | "flac" | "mp3";
+    /** 16, 24 or 32 (float; the default) */
+    bit_depth?: 16 | 24 | 32;
+    /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
+    [option: string]: unknown;
   };
   clear_cache: Record<never, never>;
   set_cache_size: {
@@ -358,6 +390,8 @@ export interface ProgressMessage {
   bytes_total: number | null;
   /** download_model: bytes per second */
   speed: number | null;
+  /** ensemble: the member model running now */
+  member: string | null;
 }
 
 /** answer to download_model: every file is installed and verified */
@@ -379,6 +413,21 @@ export interface ModelDownloadedMessage {
   pinned: string[] | null;
   /** seconds */
   elapsed: number | null;
+}
+
+/** an ensemble started */
+export interface EnsemblingMessage {
+  status: "ensembling";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** the input as given */
+  input: string | null;
+  /** the ensemble's name */
+  model: string | null;
+  /** the members that run */
+  members: string[] | null;
+  /** the blend */
+  algorithm: string | null;
 }
 
 /** the job finished; every file it names is complete */
@@ -404,6 +453,12 @@ export interface DoneMessage {
   ignored?: string[] | null;
   /** what was wrong with the input but did not stop the job: a truncated file read as far as it goes, NaN samples read as 0 with `sanitize` (only when there are any) */
   warnings?: string[] | null;
+  /** ensemble: per member `model`, `family`, `stems`, `blended`, `model_from_cache` (with `files`: `file`) */
+  members: Record<string, unknown>[] | null;
+  /** ensemble: the blend */
+  algorithm: string | null;
+  /** ensemble: the weights given (null: equal) */
+  weights: number[] | null;
 }
 
 /** answer to clean */
@@ -461,7 +516,7 @@ export interface ErrorMessage {
   message: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | ModelDownloadedMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {
@@ -474,6 +529,7 @@ export interface FinalMessages {
   preload_model: ModelPreloadedMessage;
   separate: DoneMessage;
   apollo: DoneMessage;
+  ensemble: DoneMessage;
   clear_cache: CacheClearedMessage;
   set_cache_size: CacheSizeUpdatedMessage;
   exit: ExitingMessage;

@@ -76,6 +76,19 @@ describe("one warm worker", LIMIT, () => {
     assert.ok(progress.every((p, i) => p >= 0 && p <= 1 && (i === 0 || p >= progress[i - 1])), String(progress));
   });
 
+  test("ensembles two members, naming the member in progress", LIMIT, async () => {
+    const members = [];
+    const out = join(TMP, "out-ensemble");
+    const done = await worker.ensemble({ input: SHORT, output_dir: out, algorithm: "avg_fft", weights: [1, 2],
+      models: [{ model: "dsp" }, { model: "dsp", segment: 2 }], stems: ["vocals"] },
+    { onMessage: (m) => { if (m.status === "progress") members.push(m.member); } });
+    assert.deepEqual(done.stems, ["vocals"]);
+    assert.ok(members.length > 0 && members.every((m) => m === "dsp"), String(members));
+    assert.equal(done.members.length, 2);
+    assert.ok(done.paths[0].startsWith(out) && existsSync(done.paths[0]));
+    await rejectsWith(worker.ensemble({ input: SHORT, output_dir: out, models: [{ model: "dsp" }] }), "bad_value");
+  });
+
   test("cancels a running job at its next chunk", LIMIT, async () => {
     const out = join(TMP, "out-cancel");
     const job = worker.separate({ input: LONG, output_dir: out, ...CHUNKED },

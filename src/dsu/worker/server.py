@@ -279,9 +279,9 @@ class Server:
             return _error("internal", f"{type(e).__name__}: {e} (see the worker's stderr)")
 
     def _progress(self, job: Job):
-        def report(fraction: float) -> None:
+        def report(fraction: float, **fields) -> None:
             job.progress = fraction
-            job.reply("progress", progress=round(fraction, 4), percent=int(fraction * 100))
+            job.reply("progress", progress=round(fraction, 4), percent=int(fraction * 100), **fields)
         return report
 
     def _context(self, job: Job) -> dict:
@@ -297,6 +297,15 @@ class Server:
     def job_apollo(self, job: Job) -> tuple[str, dict]:
         done = jobs.restore(job.fields, progress=self._progress(job), cancelled=job.cancel.is_set,
                             **self._context(job))
+        self.last_model = done["model"]
+        return "done", done
+
+    def job_ensemble(self, job: Job) -> tuple[str, dict]:
+        from ..ensemble import job as ensemble_job
+        done = ensemble_job.ensemble(job.fields, job.extra, progress=self._progress(job), cancelled=job.cancel.is_set,
+                                     layout=ensemble_job.default_layout(self.config.name),
+                                     reference=ensemble_job.default_reference(self.config.name),
+                                     **self._context(job))
         self.last_model = done["model"]
         return "done", done
 

@@ -30,6 +30,8 @@ TYPES = {  # name -> (check, how it is written in docs and errors)
     "integer|string": (lambda v: isinstance(v, str) or isinstance(v, int) and not isinstance(v, bool),
                        "an integer or a string"),
     "object[]": (lambda v: isinstance(v, list), "a list of objects"),
+    "number[]": (lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v), "a list of numbers"),
     "object": (lambda v: isinstance(v, dict), "an object"),
 }
 
@@ -254,6 +256,39 @@ FAMILY_OPTIONS = (
 )
 FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.aliases)}
 
+ENSEMBLE_ALGORITHMS = ("avg_wave", "median_wave", "min_wave", "max_wave", "avg_fft", "median_fft", "min_fft",
+                       "max_fft", "uvr_max_spec", "uvr_min_spec", "ensemble_wav")
+
+ENSEMBLE_FIELDS = (
+    Field("input", "string", "the audio file to separate with every member (with `models` or `preset`)"),
+    Field("output_dir", "string", "the folder the blended stems are written under (with `models`)"),
+    Field("models", "object[]", "the members, at least 2: each {\"model\": ...} or {\"model_path\": ..., "
+                                "\"config_path\": ...} with the model fields of `separate`, its own family options "
+                                "(`shifts`, `overlap`, ...) and `stem_map` (its stem -> ensemble stem, e.g. "
+                                "{\"no_vocals\": \"instrumental\"}); a plain string is a model name"),
+    Field("preset", "string", "a python-audio-separator ensemble preset (members + algorithm), e.g. "
+                              "vocal_balanced, instrumental_clean; its models are looked up by name"),
+    Field("files", "string[]", "instead of `models`: stem files to blend into `output` (at least 2)"),
+    Field("output", "string", "with `files`: the file to write (its extension sets the format)"),
+    Field("algorithm", "string", "how stems are blended (MSST's ensemble.py and python-audio-separator's "
+                                 "ensembler); default avg_wave, or the preset's", choices=ENSEMBLE_ALGORITHMS),
+    Field("weights", "number[]", "one weight >= 0 per member or file (avg_wave and avg_fft use them); "
+                                 "default equal"),
+    Field("stems", "string|string[]", "the ensemble stems to write (default: every stem a member makes); "
+                                      "names match case-insensitively, no_vocals/inst/`other` of a 2-stem "
+                                      "vocal model are `instrumental`"),
+    Field("name", "string", "the ensemble's name in output paths (default: preset_<preset> or "
+                            "custom_ensemble_<members>, as python-audio-separator)"),
+    Field("layout", "string", "output layout: demucs, flat (msst), uvr (audio_separator); default: the "
+                              "worker's (dsu-audio-separator uvr, dsu-demucs demucs, others flat)"),
+    Field("reference", "string", "whose median_fft to follow: msst (numpy's complex median) or "
+                                 "audio_separator (medians of real and imaginary parts); default "
+                                 "audio_separator for dsu-audio-separator, msst otherwise",
+          choices=("msst", "audio_separator")),
+    Field("format", "string", "output format (with `models`)", default="wav", choices=("wav", "flac", "mp3")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float; the default)", choices=(16, 24, 32)),
+)
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("ping", "is the worker alive (answered even while a job runs)", (ID,), final=("pong",), immediate=True),
     Command("get_status", "what the worker is doing: the running job, the queue, the cache", (ID,),
@@ -263,7 +298,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("list_cached", "the loaded models in the cache, least recently used first", (ID,),
             final=("cached_models",), immediate=True),
     Command("cancel", "stop the job whose `id` is given: a queued job of any kind is dropped, a running "
-                      "separate/apollo stops at its next chunk (download_model at its next block); "
+                      "separate/apollo/ensemble stops at its next chunk (download_model at its next block); "
                       "without `id`, the running job. That job "
                       "then answers error `cancelled`",
             (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
@@ -287,6 +322,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             (ID, *RESTORE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "restoring", "progress", "cancelling"),
             cancellable=True, aliases=("restore",)),
+    Command("ensemble", "separate one file with several models and blend their stems as they are produced "
+                        "(or blend stem `files`). Members are loaded into the cache (grown for the job when "
+                        "smaller) and stay there; fields members' families understand apply to every member",
+            (ID, *ENSEMBLE_FIELDS), final=("done",),
+            interim=("loading_model", "cache_evicted", "ensembling", "progress", "cancelling"),
+            cancellable=True, family_options=True),
     Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
     Command("set_cache_size", "change how many models the cache keeps (0 disables it); evicts the oldest",
             (ID, Field("n", "integer", "models to keep", required=True, minimum=0, maximum=1000,
@@ -378,13 +419,17 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         Field("file", "string", "download_model: the file being fetched"),
         Field("bytes_done", "integer", "download_model: its bytes so far"),
         Field("bytes_total", "integer", "download_model: its size (null when the server does not say)"),
-        Field("speed", "number", "download_model: bytes per second"))),
+        Field("speed", "number", "download_model: bytes per second"),
+        Field("member", "string", "ensemble: the member model running now"))),
     Message("model_downloaded", "answer to download_model: every file is installed and verified", (
         ID, _NAME, Field("models_dir", "string", "absolute"), Field("paths", "string[]", "the model's files, absolute"),
         Field("downloaded", "integer", "bytes fetched now (0: it was installed already)"),
         Field("size", "integer", "bytes of all its files"),
         Field("pinned", "string[]", "files whose first-download hash was pinned in dsu-lock.json"),
         Field("elapsed", "number", "seconds"))),
+    Message("ensembling", "an ensemble started", (
+        ID, Field("input", "string", "the input as given"), Field("model", "string", "the ensemble's name"),
+        Field("members", "string[]", "the members that run"), Field("algorithm", "string", "the blend"))),
     Message("done", "the job finished; every file it names is complete", (
         ID, Field("elapsed", "number", "seconds from the request being taken from the queue"),
         Field("output_dir", "string", "absolute: the folder holding `files` (OUT/<model>/<track> for the demucs "
@@ -397,7 +442,11 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         Field("ignored", "string[]", "request fields the model does not use (only when there are any)"),
         Field("warnings", "string[]", "what was wrong with the input but did not stop the job: a truncated "
                                       "file read as far as it goes, NaN samples read as 0 with `sanitize` "
-                                      "(only when there are any)"))),
+                                      "(only when there are any)"),
+        Field("members", "object[]", "ensemble: per member `model`, `family`, `stems`, `blended`, "
+                                     "`model_from_cache` (with `files`: `file`)"),
+        Field("algorithm", "string", "ensemble: the blend"),
+        Field("weights", "number[]", "ensemble: the weights given (null: equal)"))),
     Message("cleaned", "answer to clean", (
         ID, Field("dir", "string", "the folder cleaned, absolute"),
         Field("removed", "string[]", "absolute paths of the files removed"),

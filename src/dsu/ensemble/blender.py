@@ -1,0 +1,115 @@
+"""Members' blocks in, blended blocks out, one stem at a time, holding only what is not yet blended.
+
+`StemBlend.push` takes every contributing member's next samples of one stem at once ([members,
+channels, n]) and returns the output samples now final: at once for the waveform rules, n_fft/2
+behind for the spectral ones (`stft.SpectralStream`). ensemble_wav needs each member's loudness over
+the whole file before its first sample can be chosen, so its members are spooled to temporary files
+and copied from when complete (`Spool`); memory stays flat, disk holds one copy per member."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from . import algorithms
+from .stft import SpectralStream
+
+
+class StemBlend:
+    def __init__(self, algorithm: str, members: int, channels: int, length: int, weights: Tensor | None,
+                 reference: str, spool_dir: Path | None = None):
+        self.algorithm, self.weights, self.reference = algorithm, weights, reference
+        self.spectral = None
+        self.spool = None
+        if algorithm in algorithms.SPECTRAL and members > 1:
+            self.spectral = SpectralStream(self._blend_frames, members, channels, length,
+                                           algorithms.N_FFT, algorithms.HOP)
+        elif algorithm in algorithms.WHOLE_FILE and members > 1:
+            self.spool = Spool(spool_dir or Path("."), members, channels, length)
+
+    def _blend_frames(self, spec: Tensor) -> Tensor:
+        # [M, C, T, bins]: every rule is per bin, so the layout only has to agree between members
+        return algorithms.blend(self.algorithm, spec, self.weights, self.reference)
+
+    def push(self, block: Tensor) -> Tensor:
+        if self.spectral is not None:
+            return self.spectral.push(block)
+        if self.spool is not None:
+            self.spool.push(block)
+            return block.new_zeros(block.shape[1], 0)
+        return algorithms.blend(self.algorithm, block.float(), self.weights, self.reference)
+
+    def finish(self):
+        """The remaining output: one tensor, or for ensemble_wav an iterator of blocks."""
+        if self.spectral is not None:
+            return [self.spectral.finish()]
+        if self.spool is not None:
+            return self.spool.blocks()
+        return []
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+class Spool:
+    """Each member's samples of one stem in a temporary float file, plus its summed magnitude per
+    channel; `blocks` then yields, per channel, the quietest member's samples."""
+
+    def __init__(self, folder: Path, members: int, channels: int, length: int, block: int = 1 << 16):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.paths = [folder / f".dsu-ensemble-{os.getpid()}-{id(self):x}-{i}.spool.partial" for i in range(members)]
+        self.files = [sf.SoundFile(str(p), "w", samplerate=44100, channels=channels, format="WAV", subtype="FLOAT")
+                      for p in self.paths]
+        self.magnitude = torch.zeros(members, channels, dtype=torch.float64)
+        self.block = block
+
+    def push(self, block: Tensor) -> None:
+        self.magnitude += block.double().abs().sum(-1)
+        for f, member in zip(self.files, block):
+            f.write(np.ascontiguousarray(member.float().numpy().T))
+
+    def blocks(self):
+        for f in self.files:
+            f.close()
+        chosen = algorithms.quietest(self.magnitude)
+        readers = [sf.SoundFile(str(p)) for p in self.paths]
+        try:
+            while True:
+                parts = [r.read(self.block, dtype="float32", always_2d=True) for r in readers]
+                if not len(parts[0]):
+                    break
+                stacked = np.stack(parts)                       # [members, n, channels]
+                out = stacked[chosen.numpy(), :, np.arange(stacked.shape[-1])]  # [channels, n]
+                yield torch.from_numpy(np.ascontiguousarray(out))
+        finally:
+            for r in readers:
+                r.close()
+
+    def close(self) -> None:
+        for f in self.files:
+            try:
+                f.close()
+            except Exception:
+                pass
+        for p in self.paths:
+            p.unlink(missing_ok=True)
+
+
+def blend_arrays(algorithm: str, members: Tensor, weights=None, reference: str = "msst",
+                 block: int = 4096, spool_dir: Path | None = None) -> Tensor:
+    """A whole stem blended through the streaming path in blocks of `block` samples ([members,
+    channels, n] -> [channels, n]); what file ensembles and the tests use."""
+    m, c, n = members.shape
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    blend = StemBlend(algorithm, m, c, n, w, reference, spool_dir)
+    try:
+        out = [blend.push(members[..., i:i + block]) for i in range(0, n, block)]
+        out.extend(blend.finish())
+        return torch.cat(out, -1)
+    finally:
+        blend.close()

@@ -1,0 +1,317 @@
+"""Ensembles: the blending rules against MSST's ensemble.py and python-audio-separator's Ensembler
+(tests/fixtures/ensemble/README.md), the streamed spectral blend against the whole-file transform,
+and model and file ensembles through real worker processes and the CLI."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dsu.ensemble import algorithms
+from dsu.ensemble.blender import blend_arrays
+from dsu.ensemble.job import canonical_stem
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = np.load(FIXTURES / "ensemble" / "expected.npz")
+MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "primary_stem": "Vocals", "segment_size": 8}
+
+torch.set_num_threads(1)
+
+
+def snr(want: np.ndarray, got: np.ndarray) -> float:
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
+
+
+def fixture_members() -> torch.Tensor:
+    return torch.stack([torch.from_numpy(sf.read(FIXTURES / "ensemble" / f"member{i}.wav", dtype="float32",
+                                                 always_2d=True)[0].T.copy()) for i in range(4)])
+
+
+def read(path) -> np.ndarray:
+    return sf.read(path, dtype="float32", always_2d=True)[0].T
+
+
+# ---- the rules against their references ---------------------------------------------------------------
+
+@pytest.mark.parametrize("key", sorted(GOLDEN.files))
+def test_each_algorithm_equals_its_reference(key, tmp_path):
+    reference, algorithm, count = key.split("/")
+    count = int(count)
+    weights = [1.0, 2.0, 3.0, 4.0][:count]
+    got = blend_arrays(algorithm, fixture_members()[:count], weights, reference, block=1000, spool_dir=tmp_path)
+    want = GOLDEN[key]
+    # python-audio-separator's uvr_*_spec drop the tail after the last whole hop; DSU keeps it
+    assert got.shape[0] == 2 and got.shape[-1] == 12345 >= want.shape[-1]
+    assert snr(want, got[:, :want.shape[-1]].numpy()) > 120
+    assert not list(tmp_path.iterdir())  # ensemble_wav's spool files are gone
+
+
+def test_median_fft_differs_between_the_references():
+    members = fixture_members()[:3]
+    msst = blend_arrays("median_fft", members, reference="msst")
+    separate = blend_arrays("median_fft", members, reference="audio_separator")
+    assert snr(GOLDEN["msst/median_fft/3"], separate.numpy()) < 60 < snr(GOLDEN["msst/median_fft/3"], msst.numpy())
+
+
+def test_rules_on_values_worked_by_hand():
+    x = torch.tensor([[[1.0, -3.0, 2.0]], [[-2.0, 3.0, 0.5]], [[4.0, 1.0, -2.0]], [[0.0, 0.0, 2.0]]])
+    assert algorithms.median(x).tolist() == [[0.5, 0.5, 1.25]]       # mean of the two middle values
+    assert algorithms.pick(x, largest=True).tolist() == [[4.0, -3.0, 2.0]]  # first on a tie (-3 vs 3)
+    assert algorithms.uvr_fold(x, largest=True).tolist() == [[4.0, 3.0, 2.0]]  # later one on a tie
+    assert algorithms.pick(x, largest=False).tolist() == [[0.0, 0.0, 0.5]]
+    z = torch.tensor([1 + 5j, 1 - 1j, 0 + 9j])[:, None]
+    assert algorithms.complex_median(z)[0] == 1 - 1j                 # by real part, then imaginary part
+    w = torch.tensor([1.0, 3.0, 0.0, 0.0])
+    assert algorithms.weighted_mean(x, w).tolist() == [[-1.25, 1.5, 0.875]]
+
+
+@pytest.mark.parametrize("algorithm", algorithms.SPECTRAL)
+def test_streamed_spectral_blend_equals_the_whole_file_transform(algorithm):
+    """Blocks of any size, down to one sample, against one block holding the whole signal."""
+    torch.manual_seed(3)
+    members = torch.randn(3, 2, 20000 + 517)
+    whole = blend_arrays(algorithm, members, [1.0, 2.0, 0.5], block=members.shape[-1])
+    for block in (1, 999, 1024, 5000):
+        if block == 1 and algorithm != "avg_fft":
+            continue  # one sample at a time is slow; avg_fft shows the edges are right
+        streamed = blend_arrays(algorithm, members, [1.0, 2.0, 0.5], block=block)
+        assert streamed.shape == whole.shape and snr(whole.numpy(), streamed.numpy()) > 60
+
+
+def test_stem_names_match_across_families():
+    assert canonical_stem("Vocals", ["Vocals", "Instrumental"]) == "vocals"
+    assert canonical_stem("no_vocals", ["vocals", "no_vocals"]) == "instrumental"
+    assert canonical_stem("Instrumental", ["Vocals", "Instrumental"]) == "instrumental"
+    assert canonical_stem("other", ["vocals", "other"]) == "instrumental"
+    assert canonical_stem("other", ["drums", "bass", "other", "vocals"]) == "other"
+
+
+# ---- through a real worker -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory) -> Path:
+    sr = 44100
+    t = np.arange(int(2.5 * sr)) / sr
+    rng = np.random.default_rng(5)
+    left = 0.25 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    right = 0.2 * np.sin(2 * np.pi * 330 * t + 1) + 0.05 * rng.standard_normal(t.size)
+    path = tmp_path_factory.mktemp("song") / "song.wav"
+    sf.write(path, np.stack([left, right], 1).astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def members() -> list[dict]:
+    """Three families: the built-in dsp (4 stems), a tiny BS-RoFormer (vocals, and the instrumental as
+    the mix minus them), a tiny MDX-Net
+    (Vocals/Instrumental, its instrumental taken from the mix)."""
+    return [{"model": "dsp", "segment": 2},
+            {"model_path": str(FIXTURES / "msst/bs_roformer/model.ckpt"),
+             "config_path": str(FIXTURES / "msst/bs_roformer/config.yaml"), "extract_instrumental": True},
+            {"model_path": str(FIXTURES / "mdx/model.onnx"), **MDX_SETTINGS}]
+
+
+def test_model_ensemble_blends_what_each_member_separates(song, tmp_path):
+    from dsu.client import Worker
+
+    with Worker(["--threads", "1", "--max-cached-models", "1"]) as worker:
+        progress, notes = [], []
+        done = worker.request("ensemble", input=str(song), output_dir=str(tmp_path / "ens"), models=members(),
+                              algorithm="avg_wave", weights=[1, 2, 3], on_progress=progress.append,
+                              on_message=notes.append)
+        assert done["stems"] == ["drums", "bass", "other", "vocals", "instrumental"]
+        assert done["model"] == "custom_ensemble_dsp_model_model" and done["elapsed"] > 0
+        assert [m["blended"] for m in done["members"]] == [
+            ["bass", "drums", "other", "vocals"], ["instrumental", "vocals"], ["instrumental", "vocals"]]
+        assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
+        ensembling = [n for n in notes if n["status"] == "ensembling"]
+        assert ensembling and ensembling[0]["members"] == ["dsp", "model", "model"]
+        status = worker.request("get_status")
+        assert status["max_cache_size"] == 1  # grown to 3 for the job, then restored
+
+        # each member on its own, then blended by hand with the same weights
+        alone = []
+        for k, m in enumerate(members()):
+            one = worker.separate(input=str(song), output_dir=str(tmp_path / f"m{k}"), bit_depth=32, **m)
+            alone.append({canonical_stem(s, one["stems"]): read(p) for s, p in zip(one["stems"], one["paths"])})
+        got = {s: read(p) for s, p in zip(done["stems"], done["paths"])}
+        vocals = (1 * alone[0]["vocals"] + 2 * alone[1]["vocals"] + 3 * alone[2]["vocals"]) / 6
+        inst = (2 * alone[1]["instrumental"] + 3 * alone[2]["instrumental"]) / 5
+        assert snr(vocals, got["vocals"]) > 100 and snr(inst, got["instrumental"]) > 100
+        assert snr(alone[0]["drums"], got["drums"]) > 100  # one member makes it: its stem as is
+
+        # a spectral blend through the stream equals blending the whole separated files
+        fft = worker.ensemble(input=str(song), output_dir=str(tmp_path / "fft"), models=members()[:2],
+                              algorithm="max_fft", stems=["Vocals"], layout="uvr", name="mine")
+        assert fft["files"] == ["song_(Vocals)_mine.wav"]
+        whole = worker.ensemble(files=[str(p) for p in (tmp_path / "m0/song/vocals.wav",
+                                                        tmp_path / "m1/song/vocals.wav")],
+                                output=str(tmp_path / "whole.wav"), algorithm="max_fft")
+        assert snr(read(whole["paths"][0]), read(fft["paths"][0])) > 100
+        assert whole["members"] == [{"file": str(tmp_path / "m0/song/vocals.wav")},
+                                    {"file": str(tmp_path / "m1/song/vocals.wav")}]
+
+
+def test_audio_separator_worker_names_outputs_as_it_does(song, tmp_path):
+    from dsu.client import Worker
+
+    with Worker(["--name", "dsu-audio-separator", "--threads", "1"]) as worker:
+        done = worker.ensemble(input=str(song), output_dir=str(tmp_path), algorithm="uvr_max_spec",
+                               models=[{"model": "dsp", "segment": 2},
+                                       {"model": "dsp", "segment": 3, "stem_map": {"other": "Instrumental"}}])
+        assert done["files"] == [f"song_({s})_custom_ensemble_dsp_dsp.wav"
+                                 for s in ("Drums", "Bass", "Other", "Vocals", "Instrumental")]
+        assert [m["blended"] for m in done["members"]] == [["bass", "drums", "other", "vocals"],
+                                                           ["bass", "drums", "instrumental", "vocals"]]
+
+
+def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
+    from dsu.client import Worker, WorkerError
+
+    demucs_file = tiny_demucs(tmp_path)  # 8 kHz
+    out = tmp_path / "out"
+    base = {"input": str(song), "output_dir": str(out)}
+    dsp2 = [{"model": "dsp"}, {"model": "dsp", "segment": 3}]
+    cases = [
+        ({"models": []}, "bad_value", "at least 2"),
+        ({"models": [{"model": "dsp"}]}, "bad_value", "at least 2"),
+        ({"models": dsp2, "algorithm": "loudest"}, "bad_value", "algorithm"),
+        ({"models": dsp2, "weights": [1]}, "bad_value", "one per"),
+        ({"models": dsp2, "weights": [1, -1]}, "bad_value", ">= 0"),
+        ({"models": dsp2, "weights": [1, math.nan]}, "bad_value", "finite"),
+        ({"models": dsp2, "weights": [0, 0]}, "bad_value", "sum to 0"),
+        ({"models": [{"model": "dsp"}, {"model_path": str(demucs_file)}]}, "bad_value", "8000 Hz"),
+        ({"models": [{"model": "dsp"}, {"model": "nowhere"}]}, "model_not_found", "member 2 (nowhere)"),
+        ({"models": dsp2, "stems": ["guitar"]}, "bad_value", "dsp makes drums, bass, other, vocals"),
+        ({"models": [{"model": "dsp"}, {"model": "dsp", "segment": 0.01}]}, "bad_value", "member 2 (dsp): segment"),
+        ({"models": [{"model": "dsp"}, 7]}, "bad_value", "models[1]"),
+        ({"models": dsp2, "preset": "no_such"}, "bad_value", "vocal_balanced"),
+        ({"preset": "vocal_balanced"}, "model_not_found", "member 1 (bs_roformer_vocals_resurrection_unwa.ckpt)"),
+        ({"files": [str(song)], "output": str(out / "x.wav")}, "bad_value", "at least 2"),
+    ]
+    with Worker(["--threads", "1", "--max-cached-models", "3"]) as worker:
+        for fields, code, words in cases:
+            with pytest.raises(WorkerError) as e:
+                worker.ensemble(**{**base, **fields})
+            assert e.value.code == code and words in e.value.message, (fields, e.value.message)
+        cached = worker.request("list_cached")
+        assert [m["model"] for m in cached["models"]] == ["tiny8k", "dsp"]  # members that loaded stay cached
+        wide = tmp_path / "four.wav"
+        sf.write(wide, np.zeros((100, 4), np.float32), 44100)
+        with pytest.raises(WorkerError) as e:
+            worker.ensemble(files=[str(song), str(wide)], output=str(out / "x.wav"))
+        assert e.value.code == "bad_value" and "channels" in e.value.message
+        assert worker.ping()["status"] == "pong"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_cancel_in_the_middle_keeps_nothing(tmp_path):
+    from dsu.client import Worker, WorkerError
+
+    long_song = tmp_path / "long.wav"
+    sf.write(long_song, (0.1 * np.random.default_rng(0).standard_normal((44100 * 40, 2))).astype(np.float32), 44100)
+    out = tmp_path / "out"
+    with Worker(["--threads", "1"]) as worker:
+        for algorithm in ("avg_fft", "ensemble_wav"):
+            request = worker.submit("ensemble", input=str(long_song), output_dir=str(out), algorithm=algorithm,
+                                    models=[{"model": "dsp", "segment": 1}, {"model": "dsp", "segment": 2}])
+            cancelled = False
+            with pytest.raises(WorkerError) as e:
+                for message in request:
+                    if message["status"] == "progress":
+                        assert message["member"] == "dsp"
+                        if message["progress"] > 0.3 and not cancelled:
+                            request.cancel()
+                            cancelled = True
+            assert e.value.code == "cancelled"
+            assert not [p for p in out.rglob("*") if p.is_file()]  # no stem, no partial, no spool
+        assert worker.ping()["status"] == "pong"
+
+
+def test_file_ensemble_on_the_command_line(tmp_path):
+    files = [str(FIXTURES / "ensemble" / f"member{i}.wav") for i in range(3)]
+    out = tmp_path / "res.wav"
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", *files, "--algorithm", "avg_fft",
+                          "--weights", "1", "2", "3", "-o", str(out), "-q", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out.resolve())
+    assert snr(GOLDEN["msst/avg_fft/3"], read(out)) > 120
+
+    # a mono file and a shorter one: copied to both channels and padded with silence, as audio-separator
+    mono = tmp_path / "mono.wav"
+    short = tmp_path / "short.wav"
+    stereo = read(files[0])
+    sf.write(mono, stereo[0], 44100, subtype="FLOAT")
+    sf.write(short, stereo.T[:5000], 44100, subtype="FLOAT")
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", str(mono), str(short),
+                          "-o", str(tmp_path / "mixed.flac"), "-q", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sf.info(tmp_path / "mixed.flac").format == "FLAC"
+    mixed = read(tmp_path / "mixed.flac")
+    padded = np.pad(stereo[:, :5000], ((0, 0), (0, stereo.shape[1] - 5000)))
+    np.testing.assert_allclose(mixed, (np.stack([stereo[0], stereo[0]]) + padded) / 2, atol=1e-4)  # 24-bit
+
+    bad = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", *files[:2], "--weights", "1",
+                          "-o", str(tmp_path / "no.wav"), "-q"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "bad_value" in bad.stderr and not (tmp_path / "no.wav").exists()
+
+
+def test_presets_are_listed():
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--list-presets"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "vocal_balanced" in run.stdout and "avg_fft" in run.stdout
+
+
+def test_model_ensemble_on_the_command_line(song, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", str(song), "-m", "dsp",
+                          "--member", json.dumps({"model": "dsp", "segment": 3}), "--algorithm", "median_wave",
+                          "--stems", "vocals,drums", "-o", str(tmp_path), "-q", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(tmp_path / "song" / s) for s in ("vocals.wav", "drums.wav")]
+
+
+def tiny_demucs(folder: Path) -> Path:
+    pytest.importorskip("demucs")
+    from demucs.hdemucs import HDemucs
+    from demucs.states import get_state
+
+    torch.manual_seed(0)
+    model = HDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=8000, segment=2, channels=4, depth=3,
+                    nfft=256)
+    args, kwargs = model._init_args_kwargs
+    path = folder / "tiny8k.th"
+    torch.save({"klass": HDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None, False),
+                "training_args": {}}, path)
+    return path
+
+
+def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
+    """A UVR VR model yields the whole file at its end (the documented exception); the streaming
+    member's blocks wait for it and the blend is still each member's separation, averaged."""
+    from dsu.client import Worker
+    from dsu.models.vr_cascade import CascadedASPPNet
+
+    torch.manual_seed(2)
+    vr_path = tmp_path / "narrow_vr.pth"
+    torch.save(CascadedASPPNet(672, 2, 0, 4).state_dict(), vr_path)
+    vr_member = {"model_path": str(vr_path), "vr_model_param": "4band_v2", "primary_stem": "Instrumental"}
+    dsp_member = {"model": "dsp", "segment": 1}
+    with Worker(["--threads", "1"]) as worker:
+        done = worker.ensemble(input=str(song), output_dir=str(tmp_path / "ens"), models=[dsp_member, vr_member],
+                               algorithm="avg_wave", weights=[1, 3], stems=["vocals"])
+        alone = []
+        for k, m in enumerate((dsp_member, vr_member)):
+            one = worker.separate(input=str(song), output_dir=str(tmp_path / f"m{k}"), bit_depth=32,
+                                  normalization_threshold=1, **m)
+            alone.append({canonical_stem(s, one["stems"]): read(p) for s, p in zip(one["stems"], one["paths"])})
+    assert [m["family"] for m in done["members"]] == ["dsp", "vr"]
+    want = (alone[0]["vocals"] + 3 * alone[1]["vocals"]) / 4
+    assert snr(want, read(done["paths"][0])) > 100
