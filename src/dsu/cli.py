@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--models-dir", type=Path, default=None)
     listing.add_argument("--json", action="store_true", help="one JSON object per model")
 
+    from .batch import cli as batch_cli
+    batch_cli.add_parser(sub)
+
     worker = sub.add_parser("worker", help="run a persistent JSON-lines worker on stdin/stdout")
     worker_config.add_worker_arguments(worker)
     return parser
@@ -191,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         from .worker import run
         return run(worker_config.config_from(args))
     try:
-        commands = {"separate": separate_command, "restore": restore_command, "models": models_command}
+        from .batch import cli as batch_cli
+        commands = {"separate": separate_command, "restore": restore_command, "models": models_command,
+                    "batch": batch_cli.run}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("\ndsu: interrupted", file=sys.stderr)
