@@ -137,6 +137,11 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
             emit({"event": "start", "input": str(task.item.input), "where": where, "pid": pid,
                   "attempt": task.attempts + 1})
 
+        def progressed(task: Task, fraction: float) -> None:
+            show.progress(task.name, fraction)
+            if on_event is not None:
+                on_event({"event": "progress", "input": str(task.item.input), "progress": fraction})
+
         def finished(task: Task, done: dict | None, error, retryable: bool, where: str = "") -> bool:
             """Called once per attempt; True: run the task again."""
             digest = sha256_of(task.item.input) if done is not None else None
@@ -161,8 +166,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                 return False
 
         backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
-                           ray_actors, ray_cpus, ray_gpus, started_task,
-                           lambda task, f: show.progress(task.name, f))
+                           ray_actors, ray_cpus, ray_gpus, started_task, progressed)
         summary.backend, summary.workers = backend.kind, backend.size
         try:
             info = backend.start(model_fields)
