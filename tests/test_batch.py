@@ -244,3 +244,18 @@ def _wait_gone(pid: int, seconds: float = 60) -> None:
     while _alive(pid):
         assert time.monotonic() < deadline, f"worker {pid} outlived its batch"
         time.sleep(0.1)
+
+
+def test_manifest_survives_a_torn_last_line(tmp_path):
+    from dsu.batch.manifest import Manifest, is_done
+    stem = tone(tmp_path / "stem.wav")
+    whole = {"input": "/a.wav", "status": "done", "size": 1, "mtime_ns": 2, "sha256": "x", "outputs": [str(stem)]}
+    (tmp_path / MANIFEST).write_text(json.dumps(whole) + "\n" + '{"input": "/b.wav", "sta')  # killed mid-write
+    with Manifest(tmp_path) as manifest:
+        assert manifest.records == [whole] and manifest.torn == 1
+        manifest.append({"input": "/b.wav", "status": "failed"})
+    with Manifest(tmp_path) as manifest:
+        assert [r["input"] for r in manifest.records] == ["/a.wav", "/b.wav"] and manifest.torn == 1
+    assert is_done(whole, 1, 2) and not is_done(whole, 1, 3) and is_done(whole, 1, 3, lambda: "x")
+    stem.unlink()
+    assert not is_done(whole, 1, 2)  # its stems are gone: do it again

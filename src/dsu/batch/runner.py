@@ -44,6 +44,7 @@ class Summary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    interrupted: int = 0
     elapsed: float = 0.0
     audio_seconds: float = 0.0
     manifest: str = ""
@@ -53,7 +54,7 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and self.interrupted == 0
 
 
 def layout_supported() -> bool:
@@ -145,6 +146,10 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         def finished(task: Task, done: dict | None, error, retryable: bool, where: str = "") -> bool:
             """Called once per attempt; True: run the task again."""
             digest = sha256_of(task.item.input) if done is not None else None
+            if error is not None and error.code == "cancelled":
+                # the batch never cancels: a Ctrl-C reached the workers too; the file is simply not done
+                summary.interrupted += 1
+                return False
             with lock:
                 task.attempts += 1
                 if error is not None and retryable and task.attempts <= retries:
