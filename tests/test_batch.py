@@ -259,3 +259,27 @@ def test_manifest_survives_a_torn_last_line(tmp_path):
     assert is_done(whole, 1, 2) and not is_done(whole, 1, 3) and is_done(whole, 1, 3, lambda: "x")
     stem.unlink()
     assert not is_done(whole, 1, 2)  # its stems are gone: do it again
+
+
+def test_progress_display_bar_and_plain_lines():
+    import io
+    from dsu.batch.progress import Display
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream in (Terminal(), io.StringIO()):
+        show = Display(2, skipped=1, stream=stream)
+        show.started("a/one.wav"), show.started("b/two.wav")
+        show.progress("a/one.wav", 0.5)
+        show.finished("a/one.wav", "done", 1.5, 30.0, "worker 1")
+        show.finished("b/two.wav", "failed: unsupported_audio: no frames", None, None, "worker 2")
+        show.close()
+        text = stream.getvalue()
+        assert "1 file(s) already done" in text and "audio-min/min" in text
+        if isinstance(stream, Terminal):
+            assert "a/one.wav 50%" in text and "2/2" in text and "b/two.wav: failed: unsupported_audio" in text
+        else:
+            assert "[1/2] a/one.wav done in 1.5 s (worker 1)" in text and "ETA 0:00:00" in text
+            assert "[2/2] b/two.wav failed: unsupported_audio: no frames (worker 2)" in text

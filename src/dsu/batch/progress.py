@@ -3,6 +3,7 @@ minutes separated per wall-clock minute and the time left. A tqdm bar on a termi
 (one per finished file) when stderr is a file or a pipe."""
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -22,7 +23,9 @@ class Display:
         self.bar = None
         if self.tty:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="file", file=self.stream, dynamic_ncols=True, desc="dsu batch")
+            sized = _columns(self.stream) > 0  # a pty that reports 0 columns (script, some CI) gets 100
+            self.bar = tqdm(total=total, unit="file", file=self.stream, desc="dsu batch", dynamic_ncols=sized,
+                            ncols=None if sized else 100)
         if self.enabled and skipped:
             self._say(f"dsu batch: {skipped} file(s) already done (see the manifest), {total} to do")
 
@@ -77,3 +80,10 @@ class Display:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
