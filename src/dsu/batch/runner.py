@@ -7,7 +7,6 @@ nothing of manifests."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,6 +87,9 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         base["layout"] = layout
     for key in ("input", "output_dir", "output", "id"):
         base.pop(key, None)
+    for key in ("model_path", "config_path", "repo", "models_dir"):  # workers and actors may start elsewhere
+        if isinstance(base.get(key), str):
+            base[key] = str(Path(base[key]).expanduser().resolve())
     fields, extra = spec.validate(spec.COMMANDS["separate"], {**base, "input": "-", "output_dir": str(out)})
     files = batch_inputs.expand(inputs, exclude=out)
     if not files:
