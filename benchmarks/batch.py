@@ -6,9 +6,11 @@ side, on eight 30 s files, with the built-in `dsp` model and a small random-weig
 For each model it first times the model's own compute on one file in this process (loaded, warm,
 1 thread): that is what a file costs with no batch machinery at all. Then each path runs the whole
 batch into a fresh folder through `dsu.batch.run` and reports files per minute, start-up (until the
-first file is sent) and the per-file overhead: (steady wall time x slots / files) - the model's
-compute, i.e. what a slot spends per file on anything but the model (decoding and writing are in
-both). Last, the driver's own cost per file (sha256 of the input and the fsynced manifest line) and
+first file is sent), the separate job's own time per file as the worker or actor reports it
+(`elapsed`: decode, model, write; model already loaded) and the per-file overhead of the path:
+(steady wall time x slots / files) - that job time, i.e. what a slot spends per file on dispatch,
+messages and the manifest rather than on the job. On a shared or small machine `--jobs 2` also
+shows in the job time, as two jobs compete for the cores. Last, the driver's own cost per file (sha256 of the input and the fsynced manifest line) and
 from it a projection of files per minute for N actors on a cluster."""
 from __future__ import annotations
 
@@ -91,10 +93,12 @@ def batch(songs: list[Path], out: Path, request: dict, **how) -> dict:
         if event["event"] == "finished":
             marks["last"] = time.monotonic()
 
-    summary = run([str(s) for s in songs], out, request, progress=False, on_event=on_event, **how)
+    jobs = []
+    summary = run([str(s) for s in songs], out, request, progress=False, **how,
+                  on_event=lambda e: (on_event(e), e["event"] == "finished" and jobs.append(e["record"]["elapsed"])))
     assert summary.done == len(songs), summary.failures
     return {"wall": time.monotonic() - t0, "startup": marks["first"] - t0, "steady": marks["last"] - marks["first"],
-            "slots": summary.workers}
+            "slots": summary.workers, "job": sum(jobs) / len(jobs)}
 
 
 def driver_cost(songs: list[Path], out: Path) -> float:
@@ -120,23 +124,23 @@ def main() -> None:
     paths = {"1 worker": {"jobs": 1, "threads": 1},
              "--jobs 2": {"jobs": 2, "threads": 1},
              "--ray local, 2 actors": {"ray": "local", "ray_actors": 2, "ray_cpus": 1, "threads": 1}}
-    header = f"{'model':<9} {'path':<22} {'files/min':>9} {'wall s':>7} {'start s':>7} {'compute s/file':>14} {'overhead s/file':>15}"
-    print(header)
+    print(f"{'model':<9} {'path':<22} {'files/min':>9} {'wall s':>7} {'start s':>7} {'alone s/file':>12} "
+          f"{'job s/file':>10} {'overhead s/file':>15}")
     overheads = []
     for name in args.models.split(","):
         compute = model_compute(requests[name], songs[0], work / "compute" / name)
         for label, how in paths.items():
             r = batch(songs, work / "out" / name / label.split()[0].strip("-"), requests[name], **how)
             per_slot = r["steady"] * r["slots"] / args.files
-            overhead = per_slot - compute
+            overhead = per_slot - r["job"]
             if "ray" in how:
-                overheads.append((name, overhead, compute))
+                overheads.append((name, overhead, r["job"]))
             print(f"{name:<9} {label:<22} {60 * args.files / r['wall']:>9.1f} {r['wall']:>7.1f} {r['startup']:>7.1f} "
-                  f"{compute:>14.2f} {overhead:>15.2f}", flush=True)
+                  f"{compute:>12.2f} {r['job']:>10.2f} {overhead:>15.2f}", flush=True)
     driver = driver_cost(songs, work / "driver")
     print(f"driver per file (sha256 of a {args.seconds:g} s input + fsynced manifest line): {1000 * driver:.1f} ms "
           f"-> at most {60 / driver:,.0f} files/min through one driver")
-    print("projection, files/min with N actors = min(N x 60 / (compute + overhead), 60 / driver):")
+    print("projection, files/min with N actors = min(N x 60 / (job + overhead), 60 / driver):")
     for name, overhead, compute in overheads:
         per_file = compute + max(overhead, 0.0)
         cells = ", ".join(f"N={n}: {min(n * 60 / per_file, 60 / driver):,.0f}" for n in (1, 8, 32, 128, 512))

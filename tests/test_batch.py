@@ -282,3 +282,20 @@ def test_progress_display_bar_and_plain_lines():
         else:
             assert "[1/2] a/one.wav done in 1.5 s (worker 1)" in text and "ETA 0:00:00" in text
             assert "[2/2] b/two.wav failed: unsupported_audio: no frames (worker 2)" in text
+
+
+def test_stuck_worker_is_killed_after_timeout_and_its_file_retried(tmp_path):
+    stuck = tone(tmp_path / "lib" / "stuck.wav")
+    stopped: list[int] = []
+
+    def on_event(event):  # the first worker to start `stuck` hangs (SIGSTOP) and never answers
+        if event["event"] == "start" and event["input"] == str(stuck) and not stopped:
+            stopped.append(event["pid"])
+            os.kill(event["pid"], signal.SIGSTOP)
+
+    summary = run([tmp_path / "lib"], tmp_path / "out", DSP, jobs=1, threads=1, timeout=8, progress=False,
+                  on_event=on_event)
+    assert (summary.done, summary.failed) == (1, 0)
+    record = lines(tmp_path / "out")[0]
+    assert record["attempts"] == 2 and record["status"] == "done"
+    _wait_gone(stopped[0], 10)

@@ -55,6 +55,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="CPU threads per worker or Ray actor (default: cores / jobs locally, 1 on Ray)")
     p.add_argument("--force", action="store_true", help="redo every file, even those the manifest says are done")
     p.add_argument("--retries", type=int, default=1, help="tries more for a file whose worker died (default 1)")
+    p.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
+                   help="local workers: a file taking longer has its worker killed and is retried")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run on Ray: a cluster ADDRESS (host:6379 or ray://host:10001), auto "
                         "(the cluster `ray start` set up here; the default), or local (start one on this machine)")
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                             device=args.device, models_dir=args.models_dir, layout=args.layout,
                             keep_folders=not args.flat_folders, force=args.force, retries=args.retries,
                             ray=args.ray, ray_actors=args.ray_actors, ray_cpus=args.ray_cpus,
-                            ray_gpus=args.ray_gpus, progress=not args.quiet)
+                            ray_gpus=args.ray_gpus, timeout=args.timeout,
+                            progress=not args.quiet)
     except DSUError as e:
         print(f"dsu batch: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_FAILED

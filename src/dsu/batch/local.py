@@ -31,8 +31,8 @@ class LocalPool:
     kind = "local"
 
     def __init__(self, jobs: int, worker_args: list[str], *, log_path=None, started: Callable = None,
-                 progress: Callable = None):
-        self.jobs, self.worker_args = jobs, worker_args
+                 progress: Callable = None, timeout: float | None = None):
+        self.jobs, self.worker_args, self.timeout = jobs, worker_args, timeout
         self.size = jobs
         self.stderr = open(log_path, "ab") if log_path is not None else None  # the workers' stderr
         self.started = started or (lambda *a: None)
@@ -113,9 +113,13 @@ class LocalPool:
             if not worker.alive():
                 worker.start()
             self.started(task, where, worker.pid)
-            done = worker.separate(**task.request, on_progress=lambda f: self.progress(task, f))
+            done = worker.separate(**task.request, timeout=self.timeout,
+                                   on_progress=lambda f: self.progress(task, f))
             again = self.finished(task, done, None, False, where)
         except WorkerError as e:
+            if e.code == "timeout" and worker.alive():  # stuck: a fresh worker takes the next file
+                worker.proc.kill()
+                worker.proc.wait()
             again = self.finished(task, None, e, e.code in RETRYABLE, where)
         if again:
             self.tasks.put(task)

@@ -66,12 +66,14 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         threads: int | None = None, device: str = "auto", models_dir=None, layout: str | None = None,
         keep_folders: bool = True, force: bool = False, retries: int = 1, ray: str | None = None,
         ray_actors: int | None = None, ray_cpus: float | None = None, ray_gpus: float | None = None,
-        progress: bool | None = None, on_event: Callable[[dict], None] | None = None) -> Summary:
+        timeout: float | None = None, progress: bool | None = None,
+        on_event: Callable[[dict], None] | None = None) -> Summary:
     """Separate every audio file of `inputs` (files, folders, globs, .txt/.csv lists) into
     `output_dir`, with `request` holding what a `separate` request holds besides input and
     output_dir (model, model_path, format, stems, family options, ...). `ray`: None runs `jobs`
     local workers; an address, "auto" or "local" runs Ray actors. `on_event` gets a dict per
-    start, retry and finished file (tests and other front ends)."""
+    start, retry and finished file (tests and other front ends). `timeout`: seconds a local worker
+    may spend on one file before it is killed and the file retried."""
     from .. import jobs as dsu_jobs
     from ..families import FAMILIES
     from ..worker import spec
@@ -173,7 +175,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                 return False
 
         backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
-                           ray_actors, ray_cpus, ray_gpus, started_task, progressed)
+                           ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)
         summary.backend, summary.workers = backend.kind, backend.size
         try:
             info = backend.start(model_fields)
@@ -188,7 +190,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
 
 
 def _backend(ray, jobs, threads, device, models_dir, count, ref, out, ray_actors, ray_cpus, ray_gpus,
-             started, progress):
+             started, progress, timeout):
     if ray is not None:
         from .ray_backend import RayPool
         return RayPool(ray, actors=ray_actors, cpus=ray_cpus, gpus=ray_gpus, threads=threads, device=device,
@@ -198,7 +200,7 @@ def _backend(ray, jobs, threads, device, models_dir, count, ref, out, ray_actors
     args = ["--device", device, "--threads", str(threads), "--max-cached-models", "1"]
     if models_dir is not None:
         args += ["--models-dir", str(models_dir)]
-    return LocalPool(jobs, args, log_path=out / LOG_NAME, started=started, progress=progress)
+    return LocalPool(jobs, args, log_path=out / LOG_NAME, started=started, progress=progress, timeout=timeout)
 
 
 def default_jobs(jobs: int | None, threads: int | None, device: str, ref, count: int) -> tuple[int, int]:
