@@ -108,42 +108,59 @@ def plan(files: list[Path], output_dir: Path, keep_folders: bool = True) -> list
 
 
 def render(template: str, *, track: str, trackext: str, stem: str, model: str, ext: str) -> str:
-    """A layout template filled in, as the separate job fills it in."""
+    """A layout template filled in, as the separate job of a DSU without `dsu.outputs` fills it in."""
     return template.format(track=track, trackext=trackext, stem=stem, Stem=stem[:1].upper() + stem[1:],
                            model=model, ext=ext)
 
 
-def template_of(layout: str | None, family_layout: str) -> str:
-    name = layout or family_layout
-    return LAYOUT_TEMPLATES.get(name, name)
+def stem_files(layout: str, family: str, model: str, ext: str):
+    """`paths(item, stems) -> list of paths` the separate job will write: through `dsu.outputs` (the
+    job's own naming, safe names included) where this DSU has it, else the family presets above."""
+    try:
+        from .. import outputs
+    except ImportError:
+        outputs = None
+    if outputs is not None:
+        outputs.template_of(layout)  # a bad template is an error before anything runs
 
-
-def check_collisions(items: list[Item], template: str, model: str, ext: str, stems: list[str] | None) -> None:
-    """Raise `bad_value` naming the inputs when two inputs, or two stems of one input, would
-    be written to the same file. With `stems` unknown (None) only inputs are compared."""
+        def paths(item: Item, stems: list[str]) -> list[str]:
+            found = outputs.stem_paths(layout, item.output_dir, model, item.input, stems, ext, family=family)
+            return [str(found[s]) for s in stems]
+        return paths
+    template = LAYOUT_TEMPLATES.get(layout, layout)
     try:
         render(template, track="t", trackext="wav", stem="s", model=model, ext=ext)
     except (KeyError, IndexError, ValueError) as e:
         raise DSUError("bad_value", f"layout template {template!r} is not valid ({e}); placeholders: "
                                     "{track} {trackext} {stem} {Stem} {model} {ext}") from None
+
+    def paths(item: Item, stems: list[str]) -> list[str]:
+        return [os.path.normpath(os.path.join(item.output_dir, render(
+            template, track=item.input.stem, trackext=item.input.suffix.lstrip("."), stem=stem, model=model,
+            ext=ext))) for stem in stems]
+    return paths
+
+
+def check_collisions(items: list[Item], layout: str, model: str, ext: str, stems: list[str] | None,
+                     family: str = "") -> None:
+    """Raise `bad_value` naming the inputs when two inputs, or two stems of one input, would be
+    written to the same file. With `stems` unknown (None) only inputs are compared, each through a
+    stand-in stem."""
+    paths_of = stem_files(layout, family, model, ext)
     fold = sys.platform in ("darwin", "win32")  # their usual file systems ignore case
     owners: dict[str, Path] = {}
+    names = stems if stems is not None else ["{stem}"]
     for item in items:
-        names = stems if stems is not None else ["\0stem\0"]
         mine: set[str] = set()
-        for stem in names:
-            path = os.path.normpath(os.path.join(item.output_dir, render(
-                template, track=item.input.stem, trackext=item.input.suffix.lstrip("."), stem=stem,
-                model=model, ext=ext)))
+        for path in paths_of(item, names):
             key = path.casefold() if fold else path
             if key in mine:
-                raise DSUError("bad_value", f"layout {template!r} writes every stem of {item.input} to "
-                                                   f"{path}: put {{stem}} in it")
+                raise DSUError("bad_value", f"layout {layout!r} writes two stems of {item.input} to "
+                                            f"{path}: put {{stem}} in it")
             mine.add(key)
             other = owners.get(key)
             if other is not None and other != item.input:
-                shown = path.replace("\0stem\0", "{stem}")
-                raise DSUError("bad_value", f"{other} and {item.input} would both be written to {shown}: "
-                                                   "rename one, or use a layout (--filename) that tells them apart, "
-                                                   "e.g. with {trackext}")
+                raise DSUError("bad_value", f"{other} and {item.input} would both be written to {path}: "
+                                            "rename one, or use a layout (--filename) that tells them apart, "
+                                            "e.g. with {trackext}")
             owners[key] = item.input

@@ -103,8 +103,8 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                if k not in dsu_jobs.MODEL_KEYS and k not in ("input", "output_dir", "id")}
     options["keep_folders"] = keep_folders
     items = batch_inputs.plan(files, out, keep_folders)
-    template = batch_inputs.template_of(fields.get("layout"), FAMILIES[ref.family].layout)
-    batch_inputs.check_collisions(items, template, ref.name, fields["format"], None)
+    layout = fields.get("layout") or FAMILIES[ref.family].layout
+    batch_inputs.check_collisions(items, layout, ref.name, fields["format"], None, ref.family)
     model_fields = {k: v for k, v in fields.items() if k in dsu_jobs.MODEL_KEYS}
     if models_dir is not None and "models_dir" not in model_fields and "repo" not in model_fields:
         model_fields["models_dir"] = str(models_dir)
@@ -180,7 +180,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         try:
             info = backend.start(model_fields)
             written = _written_stems(info["stems"], fields)
-            batch_inputs.check_collisions(items, template, info["model"], fields["format"], written)
+            batch_inputs.check_collisions(items, layout, info["model"], fields["format"], written, ref.family)
             backend.run(tasks, finished)
         finally:
             backend.close()
