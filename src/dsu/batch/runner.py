@@ -185,6 +185,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         finally:
             backend.close()
             show.close()
+            _clean_debris(out)
     summary.elapsed = time.monotonic() - started
     return summary
 
@@ -236,6 +237,18 @@ def _available_memory() -> int:
         pass
     from ..device import total_memory
     return total_memory() // 2
+
+
+def _clean_debris(out: Path) -> None:
+    """Remove the partial files that killed workers or actors left (all of them are gone by now),
+    by DSU's own rules where this DSU has them (`dsu.jobs.clean`, as `dsu clean OUT`)."""
+    from .. import jobs as dsu_jobs
+    clean = getattr(dsu_jobs, "clean", None)
+    if clean is not None:
+        try:
+            clean({"dir": str(out)})
+        except (DSUError, OSError):
+            pass
 
 
 def _written_stems(stems: list[str], fields: dict) -> list[str]:
