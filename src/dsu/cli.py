@@ -15,7 +15,8 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 # subcommand modules: each has add_parser(subparsers), which sets `run` (args -> exit code)
-SUBCOMMANDS = ("dsu.commands.separate", "dsu.commands.restore", "dsu.catalog.cli", "dsu.ensemble.cli", "dsu.clean",
+SUBCOMMANDS = ("dsu.commands.separate", "dsu.commands.restore", "dsu.catalog.cli", "dsu.ensemble.cli", "dsu.batch.cli",
+               "dsu.clean",
                "dsu.commands.completion")
 
 

@@ -1,0 +1,137 @@
+"""The batch manifest `OUT/dsu-batch.jsonl`: one JSON line per finished file, appended and fsynced
+after the file's stems were renamed into place, never rewritten. A rerun reads it to skip what is
+done; a line torn by a crash is skipped and the next append starts on a line of its own.
+
+A lock file beside it (`.dsu-batch.lock`, held with flock) keeps two batches from writing one folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import DSUError
+
+NAME = "dsu-batch.jsonl"
+LOCK_NAME = ".dsu-batch.lock"
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class Manifest:
+    def __init__(self, folder: Path):
+        self.path = folder / NAME
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _take_lock(folder / LOCK_NAME)
+        self.records, self.torn = self._read()
+        new = not self.path.exists()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if new:
+            _fsync_dir(folder)
+        elif self.path.stat().st_size and not self._ends_with_newline():
+            os.write(self._fd, b"\n")  # a line torn by a crash stays a line of its own, skipped on reading
+
+    def _read(self) -> tuple[list[dict], int]:
+        if not self.path.exists():
+            return [], 0
+        records, torn = [], 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    torn += line.strip() != b""
+                    continue
+                if isinstance(record, dict) and "input" in record:
+                    records.append(record)
+        return records, torn
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def append(self, record: dict) -> None:
+        """One line in one write, on disk before this returns."""
+        data = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+        self.records.append(record)
+
+    def latest(self) -> dict[tuple, dict]:
+        """The last record per (input, model identity, options)."""
+        return {record_key(r): r for r in self.records}
+
+    def close(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._lock_fd = None
+
+    def __enter__(self) -> "Manifest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def record_key(record: dict) -> tuple:
+    return (record["input"], canonical(record.get("model_id")), canonical(record.get("options")))
+
+
+def is_done(record: dict | None, size: int, mtime_ns: int, sha256=None) -> bool:
+    """Whether `record` finished this same input (by size and mtime, or by content when those
+    changed: `sha256` is then called) and its outputs are still there."""
+    if record is None or record.get("status") != "done":
+        return False
+    if not all(os.path.isfile(p) for p in record.get("outputs", [])):
+        return False
+    if record.get("size") == size and record.get("mtime_ns") == mtime_ns:
+        return True
+    return record.get("size") == size and sha256 is not None and record.get("sha256") == sha256()
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _take_lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock, the user keeps batches apart
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise DSUError("bad_value", f"another dsu batch (pid {holder}) is writing to {path.parent}; "
+                                    "wait for it to end or choose another output folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,192 @@
+"""The batch on a Ray cluster: one actor per CPU slot or GPU (fraction), each a DSU job runner with
+its own model cache, so the model stays loaded between files. Files go to actors as they come free
+(a `ray.wait` loop over the calls in flight); the driver writes the manifest when a call returns,
+which is after the actor's stems were renamed into place. An actor that dies takes nothing with it:
+its file is queued again for the others and a new actor takes its place.
+
+Every node must see the input and output paths under the same names (a shared or network file
+system) and have DSU installed."""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from ..client import WorkerError
+from ..errors import DSUError
+
+
+class SeparatorActor:
+    """Runs in a Ray worker process: `dsu.jobs.separate` with a model cache of its own."""
+
+    def __init__(self, device: str, threads: int, models_dir: str | None):
+        from .. import device as devices
+        from ..cache import ModelCache
+        self.device, self.device_warning = devices.choose_device(device)
+        self.threads = threads
+        devices.set_threads(threads)
+        self.cache = ModelCache(self.device, max_models=1)
+        self.models_dir = Path(models_dir) if models_dir else None
+
+    def load(self, model_fields: dict) -> dict:
+        from .. import jobs
+        from ..worker import spec
+        import ray
+        try:
+            fields, _ = spec.validate(spec.COMMANDS["load_model"], model_fields)
+            loaded = jobs.load_model(fields, cache=self.cache, models_dir=self.models_dir, default_model=None,
+                                     emit=_quiet)
+        except DSUError as e:
+            return {"ok": False, "code": e.code, "message": e.message}
+        return {"ok": True, "pid": os.getpid(), "node": ray.util.get_node_ip_address(), **loaded}
+
+    def separate(self, request: dict) -> dict:
+        from .. import device as devices, jobs
+        from ..worker import spec
+        devices.set_threads(self.threads)  # torch's intra-op setting may be per calling thread
+        try:
+            fields, extra = spec.validate(spec.COMMANDS["separate"], request)
+            return {"ok": True, "done": jobs.separate(fields, extra, cache=self.cache, models_dir=self.models_dir,
+                                                      default_model=None, emit=_quiet)}
+        except DSUError as e:
+            return {"ok": False, "code": e.code, "message": e.message}
+
+
+def _quiet(status: str, **fields) -> None:
+    pass
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise DSUError("bad_value", "--ray needs Ray: pip install 'dsu[ray]'") from None
+    return ray
+
+
+class RayPool:
+    kind = "ray"
+
+    def __init__(self, address: str, *, actors: int | None, cpus: float | None, gpus: float | None,
+                 threads: int | None, device: str, models_dir: Path | None, most: int, started: Callable):
+        self.ray = ray = _import_ray()
+        self.owned = False
+        if not ray.is_initialized():
+            options = {"include_dashboard": False, "logging_level": logging.WARNING}
+            try:
+                if address == "local":
+                    ray.init(num_cpus=max(os.cpu_count() or 1, int(actors or 0)), **options)
+                else:
+                    ray.init(address=address, **options)
+            except ConnectionError as e:
+                raise DSUError("bad_value", f"no Ray cluster at {address}: {e}; start one with `ray start "
+                                            "--head`, or use --ray local") from None
+            self.owned = True
+        self.threads = threads or max(1, int(cpus or 1))
+        self.cpus = cpus if cpus is not None else (0.0 if gpus else float(self.threads))
+        self.gpus = gpus or 0.0
+        resources = ray.cluster_resources()
+        if actors is None:
+            if self.gpus:
+                actors = int(resources.get("GPU", 0) // self.gpus)
+            else:
+                actors = int(resources.get("CPU", 1) // max(self.cpus, 1e-9))
+        self.size = max(1, min(actors, most))
+        self.device = "cuda" if self.gpus and device == "auto" else device
+        self.models_dir = str(models_dir) if models_dir else None
+        self.started = started
+        self.actor_class = ray.remote(SeparatorActor)
+        self.actors: dict = {}  # actor handle -> "actor N (node)"
+        self.loading: dict = {}  # ObjectRef of a load call -> actor
+        self.pids: dict = {}
+        self.free: deque = deque()
+        self.spawned = 0
+        self.model_fields: dict = {}
+
+    def _spawn(self) -> None:
+        actor = self.actor_class.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
+                                         max_task_retries=0).remote(self.device, self.threads, self.models_dir)
+        self.spawned += 1
+        self.actors[actor] = f"actor {self.spawned}"
+        self.loading[actor.load.remote(self.model_fields)] = actor
+
+    def _loaded(self, ref) -> dict | None:
+        """The load call's answer, the actor moved to the free ones; None when it failed."""
+        actor = self.loading.pop(ref)
+        try:
+            answer = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            answer = {"ok": False, "code": "internal", "message": f"the Ray actor failed to start: {e}"}
+        if not answer["ok"]:
+            self._drop(actor)
+            return answer
+        self.actors[actor] = f"{self.actors[actor]} on {answer['node']} pid {answer['pid']}"
+        self.pids[actor] = answer["pid"]
+        self.free.append(actor)
+        return answer
+
+    def _drop(self, actor) -> None:
+        self.actors.pop(actor, None)
+        try:
+            self.ray.kill(actor)
+        except Exception:
+            pass
+
+    def start(self, model_fields: dict) -> dict:
+        self.model_fields = model_fields
+        for _ in range(self.size):
+            self._spawn()
+        failures = []
+        while self.loading:
+            ready, _ = self.ray.wait(list(self.loading), num_returns=1)
+            answer = self._loaded(ready[0])
+            if answer["ok"]:
+                return {k: v for k, v in answer.items() if k not in ("ok", "pid", "node")}
+            failures.append(answer)
+        raise DSUError(failures[0]["code"], failures[0]["message"])
+
+    def run(self, tasks: list, finished: Callable) -> None:
+        pending = deque(tasks)
+        running: dict = {}  # ObjectRef -> (actor, task)
+        while pending or running:
+            while pending and self.free:
+                actor, task = self.free.popleft(), pending.popleft()
+                self.started(task, self.actors[actor], self.pids.get(actor))
+                running[actor.separate.remote(task.request)] = (actor, task)
+            if not running and not self.loading:
+                if not self.actors:
+                    self._spawn()  # every actor died: a new one, or an error saying why
+                    continue
+            ready, _ = self.ray.wait([*running, *self.loading], num_returns=1)
+            ref = ready[0]
+            if ref in self.loading:
+                answer = self._loaded(ref)
+                if not answer["ok"] and not self.actors and not self.loading:
+                    raise DSUError(answer["code"], answer["message"])
+                continue
+            actor, task = running.pop(ref)
+            where = self.actors.get(actor, "an actor")
+            try:
+                answer = self.ray.get(ref)
+            except self.ray.exceptions.RayActorError as e:
+                self._drop(actor)
+                self._spawn()  # keep the pool its size; the model loads while others work
+                error = WorkerError("worker_exited", f"the Ray actor ({where}) died: {type(e).__name__}")
+                if finished(task, None, error, True, where):
+                    pending.appendleft(task)
+                continue
+            except self.ray.exceptions.RayTaskError as e:
+                answer = {"ok": False, "code": "internal", "message": str(e)[:2000]}
+            self.free.append(actor)
+            if answer["ok"]:
+                finished(task, answer["done"], None, False, where)
+            else:
+                finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+
+    def close(self) -> None:
+        for actor in list(self.actors):
+            self._drop(actor)
+        if self.owned:
+            self.ray.shutdown()

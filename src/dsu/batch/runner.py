@@ -1,0 +1,286 @@
+"""`dsu.batch.run`: a whole library through one model, resumable, on N local workers or a Ray cluster.
+
+The driver expands the inputs, finds output collisions, skips what the manifest says is done, hands
+the rest to a backend and writes one manifest line per file after the backend reports the file's
+stems committed. Backends run the existing separate job (worker processes or `dsu.jobs`) and are told
+nothing of manifests."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..errors import DSUError
+from . import inputs as batch_inputs
+from .manifest import Manifest, canonical, is_done, now, sha256_of
+from .progress import Display
+
+LOG_NAME = "dsu-batch.log"  # the workers' stderr
+
+
+@dataclass
+class Task:
+    item: batch_inputs.Item
+    request: dict
+    size: int
+    mtime_ns: int
+    duration: float | None = None
+    attempts: int = 0
+    first_start: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.item.label or self.item.input.name
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    interrupted: int = 0
+    elapsed: float = 0.0
+    audio_seconds: float = 0.0
+    manifest: str = ""
+    failures: list[dict] = field(default_factory=list)
+    backend: str = ""
+    workers: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.interrupted == 0
+
+
+def layout_supported() -> bool:
+    """Whether this DSU's `separate` takes the `layout` field (the output-layout contract)."""
+    from ..worker import spec
+    return any(f.name == "layout" for f in spec.COMMANDS["separate"].fields)
+
+
+def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | None = None,
+        threads: int | None = None, device: str = "auto", models_dir=None, layout: str | None = None,
+        keep_folders: bool = True, force: bool = False, retries: int = 1, ray: str | None = None,
+        ray_actors: int | None = None, ray_cpus: float | None = None, ray_gpus: float | None = None,
+        timeout: float | None = None, progress: bool | None = None,
+        on_event: Callable[[dict], None] | None = None) -> Summary:
+    """Separate every audio file of `inputs` (files, folders, globs, .txt/.csv lists) into
+    `output_dir`, with `request` holding what a `separate` request holds besides input and
+    output_dir (model, model_path, format, stems, family options, ...). `ray`: None runs `jobs`
+    local workers; an address, "auto" or "local" runs Ray actors. `on_event` gets a dict per
+    start, retry and finished file (tests and other front ends). `timeout`: seconds a local worker
+    may spend on one file before it is killed and the file retried."""
+    from .. import jobs as dsu_jobs
+    from ..families import FAMILIES
+    from ..worker import spec
+
+    started = time.monotonic()
+    out = Path(output_dir).expanduser().resolve()
+    models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
+    base = {k: v for k, v in (request or {}).items() if v is not None}
+    if layout:
+        if not layout_supported():
+            raise DSUError("bad_value", "--filename/layout needs a DSU whose separate takes `layout`; "
+                                        "this one writes each model family's own layout")
+        base["layout"] = layout
+    for key in ("input", "output_dir", "output", "id"):
+        base.pop(key, None)
+    for key in ("model_path", "config_path", "repo", "models_dir"):  # workers and actors may start elsewhere
+        if isinstance(base.get(key), str):
+            base[key] = str(Path(base[key]).expanduser().resolve())
+    fields, extra = spec.validate(spec.COMMANDS["separate"], {**base, "input": "-", "output_dir": str(out)})
+    files = batch_inputs.expand(inputs, exclude=out)
+    if not files:
+        raise DSUError("input_not_found", "no audio files found in the inputs")
+    ref = dsu_jobs.resolve(fields, models_dir)
+    model_id = {"name": ref.name, "family": ref.family, "load_options": [list(o) for o in ref.options],
+                "files": [{"name": Path(f).name, "sha256": sha256_of(f)} for f in ref.files]}
+    options = {k: v for k, v in {**fields, **extra}.items()
+               if k not in dsu_jobs.MODEL_KEYS and k not in ("input", "output_dir", "id")}
+    options["keep_folders"] = keep_folders
+    items = batch_inputs.plan(files, out, keep_folders)
+    layout = fields.get("layout") or FAMILIES[ref.family].layout
+    batch_inputs.check_collisions(items, layout, ref.name, fields["format"], None, ref.family)
+    model_fields = {k: v for k, v in fields.items() if k in dsu_jobs.MODEL_KEYS}
+    if models_dir is not None and "models_dir" not in model_fields and "repo" not in model_fields:
+        model_fields["models_dir"] = str(models_dir)
+
+    summary = Summary(total=len(items))
+    with Manifest(out) as manifest:
+        summary.manifest = str(manifest.path)
+        latest = manifest.latest()
+        tasks = []
+        for item in items:
+            st = item.input.stat()
+            key = (str(item.input), canonical(model_id), canonical(options))
+            record = latest.get(key)
+            if not force and record is not None and record.get("output_dir") == str(item.output_dir) and \
+                    is_done(record, st.st_size, st.st_mtime_ns, lambda p=item.input: sha256_of(p)):
+                summary.skipped += 1
+                continue
+            request_fields = {**base, **model_fields, "input": str(item.input), "output_dir": str(item.output_dir)}
+            tasks.append(Task(item, request_fields, st.st_size, st.st_mtime_ns, _duration(item.input)))
+        if not tasks:
+            summary.elapsed = time.monotonic() - started
+            return summary
+
+        show = Display(len(tasks), summary.skipped, progress if progress is not None else True)
+        lock = threading.Lock()
+
+        def emit(event: dict) -> None:
+            if on_event is not None:
+                on_event(event)
+
+        def started_task(task: Task, where: str, pid: int | None) -> None:
+            if task.first_start is None:
+                task.first_start = time.monotonic()
+            show.started(task.name)
+            emit({"event": "start", "input": str(task.item.input), "where": where, "pid": pid,
+                  "attempt": task.attempts + 1})
+
+        def progressed(task: Task, fraction: float) -> None:
+            show.progress(task.name, fraction)
+            if on_event is not None:
+                on_event({"event": "progress", "input": str(task.item.input), "progress": fraction})
+
+        def finished(task: Task, done: dict | None, error, retryable: bool, where: str = "") -> bool:
+            """Called once per attempt; True: run the task again."""
+            digest = sha256_of(task.item.input) if done is not None else None
+            if error is not None and error.code == "cancelled":
+                # the batch never cancels: a Ctrl-C reached the workers too; the file is simply not done
+                summary.interrupted += 1
+                return False
+            with lock:
+                task.attempts += 1
+                if error is not None and retryable and task.attempts <= retries:
+                    emit({"event": "retry", "input": str(task.item.input), "code": error.code,
+                          "message": error.message, "where": where})
+                    return True
+                record = _record(task, done, error, digest, model_id, options, where, started_wall=task.first_start)
+                manifest.append(record)
+                if done is not None:
+                    summary.done += 1
+                    summary.audio_seconds += task.duration or 0.0
+                else:
+                    summary.failed += 1
+                    summary.failures.append({"input": record["input"], **record["error"]})
+                show.finished(task.name, record["status"] if done is not None else
+                              f"failed: {record['error']['code']}: {record['error']['message']}",
+                              done["elapsed"] if done else None, task.duration, where)
+                emit({"event": "finished", "record": record})
+                return False
+
+        backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
+                           ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)
+        summary.backend, summary.workers = backend.kind, backend.size
+        try:
+            info = backend.start(model_fields)
+            written = _written_stems(info["stems"], fields)
+            batch_inputs.check_collisions(items, layout, info["model"], fields["format"], written, ref.family)
+            backend.run(tasks, finished)
+        finally:
+            backend.close()
+            show.close()
+            _clean_debris(out)
+    summary.elapsed = time.monotonic() - started
+    return summary
+
+
+def _backend(ray, jobs, threads, device, models_dir, count, ref, out, ray_actors, ray_cpus, ray_gpus,
+             started, progress, timeout):
+    if ray is not None:
+        from .ray_backend import RayPool
+        return RayPool(ray, actors=ray_actors, cpus=ray_cpus, gpus=ray_gpus, threads=threads, device=device,
+                       models_dir=models_dir, most=count, started=started)
+    from .local import LocalPool
+    jobs, threads = default_jobs(jobs, threads, device, ref, count)
+    args = ["--device", device, "--threads", str(threads), "--max-cached-models", "1"]
+    if models_dir is not None:
+        args += ["--models-dir", str(models_dir)]
+    return LocalPool(jobs, args, log_path=out / LOG_NAME, started=started, progress=progress, timeout=timeout)
+
+
+def default_jobs(jobs: int | None, threads: int | None, device: str, ref, count: int) -> tuple[int, int]:
+    """Workers and threads each: every physical core busy, as many workers as memory holds
+    (a worker's runtime plus three times its model files), one worker on a GPU."""
+    from ..device import physical_cores
+    cores = physical_cores()
+    if jobs is None:
+        if device in ("cuda", "mps") or (device == "auto" and _has_gpu()):
+            jobs = 1
+        else:
+            model_bytes = sum(os.path.getsize(f) for f in ref.files)
+            per_worker = (600 << 20) + 3 * model_bytes
+            by_memory = max(1, int(0.8 * _available_memory() // per_worker))
+            jobs = max(1, min(cores // (threads or 1), by_memory))
+    jobs = max(1, min(jobs, count))
+    return jobs, threads or max(1, cores // jobs)
+
+
+def _has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available() or (getattr(torch.backends, "mps", None) is not None
+                                         and torch.backends.mps.is_available())
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    from ..device import total_memory
+    return total_memory() // 2
+
+
+def _clean_debris(out: Path) -> None:
+    """Remove the partial files that killed workers or actors left (all of them are gone by now),
+    by DSU's own rules where this DSU has them (`dsu.jobs.clean`, as `dsu clean OUT`)."""
+    from .. import jobs as dsu_jobs
+    clean = getattr(dsu_jobs, "clean", None)
+    if clean is not None:
+        try:
+            clean({"dir": str(out)})
+        except (DSUError, OSError):
+            pass
+
+
+def _written_stems(stems: list[str], fields: dict) -> list[str]:
+    if fields.get("two_stems"):
+        return [fields["two_stems"], f"no_{fields['two_stems']}"]
+    wanted = fields.get("stems")
+    if wanted:
+        return [wanted] if isinstance(wanted, str) else list(wanted)
+    return list(stems)
+
+
+def _duration(path: Path) -> float | None:
+    try:
+        import soundfile
+        return soundfile.info(str(path)).duration
+    except Exception:  # a format libsndfile does not read: the worker decodes it through ffmpeg
+        return None
+
+
+def _record(task: Task, done: dict | None, error, digest: str | None, model_id: dict, options: dict,
+            where: str, started_wall: float | None) -> dict:
+    record = {"input": str(task.item.input), "size": task.size, "mtime_ns": task.mtime_ns, "sha256": digest,
+              "duration": task.duration, "model": model_id["name"], "model_id": model_id, "options": options,
+              "output_dir": str(task.item.output_dir), "attempts": task.attempts, "where": where,
+              "finished_at": now(), "dsu_version": __version__,
+              "wall": round(time.monotonic() - started_wall, 3) if started_wall else None}
+    if done is not None:
+        record.update(status="done", outputs=done["paths"], stems=done.get("stems"),
+                      elapsed=done.get("elapsed"), model_from_cache=done.get("model_from_cache"))
+    else:
+        record.update(status="failed", outputs=[], error={"code": error.code, "message": error.message})
+    return record
+
+
+

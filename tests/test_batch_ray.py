@@ -1,0 +1,78 @@
+"""`dsu batch --ray`: a real Ray cluster on this machine (started here, 127.0.0.1, 2 CPUs) with two
+actors holding the model; one actor killed mid-file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from dsu.batch import run
+from dsu.batch.manifest import NAME as MANIFEST
+
+from test_batch import tone
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines() if line.strip()]
+
+
+def test_two_actors_share_a_batch_and_resume(cluster, tmp_path):
+    files = [tone(tmp_path / "lib" / d / f"{n}.wav", seconds=2, freq=f)
+             for d, n, f in (("a", "x", 200), ("a", "y", 300), ("b", "x", 400), ("b", "z", 500))]
+    events = []
+    summary = run([tmp_path / "lib"], tmp_path / "out", {"model": "dsp", "stems": ["vocals"]}, ray="auto",
+                  ray_actors=2, progress=False, on_event=events.append)
+    assert (summary.done, summary.failed, summary.backend, summary.workers) == (4, 0, "ray", 2)
+    records = lines(tmp_path / "out")
+    assert Counter(r["input"] for r in records) == Counter(str(f) for f in files)
+    for r in records:
+        f = Path(r["input"])
+        assert r["outputs"] == [str(tmp_path / "out" / f.parent.name / f.stem / "vocals.wav")]
+        assert sf.info(r["outputs"][0]).duration == pytest.approx(2)
+    starts = [e for e in events if e["event"] == "start"]
+    assert len({e["pid"] for e in starts}) == 2 and all(e["pid"] != os.getpid() for e in starts)
+    assert sum(r["model_from_cache"] for r in records) >= 2  # each actor kept its model between files
+    again = run([tmp_path / "lib"], tmp_path / "out", {"model": "dsp", "stems": ["vocals"]}, ray="auto",
+                progress=False)
+    assert (again.done, again.skipped) == (0, 4) and len(lines(tmp_path / "out")) == 4
+
+
+def test_actor_killed_mid_file_retried_on_another(cluster, tmp_path):
+    victim = tone(tmp_path / "lib" / "long.wav", seconds=30)
+    others = [tone(tmp_path / "lib" / f"s{i}.wav", seconds=2, freq=300 + 50 * i) for i in range(3)]
+    killed: list[int] = []
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event["event"] == "start" and event["input"] == str(victim) and not killed:
+            killed.append(event["pid"])
+            threading.Timer(1.0, os.kill, (event["pid"], signal.SIGKILL)).start()
+
+    summary = run([tmp_path / "lib"], tmp_path / "out", {"model": "dsp", "stems": ["vocals"]}, ray="auto",
+                  ray_actors=2, progress=False, on_event=on_event)
+    assert (summary.done, summary.failed) == (4, 0)
+    records = {Path(r["input"]).name: r for r in lines(tmp_path / "out")}
+    assert len(lines(tmp_path / "out")) == 4  # nothing written twice
+    assert records["long.wav"]["attempts"] == 2
+    assert all(records[f.name]["attempts"] == 1 for f in others)
+    victim_starts = [e for e in events if e["event"] == "start" and e["input"] == str(victim)]
+    assert len(victim_starts) == 2 and victim_starts[1]["pid"] != killed[0]
+    assert [e["code"] for e in events if e["event"] == "retry"] == ["worker_exited"]
+    assert sf.info(records["long.wav"]["outputs"][0]).duration == pytest.approx(30)
