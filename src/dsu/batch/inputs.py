@@ -15,9 +15,6 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", 
                               ".m4a", ".aac", ".wma", ".mp4", ".webm", ".caf", ".w64"})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".m3u", ".m3u8"})
 # the presets of the `layout` request field (the output-layout contract), as templates
-LAYOUT_TEMPLATES = {"demucs": "{model}/{track}/{stem}.{ext}", "flat": "{track}/{stem}.{ext}",
-                    "msst": "{track}/{stem}.{ext}", "uvr": "{track}_({Stem})_{model}.{ext}",
-                    "audio_separator": "{track}_({Stem})_{model}.{ext}"}
 
 
 @dataclass(frozen=True)
@@ -107,37 +104,15 @@ def plan(files: list[Path], output_dir: Path, keep_folders: bool = True) -> list
                  str(f.relative_to(root))) for f in files]
 
 
-def render(template: str, *, track: str, trackext: str, stem: str, model: str, ext: str) -> str:
-    """A layout template filled in, as the separate job of a DSU without `dsu.outputs` fills it in."""
-    return template.format(track=track, trackext=trackext, stem=stem, Stem=stem[:1].upper() + stem[1:],
-                           model=model, ext=ext)
-
-
 def stem_files(layout: str, family: str, model: str, ext: str):
-    """`paths(item, stems) -> list of paths` the separate job will write: through `dsu.outputs` (the
-    job's own naming, safe names included) where this DSU has it, else the family presets above."""
-    try:
-        from .. import outputs
-    except ImportError:
-        outputs = None
-    if outputs is not None:
-        outputs.template_of(layout)  # a bad template is an error before anything runs
-
-        def paths(item: Item, stems: list[str]) -> list[str]:
-            found = outputs.stem_paths(layout, item.output_dir, model, item.input, stems, ext, family=family)
-            return [str(found[s]) for s in stems]
-        return paths
-    template = LAYOUT_TEMPLATES.get(layout, layout)
-    try:
-        render(template, track="t", trackext="wav", stem="s", model=model, ext=ext)
-    except (KeyError, IndexError, ValueError) as e:
-        raise DSUError("bad_value", f"layout template {template!r} is not valid ({e}); placeholders: "
-                                    "{track} {trackext} {stem} {Stem} {model} {ext}") from None
+    """`paths(item, stems) -> list of paths` the separate job will write, by the job's own naming
+    (`dsu.outputs`, safe names included); a bad template is an error before anything runs."""
+    from .. import outputs
+    outputs.template_of(layout)
 
     def paths(item: Item, stems: list[str]) -> list[str]:
-        return [os.path.normpath(os.path.join(item.output_dir, render(
-            template, track=item.input.stem, trackext=item.input.suffix.lstrip("."), stem=stem, model=model,
-            ext=ext))) for stem in stems]
+        found = outputs.stem_paths(layout, item.output_dir, model, item.input, stems, ext, family=family)
+        return [str(found[s]) for s in stems]
     return paths
 
 

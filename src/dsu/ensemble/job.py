@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,6 +23,7 @@ from torch import Tensor
 from .. import engine, jobs
 from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
+from ..paths import safe_component
 from ..families import Separator
 from ..separate import stem_paths
 from . import algorithms
@@ -39,11 +39,6 @@ EQUIVALENT = {"instrumental": "instrumental", "inst": "instrumental", "karaoke":
               "vocals": "vocals", "vocal": "vocals"}
 SLUG_PREFIXES = ("mel_band_roformer_", "melband_roformer_", "bs_roformer_", "model_bs_roformer_",
                  "UVR-MDX-NET-", "UVR_MDXNET_")
-
-
-def default_layout(worker_name: str) -> str:
-    """The output layout a worker started under this name writes ensembles in."""
-    return {"dsu-audio-separator": "uvr", "dsu-demucs": "demucs"}.get(worker_name, "flat")
 
 
 def default_reference(worker_name: str) -> str:
@@ -140,16 +135,6 @@ def ensemble_name(fields: dict, members: list[Member]) -> str:
             slugs.append(slug[:12])
         name = "custom_ensemble_" + "_".join(slugs)
     return safe_component(name)
-
-
-def safe_component(text: str) -> str:
-    """One path component out of a name: no separators, no leading dots, no NUL (dsu.paths when present)."""
-    try:
-        from ..paths import safe_component as shared  # the project-wide rule, where this install has it
-        return shared(text)
-    except ImportError:
-        cleaned = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text).strip().lstrip(".") or "ensemble"
-        return cleaned[:200]
 
 
 # ---- models ------------------------------------------------------------------------------------------

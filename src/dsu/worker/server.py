@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__, device as devices, families, jobs
+from .. import __version__, device as devices, families, jobs, outputs
 from ..cache import ModelCache
 from ..errors import DSUError
 from . import spec
@@ -303,7 +303,7 @@ class Server:
     def job_ensemble(self, job: Job) -> tuple[str, dict]:
         from ..ensemble import job as ensemble_job
         done = ensemble_job.ensemble(job.fields, job.extra, progress=self._progress(job), cancelled=job.cancel.is_set,
-                                     layout=ensemble_job.default_layout(self.config.name),
+                                     layout=outputs.layout_for(None, self.config.name, "flat"),
                                      reference=ensemble_job.default_reference(self.config.name),
                                      **self._context(job))
         self.last_model = done["model"]
