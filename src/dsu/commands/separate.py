@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import DSUError
 from ..progress import Display, mode_from
+from ..worker.spec import MODEL_FIELDS
 from . import runner
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -20,7 +21,11 @@ BIT_DEPTH_HELP = ("16, 24 or 32 (float). Default: 16 for the demucs and uvr layo
                   "models), 32 float for the flat layout (MSST models, dsp); flac holds 16 or 24, mp3 none")
 FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab.FILE, without importing shtab
 # request fields `-O` may also set besides the model's own options
-REQUEST_OPTIONS = ("layout", "output_names", "sample_rate", "mp3_bitrate")
+# UVR's per-model settings (`-O primary_stem=Vocals -O mdx_n_fft_scale_set=7680 ...`) for a file DSU's
+# tables do not know: request fields that decide how the model loads
+MODEL_SETTINGS = tuple(f.name for f in MODEL_FIELDS
+                       if f.name not in ("model", "model_path", "config_path", "model_type", "repo", "models_dir"))
+REQUEST_OPTIONS = ("layout", "output_names", "sample_rate", "mp3_bitrate", "sanitize", *MODEL_SETTINGS)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -130,7 +135,8 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
             from .. import default_model
             model_name, why = default_model.choose(args.models_dir)
         jobs.resolve({"model": model_name, "model_path": args.model_path, "config_path": args.config_path,
-                      "model_type": args.model_type, "repo": args.repo}, args.models_dir)
+                      "model_type": args.model_type, "repo": args.repo,
+                      **{k: v for k, v in args.option if k in MODEL_SETTINGS}}, args.models_dir)
     except DSUError as e:  # resolving reads no weights: a wrong name is found with the other mistakes
         problems.append(f"{e.code}: {e.message}")
     if problems:
