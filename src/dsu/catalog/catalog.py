@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DSUError
+from .download import Expected
 
 VERSION = 1
 TYPES = ("demucs", "bs_roformer", "mel_band_roformer", "scnet", "mdx23c", "vr", "mdx", "apollo")
@@ -55,6 +56,10 @@ class FileSpec:
     size: int | None = None
     sha256: str | None = None
     sha256_prefix: str | None = None
+
+    def expected(self, pinned: str | None = None) -> Expected:
+        """What a copy of this file must be: the catalog's sha256, else the one `pinned` by a first download."""
+        return Expected(self.size, self.sha256 or pinned, self.sha256_prefix)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Callable
 from ..errors import DSUError
 from . import catalog as catalogs
 from .catalog import Catalog, Entry, FileSpec
-from .download import Expected, FileLock, fetch, mismatch, sha256_of
+from .download import FileLock, fetch, mismatch, sha256_of
 
 LOCK_FILE = "dsu-lock.json"
 MSST_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
@@ -211,7 +211,7 @@ def install(entry: Entry, models_dir: Path, *, on_progress: FileProgress | None 
         pinned = pins.get(spec.path, {}).get("sha256")
         if pinned and spec.sha256 and pinned != spec.sha256:
             pinned = None  # the catalog's own hash wins over an older pin
-        expected = Expected(spec.size, spec.sha256 or pinned, spec.sha256_prefix)
+        expected = spec.expected(pinned)
         report = (lambda done, total, speed, p=spec.path: on_progress(p, done, total, speed)) if on_progress else None
         try:
             got = fetch(spec.url, file_path(models_dir, spec), expected, check=file_check(entry, spec),
@@ -245,7 +245,7 @@ def verify(entry: Entry, models_dir: Path) -> list[tuple[str, str]]:
             continue
         sha = sha256_of(path).hexdigest()
         pinned = pins.get(spec.path, {}).get("sha256")
-        wrong = mismatch(path, path.stat().st_size, sha, Expected(spec.size, spec.sha256, spec.sha256_prefix),
+        wrong = mismatch(path, path.stat().st_size, sha, spec.expected(),
                          spec.path)
         if wrong is None and pinned and pinned != sha:
             wrong = f"{spec.path}'s sha256 is {sha}, not {pinned} as pinned in {LOCK_FILE}"

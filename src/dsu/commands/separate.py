@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import DSUError
 from ..progress import Display, mode_from
+from ..worker.config import _positive
 from ..worker.spec import MODEL_FIELDS
 from . import runner
 
@@ -36,13 +37,6 @@ def _option(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
-
-
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return n
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
