@@ -62,7 +62,7 @@ def test_reflect_pad_matches_torch():
     x = torch.randn(2, 500)
     padded = torch.nn.functional.pad(x[None], (60, 60), mode="reflect")[0]
     sig = ReflectPad(TensorSignal(x), 60)
-    for a, b in [(0, 620), (-5, 40), (590, 630), (100, 200)]:
+    for a, b in [(0, 620), (-5, 40), (590, 630), (100, 200), (60, 560), (59, 61), (559, 561)]:
         want = torch.zeros(2, b - a)
         lo, hi = max(a, 0), min(b, 620)
         want[:, lo - a:hi - a] = padded[:, lo:hi]

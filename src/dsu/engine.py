@@ -76,6 +76,8 @@ class ReflectPad:
 
     def read(self, start: int, stop: int) -> Tensor:
         n = self.inner.length
+        if start >= self.pad and stop <= self.pad + n:  # no mirrored part: most chunks of a long file
+            return self.inner.read(start - self.pad, stop - self.pad)
         pos = torch.arange(start, stop)
         j = (pos - self.pad).abs()                       # mirror about inner sample 0
         j = torch.where(j > n - 1, 2 * (n - 1) - j, j)   # and about inner sample n-1

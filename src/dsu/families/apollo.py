@@ -185,10 +185,14 @@ def restore_chunks(length: int, chunk: int, overlap: int) -> list[Chunk]:
     starts = [0]
     while starts[-1] + chunk < length:
         starts.append(starts[-1] + chunk - overlap)
+    windows: dict[tuple, Tensor] = {}  # shared between chunks of the same shape
     chunks = []
     for i, start in enumerate(starts):
         kept = min(chunk, length - start)
-        window = crossfade(kept, overlap, fade_in=i > 0, fade_out=i < len(starts) - 1)
+        key = (kept, i > 0, i < len(starts) - 1)
+        if key not in windows:
+            windows[key] = crossfade(kept, overlap, fade_in=key[1], fade_out=key[2])
+        window = windows[key]
         chunks.append(Chunk(start=start, size=chunk, keep=0, out_start=start, out_size=kept, window=window))
     return chunks
 

@@ -83,10 +83,13 @@ def demix_chunks(length: int, chunk_size: int, trim: int, overlap: float) -> lis
     gen_size = chunk_size - 2 * trim
     padded = trim + length + gen_size + trim - length % gen_size
     step = int((1 - overlap) * chunk_size)
+    windows: dict[int, Tensor] = {}  # one per size, shared: a long file has thousands of chunks
     chunks = []
     for start in range(0, padded, step):
         end = min(start + chunk_size, padded)
-        window = hann(end - start) if overlap != 0 else torch.ones(end - start)
+        if end - start not in windows:
+            windows[end - start] = hann(end - start) if overlap != 0 else torch.ones(end - start)
+        window = windows[end - start]
         lo, hi = max(start, trim), min(end, trim + length)
         if hi <= lo:  # wholly in the padding
             continue
@@ -158,6 +161,9 @@ def open_session(model: str | bytes, providers: list[str], name: str):
     options.log_severity_level = 3
     options.intra_op_num_threads = torch.get_num_threads()  # the worker's --threads, like torch
     options.inter_op_num_threads = 1
+    # onnxruntime's threads otherwise busy-wait after each call, taking the cores from the torch work
+    # between calls (STFTs, other ensemble members) on a machine with few of them
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for a bad file

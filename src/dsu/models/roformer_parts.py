@@ -221,9 +221,13 @@ class STFT:
         self.kwargs = dict(n_fft=n_fft, hop_length=hop_length, win_length=win_length, normalized=normalized)
         self.win_length = win_length
         self.bins = n_fft // 2 + 1
+        self._windows: dict[tuple, Tensor] = {}
 
     def window(self, like: Tensor) -> Tensor:
-        return torch.hann_window(self.win_length, device=like.device, dtype=like.dtype)
+        key = (like.device, like.dtype)
+        if key not in self._windows:  # made once: a fresh window per chunk costs as much as a layer
+            self._windows[key] = torch.hann_window(self.win_length, device=like.device, dtype=like.dtype)
+        return self._windows[key]
 
     def __call__(self, audio: Tensor) -> Tensor:
         """[batch, channels, samples] -> complex [batch, (bins channels), frames]."""
