@@ -193,6 +193,10 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
         ({"models": dsp2, "preset": "no_such"}, "bad_value", "vocal_balanced"),
         ({"preset": "vocal_balanced"}, "model_not_found", "member 1 (bs_roformer_vocals_resurrection_unwa.ckpt)"),
         ({"files": [str(song)], "output": str(out / "x.wav")}, "bad_value", "at least 2"),
+        # in range, but 64 spectrograms of 4096 frames at once: refused before anything is written
+        ({"models": [{"model": "dsp"}, {"model_path": str(FIXTURES / "mdx/model.onnx"), **MDX_SETTINGS,
+                                        "segment_size": 4096, "batch_size": 64, "hop_length": 8192}]},
+         "out_of_memory", "member 2 (model): this job would need"),
     ]
     with Worker(["--threads", "1", "--max-cached-models", "3"]) as worker:
         for fields, code, words in cases:
@@ -200,7 +204,7 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
                 worker.ensemble(**{**base, **fields})
             assert e.value.code == code and words in e.value.message, (fields, e.value.message)
         cached = worker.request("list_cached")
-        assert [m["model"] for m in cached["models"]] == ["tiny8k", "dsp"]  # members that loaded stay cached
+        assert [m["model"] for m in cached["models"]] == ["tiny8k", "dsp", "model"]  # members that loaded stay cached
         wide = tmp_path / "four.wav"
         sf.write(wide, np.zeros((100, 4), np.float32), 44100)
         with pytest.raises(WorkerError) as e:
@@ -276,6 +280,18 @@ def test_model_ensemble_on_the_command_line(song, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(tmp_path / "song" / s) for s in ("vocals.wav", "drums.wav")]
+
+    # the layouts and custom names of `separate`
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", str(song), "-m", "dsp",
+                          "--member", json.dumps({"model": "dsp", "segment": 3}), "--stems", "vocals,bass",
+                          "--layout", "{model}/{track}-{stem}.{ext}", "--output-names", '{"Vocals": "lead"}',
+                          "-o", str(tmp_path / "named"), "--threads", "1", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    done = json.loads(run.stdout.splitlines()[-1])
+    folder = tmp_path / "named" / "custom_ensemble_dsp_dsp"
+    assert done["output_dir"] == str(folder) and done["files"] == ["lead.wav", "song-bass.wav"]
+    assert all(Path(p).is_file() for p in done["paths"])
 
 
 def tiny_demucs(folder: Path) -> Path:

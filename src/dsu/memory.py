@@ -67,6 +67,12 @@ def check(estimate: Estimate | None, device: torch.device, lower: str) -> None:
                                         "or use --device cpu")
 
 
+def beside(a: Estimate, b: Estimate) -> Estimate:
+    """Two jobs stepped side by side (an ensemble's members): their host memory is held at once, the
+    device runs one model call at a time."""
+    return Estimate(a.host + b.host, max(a.device, b.device), f"{a.what}; {b.what}")
+
+
 def span_bytes(sources: int, channels: int, samples: int) -> int:
     """An overlap-add accumulator: the weighted sums of every source and channel over `samples`,
     plus the weights, held while chunks overlap (the engine keeps up to twice a chunk)."""

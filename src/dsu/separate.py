@@ -44,14 +44,29 @@ def clean_debris(folders) -> list[Path]:
     return removed + tempfiles.clean_decode_files()
 
 
-def make_passes(model: Separator, signal, options: dict, cancelled) -> list:
-    """The model's passes over `signal` once its memory estimate fits; the decoding they need first
-    (statistics, peaks) stops at the next block when the job is cancelled."""
+LOWER = "`batch_size`, `shifts`, chunk/segment/window sizes"
+
+
+def estimate_of(model: Separator, length: int, options: dict, label: str = "") -> memory.Estimate | None:
+    """The model's memory estimate for this job (`label` names the model in it), None when unknown."""
     try:
-        estimate = model.memory_estimate(signal.length, **options)
+        estimate = model.memory_estimate(length, **options)
     except (TypeError, ValueError, OverflowError):
-        estimate = None  # an option the model cannot read: its own check in `passes` names it
-    memory.check(estimate, model.device, "`batch_size`, `shifts`, chunk/segment/window sizes")
+        return None  # an option the model cannot read: its own check in `passes` names it
+    if estimate is not None and label:
+        estimate = memory.Estimate(estimate.host, estimate.device, f"{label}: {estimate.what}")
+    return estimate
+
+
+def make_passes(model: Separator, signal, options: dict, cancelled, held: memory.Estimate | None = None,
+                label: str = "") -> list:
+    """The model's passes over `signal` once its memory estimate fits (beside `held`, what models
+    running alongside it need); the decoding they need first (statistics, peaks) stops at the next
+    block when the job is cancelled."""
+    estimate = estimate_of(model, signal.length, options, label)
+    if held is not None:
+        estimate = held if estimate is None else memory.beside(held, estimate)
+    memory.check(estimate, model.device, LOWER)
     signal.cancelled = cancelled
     try:
         return model.passes(signal, **options)

@@ -166,6 +166,8 @@ export interface CommandFields {
     name?: string;
     /** output layout: demucs, flat (msst), uvr (audio_separator); default: the worker's (dsu-audio-separator uvr, dsu-demucs demucs, others flat) */
     layout?: string;
+    /** stem -> file base name (python-audio-separator's custom_output_names; the stem in either spelling, any case): that stem's file is `<name>.<ext>` in the folder the layout gives it */
+    output_names?: Record<string, unknown>;
     /** whose median_fft to follow: msst (numpy's complex median) or audio_separator (medians of real and imaginary parts); default audio_separator for dsu-audio-separator, msst otherwise */
     reference?: "msst" | "audio_separator";
     /** output format (with `models`) */

@@ -40,6 +40,16 @@ class _AddMember(argparse.Action):
         namespace.members = members
 
 
+def _names(value: str) -> dict:
+    try:
+        names = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(names, dict):
+        raise argparse.ArgumentTypeError('a JSON object of stem -> name, e.g. {"vocals": "lead"}')
+    return names
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..commands.separate import add_common  # device, threads, -q/-v/--json as every working subcommand
 
@@ -63,7 +73,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-w", "--weights", type=float, nargs="+", help="one per member or file")
     p.add_argument("--stems", help="comma-separated ensemble stems to write (default: all)")
     p.add_argument("--name", help="the ensemble's name in output paths")
-    p.add_argument("--layout", help="demucs, flat (msst) or uvr (audio_separator); default flat")
+    p.add_argument("--layout", help="demucs, flat (msst), uvr (audio_separator) or a template such as "
+                                    "{track}/{stem}.{ext}; default flat")
+    p.add_argument("--output-names", "--custom-output-names", type=_names, metavar="JSON",
+                   help='stem -> file base name, e.g. \'{"vocals": "lead"}\'')
     p.add_argument("--reference", choices=("msst", "audio_separator"), help="whose median_fft (default msst)")
     p.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav")
     p.add_argument("--bit-depth", type=int, choices=(16, 24, 32), help="default 32 (float)")
@@ -98,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             print("dsu ensemble: give the FILE to separate, or --files to blend", file=sys.stderr)
             return 2
         request.update(input=str(args.input), output_dir=str(args.output), preset=args.preset,
-                       models=args.members or None, format=args.format,
+                       models=args.members or None, format=args.format, output_names=args.output_names,
                        stems=args.stems.split(",") if args.stems else None)
         label = args.input.name
     display = Display(mode_from(args.quiet, args.verbose, args.json), total=1)

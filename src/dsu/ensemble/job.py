@@ -20,12 +20,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import engine, jobs
+from .. import engine, jobs, memory, outputs
 from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
 from ..paths import safe_component
 from ..families import Separator
-from ..separate import stem_paths
+from ..separate import estimate_of, make_passes, stem_paths
 from . import algorithms
 from .blender import StemBlend
 
@@ -227,12 +227,16 @@ def _plan(members: list[Member], wanted) -> tuple[list[str], dict[str, list[int]
 class _MemberRun:
     """One member stepping through the file: its engine blocks, finished into ensemble stems."""
 
-    def __init__(self, member: Member, input_path: Path, wanted: list[str], report, cancelled):
+    def __init__(self, member: Member, input_path: Path, wanted: list[str], report, cancelled,
+                 held: memory.Estimate | None):
         model = member.model
         self.member = member
         self.signal = FileSignal(input_path, model.samplerate, model.audio_channels)
         self.length = self.signal.length
-        passes = model.passes(self.signal, **member.options)
+        # every member's overlap-add is held at once: each is checked beside those before it
+        passes = make_passes(model, self.signal, member.options, cancelled, held, member.label)
+        estimate = estimate_of(model, self.length, member.options, member.label)
+        self.held = held if estimate is None else estimate if held is None else memory.beside(held, estimate)
         needs_mix = type(model).finish is not Separator.finish
         self.mix = self.signal.fresh() if needs_mix else None
         self.blocks = engine.blocks(passes, self.length, report, cancelled)
@@ -281,7 +285,8 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
     stems, contributors = _plan(members, fields.get("stems"))
     name = ensemble_name(fields, members)
     fmt = fields.get("format", "wav")
-    paths = stem_paths(layout, Path(fields["output_dir"]), name, input_path, stems, fmt)
+    paths = stem_paths(layout, Path(fields["output_dir"]), name, input_path, stems, fmt,
+                       output_names=outputs.check_output_names(fields.get("output_names")))
     used = [m for m in members if any(m.index in c for c in contributors.values())]
     emit("ensembling", input=fields["input"], model=name, members=[m.label for m in used], algorithm=algorithm)
 
@@ -301,7 +306,7 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
     try:
         for k, m in enumerate(used):
             current = m
-            runs.append(_MemberRun(m, input_path, stems, reporter(k), cancelled))
+            runs.append(_MemberRun(m, input_path, stems, reporter(k), cancelled, runs[-1].held if runs else None))
         current = None
         length = runs[0].length
         for s in stems:
@@ -346,9 +351,9 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
             b.close()
         for r in runs:
             r.close()
-    folder = Path(*_common(written)).resolve() if written else Path(fields["output_dir"]).resolve()
+    folder, names = outputs.written_folder(written, Path(fields["output_dir"]))
     return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(folder),
-            "files": [p.name for p in written], "paths": [str(p.resolve()) for p in written], "stems": stems,
+            "files": names, "paths": [str(p.resolve()) for p in written], "stems": stems,
             "model": name, "algorithm": algorithm,
             "weights": None if weights is None else [float(w) for w in weights],
             "members": [{"model": m.label, "family": m.ref.family, "stems": list(m.mapping),
@@ -360,16 +365,6 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
 def _abort(writers: dict[str, StemWriter]) -> None:
     for w in writers.values():
         w.abort()
-
-
-def _common(paths: list[Path]) -> tuple[str, ...]:
-    parts = [p.parent.parts for p in paths]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) > 1:
-            break
-        common.append(level[0])
-    return tuple(common)
 
 
 # ---- files -------------------------------------------------------------------------------------------

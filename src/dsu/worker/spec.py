@@ -156,6 +156,11 @@ MODEL_FIELDS = (
     Field("mdx_n_fft_scale_set", "integer", "MDX: the STFT size (e.g. 7680)", minimum=2, maximum=32768),
 )
 
+OUTPUT_NAMES = Field("output_names", "object", "stem -> file base name (python-audio-separator's custom_output_names; "
+                                             "the stem in either spelling, any case): that stem's file is "
+                                             "`<name>.<ext>` in the folder the layout gives it",
+                     aliases=("custom_output_names",))
+
 SEPARATE_FIELDS = (
     Field("input", "string", "the audio file to separate (wav, flac, ogg, mp3, aiff; others through ffmpeg)",
           required=True),
@@ -179,9 +184,7 @@ SEPARATE_FIELDS = (
                               "python-audio-separator's. Default: the worker's (`dsu-audio-separator` uvr, "
                               "`dsu-bsroformer` flat, `dsu-demucs` demucs; `dsu`: the family's own, demucs for "
                               "Demucs, flat for MSST and dsp, uvr for VR and MDX-Net)"),
-    Field("output_names", "object", "stem -> file base name (python-audio-separator's custom_output_names; the "
-                                    "stem in either spelling, any case): that stem's file is `<name>.<ext>` in "
-                                    "the folder the layout gives it", aliases=("custom_output_names",)),
+    OUTPUT_NAMES,
     Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
                                  "instead of refusing the file as `unsupported_audio`", default=False),
     Field("mp3_bitrate", "integer", "kbps of a `format` mp3 stem, constant bitrate (default 320, as demucs; "
@@ -281,6 +284,7 @@ ENSEMBLE_FIELDS = (
                             "custom_ensemble_<members>, as python-audio-separator)"),
     Field("layout", "string", "output layout: demucs, flat (msst), uvr (audio_separator); default: the "
                               "worker's (dsu-audio-separator uvr, dsu-demucs demucs, others flat)"),
+    OUTPUT_NAMES,
     Field("reference", "string", "whose median_fft to follow: msst (numpy's complex median) or "
                                  "audio_separator (medians of real and imaginary parts); default "
                                  "audio_separator for dsu-audio-separator, msst otherwise",
