@@ -426,3 +426,17 @@ def test_restore_with_an_installed_apollo_model(server, tmp_path):
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert sf.info(tmp_path / "restored.wav").frames == 22050
+
+
+def test_a_worker_lists_the_catalog_with_what_is_installed(server, tmp_path):
+    catalog = write_catalog(tmp_path / "catalog.json", msst_entry(server))
+    models = tmp_path / "models"
+    with Worker(["--threads", "1", "--models-dir", str(models)], env={**ENV, "DSU_CATALOG": str(catalog)},
+                timeout=60) as w:
+        before = w.request("list_models")
+        assert [(m["name"], m["installed"], m["family"]) for m in before["catalog"]] == [
+            ("tiny_vocals", False, "msst")]
+        w.download_model("tiny_vocals", timeout=60)
+        after = w.request("list_models")
+        assert [m["installed"] for m in after["catalog"]] == [True]
+        assert after["catalog"][0]["stems"] == before["catalog"][0]["stems"] != []

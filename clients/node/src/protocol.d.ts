@@ -279,6 +279,8 @@ export interface ModelsMessage {
   models: string[] | null;
   /** per model: `name`, `family`, `stems`, and what its family adds */
   details: Record<string, unknown>[] | null;
+  /** the models DSU can download by name (`download_model`), each with `name`, `type`, `family`, `stems`, `size`, `installed` (in the worker's models dir), `sdr`, `purpose`, `aliases`, `description` (null when $DSU_CATALOG is a URL: not fetched by this immediate command) */
+  catalog: Record<string, unknown>[] | null;
 }
 
 /** answer to list_cached */

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..commands.separate import _option
+from ..commands.separate import add_model_arguments, add_stem_arguments, model_request
 from ..errors import DSUError
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
@@ -28,26 +28,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "skips what is done and retries what failed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio files, folders (searched recursively), globs ('music/**/*.flac') or .txt/.csv lists")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("-m", "--model", help="model name (`dsp` needs no files; see `dsu models list`)")
-    which.add_argument("--model-path", help="a model file (.th, .yaml bag, .ckpt, .pth, .onnx ...)")
-    p.add_argument("--config-path", help="the YAML config published with --model-path")
-    p.add_argument("--model-type", help="architecture of --model-path when its name does not tell")
-    p.add_argument("--repo", help="folder of Demucs packages to find --model in")
+    add_model_arguments(p, required=True, model_help="model name (`dsp` needs no files; see `dsu models list`)")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="stems and the manifest go under this folder")
     p.add_argument("--filename", "--layout", dest="layout", metavar="TEMPLATE",
                    help="output names: demucs, flat, uvr or a template such as '{track}/{stem}.{ext}' "
                         "(placeholders {track} {trackext} {stem} {Stem} {model} {ext}); default: the model family's")
     p.add_argument("--flat-folders", action="store_true",
                    help="write every input's stems directly under OUT instead of mirroring the input folders")
-    p.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav")
-    p.add_argument("--bit-depth", type=int, choices=(16, 24, 32), help="32 = float (default: the family's)")
-    p.add_argument("--stems", help="comma-separated stems to write (default: all)")
-    p.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
-    p.add_argument("--sample-rate", default="model", help="model, input, or Hz (default: model)")
-    p.add_argument("--option", "-O", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="a model option, e.g. -O shifts=2 -O overlap=0.5 (values parsed as JSON)")
-    p.add_argument("--models-dir", type=Path, default=None, help="where model names are looked up")
+    add_stem_arguments(p, "32 = float (default: the family's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("-j", "--jobs", type=_positive(int), default=None,
                    help="local workers (default: from the cores and the model's memory; 1 on a GPU)")
@@ -71,11 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from . import run as run_batch
 
-    request = {"model": args.model, "model_path": args.model_path, "config_path": args.config_path,
-               "model_type": args.model_type, "repo": args.repo, "format": args.format, "bit_depth": args.bit_depth,
-               "stems": args.stems.split(",") if args.stems else None, "two_stems": args.two_stems,
-               "sample_rate": int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate,
-               **dict(args.option)}
+    request = model_request(args)
     try:
         summary = run_batch(args.inputs, args.output_dir, request, jobs=args.jobs, threads=args.threads,
                             device=args.device, models_dir=args.models_dir, layout=args.layout,

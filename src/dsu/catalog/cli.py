@@ -11,11 +11,6 @@ from . import catalog as catalogs
 from . import store
 
 EXIT_FAILED = 1
-MSST_TYPES = store.MSST_TYPES
-
-
-def family_of(entry_type: str) -> str:
-    return "msst" if entry_type in MSST_TYPES else entry_type
 
 
 def add_parser(subparsers) -> None:
@@ -74,12 +69,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-def describe(entry: catalogs.Entry, models_dir: Path) -> dict:
-    return {"name": entry.name, "type": entry.type, "family": family_of(entry.type), "stems": list(entry.stems),
-            "size": entry.size, "installed": store.installed(entry, models_dir), "sdr": entry.sdr,
-            "purpose": list(entry.purpose), "aliases": list(entry.aliases), "description": entry.description}
-
-
 def _matches(row: dict, args) -> bool:
     if args.family and args.family.lower() not in (row.get("family"), row.get("type")):
         return False
@@ -91,7 +80,7 @@ def _matches(row: dict, args) -> bool:
 
 
 def list_command(args, catalog, models_dir: Path) -> int:
-    rows = [describe(e, models_dir) for e in catalog]
+    rows = [store.describe(e, models_dir) for e in catalog]
     if not args.available:
         from .. import families
         known = {n for e in catalog for n in (e.name, *e.aliases)}
@@ -113,7 +102,7 @@ def list_command(args, catalog, models_dir: Path) -> int:
 
 def info_command(args, catalog, models_dir: Path) -> int:
     entry = catalog.get(args.name)
-    row = {**describe(entry, models_dir), "license": entry.license, "source": entry.source,
+    row = {**store.describe(entry, models_dir), "license": entry.license, "source": entry.source,
            "checkpoint": entry.checkpoint, "config": entry.config,
            "files": [{"path": f.path, "url": f.url, "size": f.size, "sha256": f.sha256,
                       "sha256_prefix": f.sha256_prefix, "installed_at": str(store.file_path(models_dir, f))}

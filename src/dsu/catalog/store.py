@@ -138,6 +138,17 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
     return replace(ref, name=entry.name)
 
 
+def family_of(entry_type: str) -> str:
+    return "msst" if entry_type in MSST_TYPES else entry_type
+
+
+def describe(entry: Entry, models_dir: Path) -> dict:
+    """An entry as `dsu models list --json` and the worker's `list_models` show it."""
+    return {"name": entry.name, "type": entry.type, "family": family_of(entry.type), "stems": list(entry.stems),
+            "size": entry.size, "installed": installed(entry, models_dir), "sdr": entry.sdr,
+            "purpose": list(entry.purpose), "aliases": list(entry.aliases), "description": entry.description}
+
+
 def installed_files(name: str, models_dir: Path | None) -> tuple[str, str | None]:
     """(checkpoint, config or None) of an installed catalog model, for commands that take paths."""
     models_dir = Path(models_dir or default_models_dir())

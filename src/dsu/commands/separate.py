@@ -50,36 +50,56 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     loud.add_argument("--json", action="store_true", help="one JSON line per event on stdout (the worker's messages)")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str, required: bool = False) -> None:
+    """Which model a job runs (by name or by file, with its config and architecture), where names are
+    looked up, and its options: `dsu separate` and `dsu batch` take them alike."""
+    which = parser.add_mutually_exclusive_group(required=required)
+    which.add_argument("-m", "--model", help=model_help)
+    which.add_argument("--model-path", help="a model file (.th, .yaml bag, .ckpt, .pth, .onnx ...)")
+    parser.add_argument("--config-path", help="the YAML config published with --model-path")
+    parser.add_argument("--model-type", help="architecture of --model-path when its name does not tell")
+    parser.add_argument("--repo", help="folder of Demucs packages to find --model in")
+    parser.add_argument("--models-dir", type=Path, default=os.environ.get("DSU_MODELS") or None,
+                        help="where model names are looked up (default: $DSU_MODELS, else the user data folder "
+                             "`dsu models --help` names)")
+    parser.add_argument("--option", "-O", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                        help="a model option, e.g. -O shifts=2 -O overlap=0.5 (values parsed as JSON)")
+
+
+def add_stem_arguments(parser: argparse.ArgumentParser, bit_depth_help: str) -> None:
+    """Which stems are written, and how."""
+    parser.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav")
+    parser.add_argument("--bit-depth", type=int, choices=(16, 24, 32), help=bit_depth_help)
+    parser.add_argument("--stems", help="comma-separated stems to write, any case (default: all)")
+    parser.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
+    parser.add_argument("--sample-rate", default="model", help="model, input, or Hz (default: model)")
+
+
+def model_request(args: argparse.Namespace) -> dict:
+    """The request fields those arguments give (None where not given), the -O options last."""
+    return {"model": args.model, "model_path": args.model_path, "config_path": args.config_path,
+            "model_type": args.model_type, "repo": args.repo, "format": args.format, "bit_depth": args.bit_depth,
+            "two_stems": args.two_stems, "stems": args.stems.split(",") if args.stems else None,
+            "sample_rate": int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate,
+            **dict(args.option)}
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     sep = subparsers.add_parser("separate", help="separate audio files into stems",
                                 description="Separate audio files into stems. Written paths go to stdout, "
                                             "progress to stderr.")
     sep.add_argument("files", nargs="+", type=Path, metavar="FILE").complete = FILES
-    which = sep.add_mutually_exclusive_group()
-    which.add_argument("-m", "--model", help="model name (default: $DSU_MODEL, else the best installed 4-stem "
-                                             "model, else dsp); `dsu models list` shows them")
-    which.add_argument("--model-path", help="a model file (.th, .yaml bag, .ckpt, .pth, .onnx ...)")
-    sep.add_argument("--config-path", help="the YAML config published with --model-path")
-    sep.add_argument("--model-type", help="architecture of --model-path when its name does not tell")
-    sep.add_argument("--repo", help="folder of Demucs packages to find --model in")
-    sep.add_argument("--models-dir", type=Path, default=os.environ.get("DSU_MODELS") or None,
-                     help="where model names are looked up (default: $DSU_MODELS, else the user data folder "
-                          "`dsu models --help` names)")
+    add_model_arguments(sep, model_help="model name (default: $DSU_MODEL, else the best installed 4-stem "
+                                        "model, else dsp); `dsu models list` shows them")
     sep.add_argument("--download", action="store_true",
                      help="download -m NAME first when it is a catalog model that is not installed")
     sep.add_argument("-o", "--output-dir", type=Path, default=Path("separated"),
                      help="stems go under this folder (default: separated)")
     sep.add_argument("--layout", help="demucs, flat, uvr, or a template such as {track}/{stem}.{ext} "
                                       "(default: the model family's own)")
-    sep.add_argument("--format", choices=("wav", "flac", "mp3"), default="wav")
-    sep.add_argument("--bit-depth", type=int, choices=(16, 24, 32), help=BIT_DEPTH_HELP)
+    add_stem_arguments(sep, BIT_DEPTH_HELP)
     sep.add_argument("--mp3-bitrate", type=int, default=None, metavar="KBPS",
                      help="constant bitrate of mp3 stems (default 320, as demucs)")
-    sep.add_argument("--stems", help="comma-separated stems to write, any case (default: all)")
-    sep.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
-    sep.add_argument("--sample-rate", default="model", help="model, input, or Hz (default: model)")
-    sep.add_argument("--option", "-O", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                     help="a model option, e.g. -O shifts=2 -O overlap=0.5 (values parsed as JSON)")
     add_common(sep)
     sep.set_defaults(run=run)
     return sep
@@ -137,13 +157,8 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
         return runner.report(display, problems)
     if why:
         display.info(f"model {model_name}: {why}")
-    sample_rate = int(args.sample_rate) if args.sample_rate.isdigit() else args.sample_rate
-    request = {"cmd": "separate", "output_dir": str(args.output_dir), "format": args.format,
-               "model": model_name, "model_path": args.model_path, "config_path": args.config_path,
-               "model_type": args.model_type, "repo": args.repo, "bit_depth": args.bit_depth,
-               "two_stems": args.two_stems, "stems": args.stems.split(",") if args.stems else None,
-               "sample_rate": sample_rate, "mp3_bitrate": args.mp3_bitrate, "layout": args.layout,
-               **dict(args.option)}
+    request = {"cmd": "separate", "output_dir": str(args.output_dir), "mp3_bitrate": args.mp3_bitrate,
+               "layout": args.layout, **model_request(args), "model": model_name}
     request = {k: v for k, v in request.items() if v is not None}
     from ..cache import ModelCache
     cache = ModelCache(runner.setup_device(args.device, args.threads), max_models=1)

@@ -94,8 +94,13 @@ def demix_chunks(length: int, chunk_size: int, trim: int, overlap: float) -> lis
         if hi <= lo:  # wholly in the padding
             continue
         chunks.append(Chunk(start=start - trim, size=chunk_size, keep=lo - start, out_start=lo - trim,
-                            out_size=hi - lo, window=window[lo - start:hi - start]))
+                            out_size=hi - lo, window=_part(window, lo - start, hi - start)))
     return chunks
+
+
+def _part(window: Tensor, lo: int, hi: int) -> Tensor:
+    """window[lo:hi], the shared tensor itself when that is all of it (a view costs most of a chunk)."""
+    return window if lo == 0 and hi == len(window) else window[lo:hi]
 
 
 class Scaled:

@@ -3,6 +3,7 @@ a job thread runs the jobs one at a time in order; the main thread only waits an
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import traceback
@@ -19,6 +20,20 @@ from .config import WorkerConfig
 from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines, shown
 
 MiB = 1 << 20
+
+
+def catalog_rows(models_dir) -> list[dict] | None:
+    """The catalog's models, each marked installed or not, as `dsu models list --json` shows them;
+    None for a catalog at a URL, which this immediate command does not wait to fetch."""
+    from ..catalog import store
+    if os.environ.get("DSU_CATALOG", "").startswith(("http://", "https://")):
+        return None
+    try:
+        catalog = store.current_catalog()
+    except DSUError:
+        return None
+    where = models_dir or store.default_models_dir()
+    return [store.describe(entry, where) for entry in catalog]
 
 
 class Reply:
@@ -211,7 +226,8 @@ class Server:
 
     def do_list_models(self, fields: dict, reply: Reply) -> None:
         details = families.list_models(self.config.models_dir)
-        reply("models", models=[m["name"] for m in details], details=details)
+        reply("models", models=[m["name"] for m in details], details=details,
+              catalog=catalog_rows(self.config.models_dir))
 
     def do_list_cached(self, fields: dict, reply: Reply) -> None:
         entries = self.cache.entries()

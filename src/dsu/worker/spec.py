@@ -403,7 +403,11 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         Field("threads", "integer", "intra-op CPU threads"))),
     Message("models", "answer to list_models", (
         ID, Field("models", "string[]", "model names"),
-        Field("details", "object[]", "per model: `name`, `family`, `stems`, and what its family adds"))),
+        Field("details", "object[]", "per model: `name`, `family`, `stems`, and what its family adds"),
+        Field("catalog", "object[]", "the models DSU can download by name (`download_model`), each with "
+                                     "`name`, `type`, `family`, `stems`, `size`, `installed` (in the worker's "
+                                     "models dir), `sdr`, `purpose`, `aliases`, `description` (null when "
+                                     "$DSU_CATALOG is a URL: not fetched by this immediate command)"))),
     Message("cached_models", "answer to list_cached", (
         ID, Field("models", "object[]", "per cached model: `model`, `family`, `stems`, `bytes`, `active`"),
         Field("count", "integer", "models in the cache"), Field("max", "integer", "max_cached_models"),
