@@ -76,3 +76,26 @@ def test_actor_killed_mid_file_retried_on_another(cluster, tmp_path):
     assert len(victim_starts) == 2 and victim_starts[1]["pid"] != killed[0]
     assert [e["code"] for e in events if e["event"] == "retry"] == ["worker_exited"]
     assert sf.info(records["long.wav"]["outputs"][0]).duration == pytest.approx(30)
+
+
+def test_stuck_actor_is_killed_after_timeout_and_its_file_retried(cluster, tmp_path):
+    from test_batch import _wait_gone
+
+    stuck = tone(tmp_path / "lib" / "stuck.wav", seconds=2)
+    other = tone(tmp_path / "lib" / "other.wav", seconds=2, freq=300)
+    stopped: list[int] = []
+    events = []
+
+    def on_event(event):  # the first actor to start `stuck` hangs (SIGSTOP) and never answers
+        events.append(event)
+        if event["event"] == "start" and event["input"] == str(stuck) and not stopped:
+            stopped.append(event["pid"])
+            os.kill(event["pid"], signal.SIGSTOP)
+
+    summary = run([tmp_path / "lib"], tmp_path / "out", {"model": "dsp", "stems": ["vocals"]}, ray="auto",
+                  ray_actors=1, timeout=10, progress=False, on_event=on_event)
+    assert (summary.done, summary.failed) == (2, 0)
+    records = {Path(r["input"]).name: r for r in lines(tmp_path / "out")}
+    assert records["stuck.wav"]["attempts"] == 2 and records["other.wav"]["attempts"] == 1
+    assert [e["code"] for e in events if e["event"] == "retry"] == ["timeout"]
+    _wait_gone(stopped[0], 30)

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo every file, even those the manifest says are done")
     p.add_argument("--retries", type=int, default=1, help="tries more for a file whose worker died (default 1)")
     p.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
-                   help="local workers: a file taking longer has its worker killed and is retried")
+                   help="a file taking longer has its worker (or Ray actor) killed and is retried")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run on Ray: a cluster ADDRESS (host:6379 or ray://host:10001), auto "
                         "(the cluster `ray start` set up here; the default), or local (start one on this machine)")

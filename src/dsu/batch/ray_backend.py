@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -70,7 +71,8 @@ class RayPool:
     kind = "ray"
 
     def __init__(self, address: str, *, actors: int | None, cpus: float | None, gpus: float | None,
-                 threads: int | None, device: str, models_dir: Path | None, most: int, started: Callable):
+                 threads: int | None, device: str, models_dir: Path | None, most: int, started: Callable,
+                 timeout: float | None = None):
         self.ray = ray = _import_ray()
         self.owned = False
         if not ray.is_initialized():
@@ -97,6 +99,7 @@ class RayPool:
         self.device = "cuda" if self.gpus and device == "auto" else device
         self.models_dir = str(models_dir) if models_dir else None
         self.started = started
+        self.timeout = timeout  # seconds an actor may spend on one file before it is killed
         self.actor_class = ray.remote(SeparatorActor)
         self.actors: dict = {}  # actor handle -> "actor N (node)"
         self.loading: dict = {}  # ObjectRef of a load call -> actor
@@ -150,17 +153,31 @@ class RayPool:
     def run(self, tasks: list, finished: Callable) -> None:
         pending = deque(tasks)
         running: dict = {}  # ObjectRef -> (actor, task)
+        deadlines: dict = {}  # ObjectRef -> when its actor is taken for stuck (with --timeout)
         while pending or running:
             while pending and self.free:
                 actor, task = self.free.popleft(), pending.popleft()
                 self.started(task, self.actors[actor], self.pids.get(actor))
-                running[actor.separate.remote(task.request)] = (actor, task)
+                ref = actor.separate.remote(task.request)
+                running[ref] = (actor, task)
+                if self.timeout:
+                    deadlines[ref] = time.monotonic() + self.timeout
             if not running and not self.loading:
                 if not self.actors:
                     self._spawn()  # every actor died: a new one, or an error saying why
                     continue
-            ready, _ = self.ray.wait([*running, *self.loading], num_returns=1)
+            wait = max(0.0, min(deadlines.values()) - time.monotonic()) if deadlines else None
+            ready, _ = self.ray.wait([*running, *self.loading], num_returns=1, timeout=wait)
+            if not ready:  # a deadline passed
+                now = time.monotonic()
+                for ref in [r for r, when in deadlines.items() if when <= now]:
+                    del deadlines[ref]
+                    actor, task = running.pop(ref)
+                    if self._overdue(actor, task, finished):
+                        pending.appendleft(task)
+                continue
             ref = ready[0]
+            deadlines.pop(ref, None)
             if ref in self.loading:
                 answer = self._loaded(ref)
                 if not answer["ok"] and not self.actors and not self.loading:
@@ -184,6 +201,15 @@ class RayPool:
                 finished(task, answer["done"], None, False, where)
             else:
                 finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+
+    def _overdue(self, actor, task, finished: Callable) -> bool:
+        """An actor past --timeout on its file is taken for stuck: killed, a new one takes its place,
+        and its file is retried like a dead actor's. True: run the file again."""
+        where = self.actors.get(actor, "an actor")
+        self._drop(actor)
+        self._spawn()
+        error = WorkerError("timeout", f"no answer within {self.timeout:g} s ({where}): the actor was killed")
+        return finished(task, None, error, True, where)
 
     def close(self) -> None:
         for actor in list(self.actors):

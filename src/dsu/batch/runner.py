@@ -72,8 +72,8 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     `output_dir`, with `request` holding what a `separate` request holds besides input and
     output_dir (model, model_path, format, stems, family options, ...). `ray`: None runs `jobs`
     local workers; an address, "auto" or "local" runs Ray actors. `on_event` gets a dict per
-    start, retry and finished file (tests and other front ends). `timeout`: seconds a local worker
-    may spend on one file before it is killed and the file retried."""
+    start, retry and finished file (tests and other front ends). `timeout`: seconds a worker or
+    Ray actor may spend on one file before it is killed and the file retried."""
     from .. import jobs as dsu_jobs
     from ..families import FAMILIES
     from ..worker import spec
@@ -195,7 +195,7 @@ def _backend(ray, jobs, threads, device, models_dir, count, ref, out, ray_actors
     if ray is not None:
         from .ray_backend import RayPool
         return RayPool(ray, actors=ray_actors, cpus=ray_cpus, gpus=ray_gpus, threads=threads, device=device,
-                       models_dir=models_dir, most=count, started=started)
+                       models_dir=models_dir, most=count, started=started, timeout=timeout)
     from .local import LocalPool
     jobs, threads = default_jobs(jobs, threads, device, ref, count)
     args = ["--device", device, "--threads", str(threads), "--max-cached-models", "1"]
