@@ -76,6 +76,9 @@ def test_actor_killed_mid_file_retried_on_another(cluster, tmp_path):
     assert len(victim_starts) == 2 and victim_starts[1]["pid"] != killed[0]
     assert [e["code"] for e in events if e["event"] == "retry"] == ["worker_exited"]
     assert sf.info(records["long.wav"]["outputs"][0]).duration == pytest.approx(30)
+    # the actors' progress reaches the driver while they work (polled from their second thread)
+    shown = [e["progress"] for e in events if e["event"] == "progress" and e["input"] == str(victim)]
+    assert shown and all(0 <= p <= 1 for p in shown) and max(shown) > 0
 
 
 def test_stuck_actor_is_killed_after_timeout_and_its_file_retried(cluster, tmp_path):

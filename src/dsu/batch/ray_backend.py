@@ -19,6 +19,9 @@ from ..client import WorkerError
 from ..errors import DSUError
 
 
+POLL = 1.0  # seconds between progress questions to the actors in work
+
+
 class SeparatorActor:
     """Runs in a Ray worker process: `dsu.jobs.separate` with a model cache of its own."""
 
@@ -30,6 +33,7 @@ class SeparatorActor:
         devices.set_threads(threads)
         self.cache = ModelCache(self.device, max_models=1)
         self.models_dir = Path(models_dir) if models_dir else None
+        self.fraction = 0.0  # of the file in work, read by `progress` from the actor's second thread
 
     def load(self, model_fields: dict) -> dict:
         from .. import jobs
@@ -47,12 +51,20 @@ class SeparatorActor:
         from .. import device as devices, jobs
         from ..worker import spec
         devices.set_threads(self.threads)  # torch's intra-op setting may be per calling thread
+        self.fraction = 0.0
         try:
             fields, extra = spec.validate(spec.COMMANDS["separate"], request)
             return {"ok": True, "done": jobs.separate(fields, extra, cache=self.cache, models_dir=self.models_dir,
-                                                      default_model=None, emit=_quiet)}
+                                                      default_model=None, emit=_quiet, progress=self._report)}
         except DSUError as e:
             return {"ok": False, "code": e.code, "message": e.message}
+
+
+    def _report(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    def progress(self) -> float:
+        return self.fraction
 
 
 def _quiet(status: str, **fields) -> None:
@@ -72,7 +84,7 @@ class RayPool:
 
     def __init__(self, address: str, *, actors: int | None, cpus: float | None, gpus: float | None,
                  threads: int | None, device: str, models_dir: Path | None, most: int, started: Callable,
-                 timeout: float | None = None):
+                 timeout: float | None = None, progress: Callable | None = None):
         self.ray = ray = _import_ray()
         self.owned = False
         if not ray.is_initialized():
@@ -100,6 +112,8 @@ class RayPool:
         self.models_dir = str(models_dir) if models_dir else None
         self.started = started
         self.timeout = timeout  # seconds an actor may spend on one file before it is killed
+        self.progress = progress  # progress(task, fraction), polled from the actors every POLL seconds
+        self.polls: dict = {}  # ObjectRef of a progress call -> task
         self.actor_class = ray.remote(SeparatorActor)
         self.actors: dict = {}  # actor handle -> "actor N (node)"
         self.loading: dict = {}  # ObjectRef of a load call -> actor
@@ -109,8 +123,9 @@ class RayPool:
         self.model_fields: dict = {}
 
     def _spawn(self) -> None:
+        # two threads: `progress` is answered while `separate` runs
         actor = self.actor_class.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
-                                         max_task_retries=0).remote(self.device, self.threads, self.models_dir)
+                                         max_task_retries=0, max_concurrency=2).remote(self.device, self.threads, self.models_dir)
         self.spawned += 1
         self.actors[actor] = f"actor {self.spawned}"
         self.loading[actor.load.remote(self.model_fields)] = actor
@@ -167,8 +182,11 @@ class RayPool:
                     self._spawn()  # every actor died: a new one, or an error saying why
                     continue
             wait = max(0.0, min(deadlines.values()) - time.monotonic()) if deadlines else None
+            if self.progress is not None and running:
+                wait = POLL if wait is None else min(wait, POLL)
             ready, _ = self.ray.wait([*running, *self.loading], num_returns=1, timeout=wait)
-            if not ready:  # a deadline passed
+            self._poll(running)
+            if not ready:  # a deadline passed, or it is time to ask for progress
                 now = time.monotonic()
                 for ref in [r for r, when in deadlines.items() if when <= now]:
                     del deadlines[ref]
@@ -201,6 +219,25 @@ class RayPool:
                 finished(task, answer["done"], None, False, where)
             else:
                 finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+
+    def _poll(self, running: dict) -> None:
+        """Report the progress answers that arrived, and ask again where none is outstanding."""
+        if self.progress is None:
+            return
+        if self.polls:
+            done, _ = self.ray.wait(list(self.polls), num_returns=len(self.polls), timeout=0)
+            for ref in done:
+                task = self.polls.pop(ref)
+                try:
+                    fraction = self.ray.get(ref)
+                except self.ray.exceptions.RayError:
+                    continue  # the actor died: its file's own call says so
+                if any(t is task for _, t in running.values()):
+                    self.progress(task, fraction)
+        asked = {id(t) for t in self.polls.values()}
+        for actor, task in running.values():
+            if id(task) not in asked:
+                self.polls[actor.progress.remote()] = task
 
     def _overdue(self, actor, task, finished: Callable) -> bool:
         """An actor past --timeout on its file is taken for stuck: killed, a new one takes its place,

@@ -195,7 +195,7 @@ def _backend(ray, jobs, threads, device, models_dir, count, ref, out, ray_actors
     if ray is not None:
         from .ray_backend import RayPool
         return RayPool(ray, actors=ray_actors, cpus=ray_cpus, gpus=ray_gpus, threads=threads, device=device,
-                       models_dir=models_dir, most=count, started=started, timeout=timeout)
+                       models_dir=models_dir, most=count, started=started, timeout=timeout, progress=progress)
     from .local import LocalPool
     jobs, threads = default_jobs(jobs, threads, device, ref, count)
     args = ["--device", device, "--threads", str(threads), "--max-cached-models", "1"]
