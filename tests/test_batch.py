@@ -116,7 +116,8 @@ def test_batch_resume_force_and_failures(tmp_path):
         assert r["duration"] == pytest.approx(1.0)
     broken = by_input[str(lib / "b" / "broken.wav")]
     assert broken["status"] == "failed" and broken["error"]["code"] == "unsupported_audio" and broken["attempts"] == 1
-    assert {e["where"] for e in events if e["event"] == "start"} == {"worker 1", "worker 2"}
+    # which of the two takes files depends on which starts first (a loaded machine may let one take all)
+    assert {e["where"] for e in events if e["event"] == "start"} <= {"worker 1", "worker 2"}
 
     # the same command again: what is done is skipped (a touched file with the same content too),
     # the failure is tried again; a deleted stem makes its file run again
