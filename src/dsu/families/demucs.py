@@ -208,6 +208,12 @@ def replay_forward_draws(model: torch.nn.Module, chunks: int) -> None:
 
 # ---- the loaded model ------------------------------------------------------------------------------
 
+# activations of one model call per byte of its input and outputs: HTDemucs' cross-transformer holds
+# far more than the convolutional models (a random HTDemucs at the published size added 779 MB on a
+# 60 s input, `benchmarks/memory_estimate.py --real`)
+ACTIVATIONS = {"HTDemucs": 64}
+
+
 class DemucsSeparator(Separator):
     family = "demucs"
     options = frozenset({"shifts", "overlap", "segment", "batch_size", "clip_mode"})
@@ -252,7 +258,8 @@ class DemucsSeparator(Separator):
         stride = max(1, int((1 - float(overlap if overlap is not None else 0.25)) * span))
         plan = passes * (length // stride + 1) * 512  # the chunk lists
         host = passes * memory.span_bytes(len(self.stems), self.audio_channels, span) + plan
-        device = batch * span * self.audio_channels * memory.FLOAT * (1 + len(self.stems)) * 16
+        factor = max(ACTIVATIONS.get(type(m).__name__, 16) for m in self.bag)
+        device = batch * span * self.audio_channels * memory.FLOAT * (1 + len(self.stems)) * factor
         return memory.Estimate(host, device, f"shifts={shifts}, {len(self.bag)} model(s), segment={seconds:g} s, "
                                              f"batch_size={batch}")
 
