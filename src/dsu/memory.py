@@ -67,9 +67,11 @@ def check(estimate: Estimate | None, device: torch.device, lower: str) -> None:
                                         "or use --device cpu")
 
 
-def beside(a: Estimate, b: Estimate) -> Estimate:
+def beside(a: Estimate | None, b: Estimate | None) -> Estimate | None:
     """Two jobs stepped side by side (an ensemble's members): their host memory is held at once, the
-    device runs one model call at a time."""
+    device runs one model call at a time. An unknown estimate (None) adds nothing."""
+    if a is None or b is None:
+        return b if a is None else a
     return Estimate(a.host + b.host, max(a.device, b.device), f"{a.what}; {b.what}")
 
 

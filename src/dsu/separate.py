@@ -58,15 +58,11 @@ def estimate_of(model: Separator, length: int, options: dict, label: str = "") -
     return estimate
 
 
-def make_passes(model: Separator, signal, options: dict, cancelled, held: memory.Estimate | None = None,
-                label: str = "") -> list:
-    """The model's passes over `signal` once its memory estimate fits (beside `held`, what models
-    running alongside it need); the decoding they need first (statistics, peaks) stops at the next
-    block when the job is cancelled."""
-    estimate = estimate_of(model, signal.length, options, label)
-    if held is not None:
-        estimate = held if estimate is None else memory.beside(held, estimate)
-    memory.check(estimate, model.device, LOWER)
+def make_passes(model: Separator, signal, options: dict, cancelled, needed: memory.Estimate | None = None) -> list:
+    """The model's passes over `signal` once the memory the job needs fits (`needed`, else the model's
+    own estimate); the decoding they need first (statistics, peaks) stops at the next block when the
+    job is cancelled."""
+    memory.check(needed or estimate_of(model, signal.length, options), model.device, LOWER)
     signal.cancelled = cancelled
     try:
         return model.passes(signal, **options)

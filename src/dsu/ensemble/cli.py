@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-ALGORITHMS = ("avg_wave", "median_wave", "min_wave", "max_wave", "avg_fft", "median_fft", "min_fft", "max_fft",
-              "uvr_max_spec", "uvr_min_spec", "ensemble_wav")
+from ..worker.spec import ENSEMBLE_ALGORITHMS
+
 
 
 class _AddMember(argparse.Action):
@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--files", nargs="+", type=Path, metavar="FILE", help="blend these stem files into -o instead")
     p.add_argument("-o", "--output", type=Path,
                    help="the output folder (models), or the output file (--files)")
-    p.add_argument("-a", "--algorithm", "--type", choices=ALGORITHMS, default=None,
+    p.add_argument("-a", "--algorithm", "--type", choices=ENSEMBLE_ALGORITHMS, default=None,
                    help="default avg_wave (or the preset's)")
     p.add_argument("-w", "--weights", type=float, nargs="+", help="one per member or file")
     p.add_argument("--stems", help="comma-separated ensemble stems to write (default: all)")

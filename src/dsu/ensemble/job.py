@@ -62,6 +62,13 @@ def presets() -> dict[str, dict]:
     return json.loads(text)["presets"]
 
 
+def _algorithm(fields: dict) -> str:
+    algorithm = fields.get("algorithm") or "avg_wave"
+    if algorithm not in algorithms.ALGORITHMS:
+        raise DSUError("bad_value", f"unknown algorithm {algorithm!r}; one of {', '.join(algorithms.ALGORITHMS)}")
+    return algorithm
+
+
 def check_weights(weights, count: int, what: str) -> Tensor | None:
     if weights is None:
         return None
@@ -161,9 +168,7 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
             fields["algorithm"] = preset["algorithm"]
         if fields.get("weights") is None and preset.get("weights") is not None:
             fields["weights"] = preset["weights"]
-    algorithm = fields.get("algorithm") or "avg_wave"
-    if algorithm not in algorithms.ALGORITHMS:
-        raise DSUError("bad_value", f"unknown algorithm {algorithm!r}; one of {', '.join(algorithms.ALGORITHMS)}")
+    algorithm = _algorithm(fields)
     reference = fields.get("reference") or reference
     if not fields.get("input"):
         raise DSUError("missing_field", "ensemble needs `input` (the audio file) with `models`, or `files`")
@@ -234,9 +239,8 @@ class _MemberRun:
         self.signal = FileSignal(input_path, model.samplerate, model.audio_channels)
         self.length = self.signal.length
         # every member's overlap-add is held at once: each is checked beside those before it
-        passes = make_passes(model, self.signal, member.options, cancelled, held, member.label)
-        estimate = estimate_of(model, self.length, member.options, member.label)
-        self.held = held if estimate is None else estimate if held is None else memory.beside(held, estimate)
+        self.held = memory.beside(held, estimate_of(model, self.length, member.options, member.label))
+        passes = make_passes(model, self.signal, member.options, cancelled, self.held)
         needs_mix = type(model).finish is not Separator.finish
         self.mix = self.signal.fresh() if needs_mix else None
         self.blocks = engine.blocks(passes, self.length, report, cancelled)
@@ -383,28 +387,22 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
         raise DSUError("bad_value", f"a file ensemble needs at least 2 `files` (got {len(files)})")
     if not fields.get("output"):
         raise DSUError("missing_field", "a file ensemble needs `output`: the file to write")
-    algorithm = fields.get("algorithm") or "avg_wave"
-    if algorithm not in algorithms.ALGORITHMS:
-        raise DSUError("bad_value", f"unknown algorithm {algorithm!r}; one of {', '.join(algorithms.ALGORITHMS)}")
+    algorithm = _algorithm(fields)
     weights = check_weights(fields.get("weights"), len(files), "files")
     for f in files:
         if not f.is_file():
             raise DSUError("input_not_found", f"file not found: {f}")
-    first = FileSignal(files[0])
-    rate = first.input_samplerate
-    counts = [first.input_channels]
-    signals = [first]
+    signals = [FileSignal(files[0])]
+    rate = signals[0].input_samplerate
     try:
         for f in files[1:]:
-            s = FileSignal(f)
-            counts.append(s.input_channels)
-            signals.append(s)
+            signals.append(FileSignal(f, rate))
+        counts = [s.input_channels for s in signals]
         distinct = sorted(set(counts) - {1})
         if len(distinct) > 1:
             raise DSUError("bad_value", f"the files have {', '.join(map(str, counts))} channels: they must all "
                                         "have the same count (mono files are copied to every channel)")
         nch = distinct[0] if distinct else 1
-        signals = [FileSignal(f, rate, nch) for f in files]
         length = max(s.length for s in signals)
         output = Path(fields["output"])
         suffix = output.suffix.lstrip(".").lower()
@@ -415,7 +413,8 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
             for pos in range(0, length, BLOCK):
                 if cancelled is not None and cancelled():
                     raise DSUError("cancelled", "the ensemble was cancelled; none of its output was kept")
-                block = torch.stack([s.read(pos, min(pos + BLOCK, length)) for s in signals])
+                # a mono file is copied to every channel
+                block = torch.stack([s.read(pos, min(pos + BLOCK, length)).expand(nch, -1) for s in signals])
                 for s in signals:
                     s.forget(pos + BLOCK)
                 out = blend.push(block)
