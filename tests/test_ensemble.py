@@ -15,6 +15,7 @@ import torch
 from dsu.ensemble import algorithms
 from dsu.ensemble.blender import blend_arrays
 from dsu.ensemble.job import canonical_stem
+from tiny_models import tiny_htdemucs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = np.load(FIXTURES / "ensemble" / "expected.npz")
@@ -173,7 +174,7 @@ def test_audio_separator_worker_names_outputs_as_it_does(song, tmp_path):
 def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
     from dsu.client import Worker, WorkerError
 
-    demucs_file = tiny_demucs(tmp_path)  # 8 kHz
+    demucs_file = tiny_htdemucs(tmp_path / "tiny8k.th", samplerate=8000)
     out = tmp_path / "out"
     base = {"input": str(song), "output_dir": str(out)}
     dsp2 = [{"model": "dsp"}, {"model": "dsp", "segment": 3}]
@@ -292,21 +293,6 @@ def test_model_ensemble_on_the_command_line(song, tmp_path):
     folder = tmp_path / "named" / "custom_ensemble_dsp_dsp"
     assert done["output_dir"] == str(folder) and done["files"] == ["lead.wav", "song-bass.wav"]
     assert all(Path(p).is_file() for p in done["paths"])
-
-
-def tiny_demucs(folder: Path) -> Path:
-    pytest.importorskip("demucs")
-    from demucs.hdemucs import HDemucs
-    from demucs.states import get_state
-
-    torch.manual_seed(0)
-    model = HDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=8000, segment=2, channels=4, depth=3,
-                    nfft=256)
-    args, kwargs = model._init_args_kwargs
-    path = folder / "tiny8k.th"
-    torch.save({"klass": HDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None, False),
-                "training_args": {}}, path)
-    return path
 
 
 def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
