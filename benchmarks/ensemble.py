@@ -44,12 +44,12 @@ def members(size: str, work: Path) -> list[dict]:
                 {"model_path": str(FIX / "msst/bs_roformer/model.ckpt"),
                  "config_path": str(FIX / "msst/bs_roformer/config.yaml"), "extract_instrumental": True},
                 {"model_path": str(FIX / "mdx/model.onnx"), **MDX}]
-    return [{"model_path": str(_demucs(work, "htdemucs")), "segment": 7.8},
-            {"model_path": str(_demucs(work, "hdemucs"))},
+    return [{"model_path": str(published_demucs(work, "htdemucs")), "segment": 7.8},
+            {"model_path": str(published_demucs(work, "hdemucs"))},
             {"model": "dsp"}]
 
 
-def _demucs(work: Path, kind: str) -> Path:
+def published_demucs(work: Path, kind: str) -> Path:
     """A random-weight package at the size demucs publishes (htdemucs; hdemucs_mmi's HDemucs)."""
     path = work / f"{kind}.th"
     if path.exists():

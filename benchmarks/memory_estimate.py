@@ -22,6 +22,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from children import run_child  # noqa: E402
+import ensemble  # noqa: E402  (imported while benchmarks/ is on the path: its real-size Demucs)
 
 # benchmarks/demucs.py would shadow the demucs package the Demucs family imports
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -42,14 +43,8 @@ def real_cases(folder: Path) -> dict:
     import torch
     from dsu.families.model_folder import read_yaml
     from dsu.families.msst import build_model
-    from demucs.htdemucs import HTDemucs
-    from demucs.states import get_state
-    from fractions import Fraction
+    ensemble.published_demucs(folder, "htdemucs")
     torch.manual_seed(0)
-    htdemucs = HTDemucs(sources=["drums", "bass", "other", "vocals"], samplerate=44100, segment=Fraction(39, 5))
-    args, kwargs = htdemucs._init_args_kwargs
-    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": get_state(htdemucs, None, False),
-                "training_args": {}}, folder / "htdemucs.th")
     config = Path(__file__).parent.parent / "src/dsu/configs/msst/model_bs_roformer_ep_317_sdr_12.9755.yaml"
     roformer = build_model("bs_roformer", read_yaml(config))
     torch.save(roformer.state_dict(), folder / "bs_roformer_1297.ckpt")
