@@ -187,6 +187,8 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
         ({"models": dsp2, "weights": [1, -1]}, "bad_value", "`weights[1]` of ensemble must be at least 0"),
         ({"models": dsp2, "weights": [1, math.nan]}, "bad_value", "finite"),
         ({"models": dsp2, "weights": [0, 0]}, "bad_value", "sum to 0"),
+        ({"models": members(), "weights": [1, 0, 0], "stems": ["vocals", "instrumental"]}, "bad_value",
+         "every member that makes `instrumental` weight 0 (members 2, 3)"),
         ({"models": [{"model": "dsp"}, {"model_path": str(demucs_file)}]}, "bad_value", "8000 Hz"),
         ({"models": [{"model": "dsp"}, {"model": "nowhere"}]}, "model_not_found", "member 2 (nowhere)"),
         ({"models": dsp2, "stems": ["guitar"]}, "bad_value", "dsp makes drums, bass, other, vocals"),

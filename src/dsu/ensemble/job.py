@@ -295,6 +295,11 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
                                     "ensemble their stem files with `files` instead, which resamples")
     samplerate, nch = rates.pop(), channels.pop()
     stems, contributors = _plan(members, fields.get("stems"))
+    for s, makers in contributors.items():
+        if weights is not None and len(makers) > 1 and float(weights[makers].sum()) <= 0:
+            raise DSUError("bad_value", f"`weights` give every member that makes `{s}` weight 0 (members "
+                                        f"{', '.join(str(k + 1) for k in makers)}): give one of them a positive "
+                                        f"weight, or leave `{s}` out of `stems`")
     name = ensemble_name(fields, members)
     fmt = fields.get("format", "wav")
     targets = stem_paths(layout, Path(fields["output_dir"]), name, input_path, stems, fmt,
