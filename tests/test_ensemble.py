@@ -3,6 +3,7 @@
 and model and file ensembles through real worker processes and the CLI."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,9 +184,11 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
         ({"models": [{"model": "dsp"}]}, "bad_value", "at least 2"),
         ({"models": dsp2, "algorithm": "loudest"}, "bad_value", "algorithm"),
         ({"models": dsp2, "weights": [1]}, "bad_value", "one per"),
-        ({"models": dsp2, "weights": [1, -1]}, "bad_value", ">= 0"),
+        ({"models": dsp2, "weights": [1, -1]}, "bad_value", "`weights[1]` of ensemble must be at least 0"),
         ({"models": dsp2, "weights": [1, math.nan]}, "bad_value", "finite"),
         ({"models": dsp2, "weights": [0, 0]}, "bad_value", "sum to 0"),
+        ({"models": members(), "weights": [1, 0, 0], "stems": ["vocals", "instrumental"]}, "bad_value",
+         "every member that makes `instrumental` weight 0 (members 2, 3)"),
         ({"models": [{"model": "dsp"}, {"model_path": str(demucs_file)}]}, "bad_value", "8000 Hz"),
         ({"models": [{"model": "dsp"}, {"model": "nowhere"}]}, "model_not_found", "member 2 (nowhere)"),
         ({"models": dsp2, "stems": ["guitar"]}, "bad_value", "dsp makes drums, bass, other, vocals"),
@@ -317,3 +320,102 @@ def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
     assert [m["family"] for m in done["members"]] == ["dsp", "vr"]
     want = (alone[0]["vocals"] + 3 * alone[1]["vocals"]) / 4
     assert snr(want, read(done["paths"][0])) > 100
+
+
+# ---- output folders, weights and blends at the job's door ----------------------------------------------
+
+DSP2 = [{"model": "dsp", "segment": 2}, {"model": "dsp", "segment": 3}]
+
+
+def dsu_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", *map(str, args), "-q", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_a_relative_output_folder_is_taken_from_the_working_folder(song, tmp_path):
+    """`output_dir` and `-o` relative to where the worker or the CLI runs, once (it was joined onto
+    itself: ens3/ens3/song)."""
+    from dsu.client import Worker
+
+    here = tmp_path.resolve()
+    with Worker(["--threads", "1"], cwd=str(here)) as worker:
+        done = worker.ensemble(input=str(song), output_dir="ens3", models=DSP2, stems=["vocals"])
+        assert done["output_dir"] == str(here / "ens3" / "song") and done["files"] == ["vocals.wav"]
+        assert done["paths"] == [str(here / "ens3" / "song" / "vocals.wav")]
+        blended = worker.ensemble(files=[str(FIXTURES / "ensemble" / f"member{i}.wav") for i in range(2)],
+                                  output="blend.wav")
+        assert blended["paths"] == [str(here / "blend.wav")]
+    run = dsu_cli(song, "-m", "dsp", "--member", json.dumps(DSP2[1]), "-o", "rel2", "--stems", "vocals", cwd=here)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(here / "rel2" / "song" / "vocals.wav")]
+    assert sorted(p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file()) == [
+        "blend.wav", "ens3/song/vocals.wav", "rel2/song/vocals.wav"]
+
+
+def test_weights_are_bounded_and_blends_finite(song, tmp_path):
+    """Weights past float32's range were blended into NaN ([1e39, 1]) or silence ([3e38, 3e38]) and
+    answered `done`; a blend that overflows is a coded error with nothing written."""
+    from dsu.client import Worker, WorkerError
+
+    files = [str(FIXTURES / "ensemble" / f"member{i}.wav") for i in range(2)]
+    loud = [tmp_path / "loud0.wav", tmp_path / "loud1.wav"]
+    for k, path in enumerate(loud):  # finite float samples whose spectrum is not
+        sf.write(path, np.full((50000, 2), 3e38 * (1 - k / 4), np.float32), 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    with Worker(["--threads", "1"]) as worker:
+        for weights in ([1e39, 1], [3e38, 3e38], [1, 2e6]):
+            for fields in ({"files": files, "output": str(out / "x.wav")},
+                           {"input": str(song), "output_dir": str(out), "models": DSP2}):
+                with pytest.raises(WorkerError) as e:
+                    worker.ensemble(**fields, weights=weights)
+                assert e.value.code == "bad_value" and "`weights[" in e.value.message, e.value.message
+                assert "at most 1000000" in e.value.message
+        # the extremes of the range blend as equal weights do
+        equal = read(worker.ensemble(files=files, output=str(tmp_path / "equal.wav"), algorithm="avg_fft")["paths"][0])
+        for weights in ([1e6, 1e6], [1e-44, 1e-44]):
+            done = worker.ensemble(files=files, output=str(tmp_path / "w.wav"), algorithm="avg_fft", weights=weights)
+            assert done["weights"] == weights
+            assert snr(equal, read(done["paths"][0])) > 100, weights
+        with pytest.raises(WorkerError) as e:
+            worker.ensemble(files=[str(p) for p in loud], output=str(out / "loud.wav"), algorithm="avg_fft")
+        assert e.value.code == "unsupported_audio" and "NaN or infinite" in e.value.message, e.value.message
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+    run = dsu_cli("--files", *files, "--weights", "1e39", "1", "-o", out / "cli.wav")
+    assert run.returncode == 2 and "--weights" in run.stderr and "1e+06" not in run.stderr, run.stderr
+    assert not (out / "cli.wav").exists()
+
+
+def test_every_ensemble_checks_its_output_before_work_starts(song, tmp_path):
+    """The output check of `separate` (paths.check_output_dir), for both kinds of ensemble: a system
+    folder, a file in the folder's place, a folder as the file, an input as the output."""
+    from dsu.client import Worker, WorkerError
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    files = [str(FIXTURES / "ensemble" / f"member{i}.wav") for i in range(2)]
+    shm = Path(f"/dev/shm/dsu-ensemble-test-{tmp_path.name}")
+    nowhere = [{"model": "dsp"}, {"model": "no-such-model"}]  # the output is refused before members resolve
+    cases = [({"files": files, "output": str(shm / "x.wav")}, "output_not_writable", "system folder"),
+             ({"files": files, "output": str(shm.with_suffix(".wav"))}, "output_not_writable", "system folder"),
+             ({"files": files, "output": str(afile / "x.wav")}, "output_not_writable", "not a folder"),
+             ({"files": files, "output": str(tmp_path)}, "output_not_writable", "is a folder"),
+             ({"files": files, "output": files[1]}, "bad_value", "one of `files`"),
+             ({"input": str(song), "output_dir": str(shm), "models": nowhere}, "output_not_writable", "system folder"),
+             ({"input": str(song), "output_dir": str(afile / "below"), "models": nowhere}, "output_not_writable",
+              "not a folder")]
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    if os.geteuid() != 0:  # root writes anyway
+        cases += [({"files": files, "output": str(readonly / "x.wav")}, "output_not_writable", "cannot take"),
+                  ({"input": str(song), "output_dir": str(readonly / "o"), "models": nowhere}, "output_not_writable",
+                   "cannot take")]
+    with Worker(["--threads", "1"]) as worker:
+        for fields, code, words in cases:
+            with pytest.raises(WorkerError) as e:
+                worker.ensemble(**fields)
+            assert e.value.code == code and words in e.value.message, (fields, e.value.message)
+    assert not shm.exists() and not shm.with_suffix(".wav").exists()
+    run = dsu_cli(song, "-m", "dsp", "-m", "dsp", "-o", shm)
+    assert run.returncode == 1 and "output_not_writable" in run.stderr and not shm.exists(), run.stderr
+    run = dsu_cli("--files", *files, "-o", shm / "x.wav")
+    assert run.returncode == 1 and "output_not_writable" in run.stderr and not shm.exists(), run.stderr

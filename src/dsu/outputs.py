@@ -84,7 +84,8 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
                family: str = "", output_names: dict | None = None, labels: dict | None = None) -> dict[str, Path]:
     """Each stem's file. `output_names` (python-audio-separator's custom_output_names) maps a stem,
     in either spelling and any case, to the base name its file gets instead of the template's;
-    `labels`: python-audio-separator's spelling of stems the model names otherwise."""
+    `labels`: python-audio-separator's spelling of stems the model names otherwise. The paths are
+    absolute, under `output_dir` as the working folder resolves it."""
     preset = PRESET_ALIASES.get(layout, layout)
     template = template_of(layout)
     if preset == "uvr":
@@ -99,7 +100,7 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
         base = custom.get(stem.lower(), custom.get(spelled.lower()))
         if base is not None:
             relative = str(Path(relative).with_name(f"{safe(base)}.{ext}"))
-        out[stem] = output_dir / relative
+        out[stem] = Path(relative)  # taken under output_dir once, by `inside`
     if len(set(out.values())) < len(out):
         raise DSUError("bad_value", f"the layout {layout!r} (with output_names) gives two stems the same file: "
                                     "use {stem} in it, or distinct names")

@@ -158,7 +158,7 @@ export interface CommandFields {
     output?: string;
     /** how stems are blended (MSST's ensemble.py and python-audio-separator's ensembler); default avg_wave, or the preset's */
     algorithm?: "avg_wave" | "median_wave" | "min_wave" | "max_wave" | "avg_fft" | "median_fft" | "min_fft" | "max_fft" | "uvr_max_spec" | "uvr_min_spec" | "ensemble_wav";
-    /** one weight >= 0 per member or file (avg_wave and avg_fft use them); default equal */
+    /** one weight per member or file (avg_wave and avg_fft use them; only their ratios count); default equal */
     weights?: number[];
     /** the ensemble stems to write (default: every stem a member makes); names match case-insensitively, no_vocals/inst/`other` of a 2-stem vocal model are `instrumental` */
     stems?: string | string[];

@@ -4,7 +4,10 @@
 channels, n]) and returns the output samples now final: at once for the waveform rules, n_fft/2
 behind for the spectral ones (`stft.SpectralStream`). ensemble_wav needs each member's loudness over
 the whole file before its first sample can be chosen, so its members are spooled to temporary files
-and copied from when complete (`Spool`); memory stays flat, disk holds one copy per member."""
+and copied from when complete (`Spool`); memory stays flat, disk holds one copy per member.
+
+Every block out is checked to be finite before it is handed on: members whose samples are finite can
+still overflow float32 in a spectral rule (samples near 3e38), and a member can make NaN."""
 from __future__ import annotations
 
 import os
@@ -15,14 +18,16 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from ..errors import DSUError
 from . import algorithms
 from .stft import SpectralStream
 
 
 class StemBlend:
     def __init__(self, algorithm: str, members: int, channels: int, length: int, weights: Tensor | None,
-                 reference: str, spool_dir: Path | None = None):
+                 reference: str, spool_dir: Path | None = None, stem: str = "ensemble"):
         self.algorithm, self.weights, self.reference = algorithm, weights, reference
+        self.stem, self.position = stem, 0
         self.spectral = None
         self.spool = None
         if algorithm in algorithms.SPECTRAL and members > 1:
@@ -37,19 +42,29 @@ class StemBlend:
 
     def push(self, block: Tensor) -> Tensor:
         if self.spectral is not None:
-            return self.spectral.push(block)
+            return self._finite(self.spectral.push(block))
         if self.spool is not None:
             self.spool.push(block)
             return block.new_zeros(block.shape[1], 0)
-        return algorithms.blend(self.algorithm, block.float(), self.weights, self.reference)
+        return self._finite(algorithms.blend(self.algorithm, block.float(), self.weights, self.reference))
 
     def finish(self):
-        """The remaining output: one tensor, or for ensemble_wav an iterator of blocks."""
+        """The remaining output, an iterator of blocks."""
         if self.spectral is not None:
-            return [self.spectral.finish()]
+            return iter([self._finite(self.spectral.finish())])
         if self.spool is not None:
-            return self.spool.blocks()
-        return []
+            return (self._finite(out) for out in self.spool.blocks())
+        return iter([])
+
+    def _finite(self, out: Tensor) -> Tensor:
+        bad = ~torch.isfinite(out)
+        if bad.any():
+            first = self.position + int(bad.any(0).nonzero()[0])
+            raise DSUError("unsupported_audio", f"the blend of `{self.stem}` is NaN or infinite from sample {first} "
+                                                f"on: its members' samples are too large to blend in 32-bit float "
+                                                f"(or a member made NaN); nothing was written")
+        self.position += out.shape[-1]
+        return out
 
     def close(self) -> None:
         if self.spool is not None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from ..worker.spec import ENSEMBLE_ALGORITHMS
-
+from ..worker.spec import ENSEMBLE_ALGORITHMS, MAX_WEIGHT, number_text
 
 
 class _AddMember(argparse.Action):
@@ -50,6 +50,18 @@ def _names(value: str) -> dict:
     return names
 
 
+def _weight(text: str) -> float:
+    """One --weights value, in the protocol table's range (said in the flag's words, not `weights[i]`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"each weight is a number from 0 to {number_text(MAX_WEIGHT)} "
+                                         f"(only their ratios count), not {text}")
+    return value
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..commands.separate import add_common  # device, threads, -q/-v/--json as every working subcommand
 
@@ -70,7 +82,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the output folder (models), or the output file (--files)")
     p.add_argument("-a", "--algorithm", "--type", choices=ENSEMBLE_ALGORITHMS, default=None,
                    help="default avg_wave (or the preset's)")
-    p.add_argument("-w", "--weights", type=float, nargs="+", help="one per member or file")
+    p.add_argument("-w", "--weights", type=_weight, nargs="+",
+                   help=f"one per member or file, 0 to {number_text(MAX_WEIGHT)}; only their ratios count")
     p.add_argument("--stems", help="comma-separated ensemble stems to write (default: all)")
     p.add_argument("--name", help="the ensemble's name in output paths")
     p.add_argument("--layout", help="demucs, flat (msst), uvr (audio_separator) or a template such as "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,10 +21,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .. import engine, jobs, memory, outputs
+from .. import engine, jobs, memory, outputs, paths
 from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
 from ..paths import safe_component
+from ..worker.spec import ENSEMBLE_FIELDS
 from ..families import Separator
 from ..separate import estimate_of, make_passes, stem_paths
 from . import algorithms
@@ -69,19 +71,22 @@ def _algorithm(fields: dict) -> str:
     return algorithm
 
 
+WEIGHTS = next(f for f in ENSEMBLE_FIELDS if f.name == "weights")
+
+
 def check_weights(weights, count: int, what: str) -> Tensor | None:
+    """The weights as float32 ratios summing to 1 (a preset's are checked as a request's): divided in
+    double first, so that weights tiny or large within the table's range blend as their ratios do."""
     if weights is None:
         return None
+    WEIGHTS.check(weights, "ensemble")
     if len(weights) != count:
         raise DSUError("bad_value", f"`weights` has {len(weights)} values for {count} {what}: give one per "
                                     f"{what[:-1]}, or none for equal weights")
-    bad = [w for w in weights if not isinstance(w, (int, float)) or isinstance(w, bool)
-           or not math.isfinite(w) or w < 0]
-    if bad:
-        raise DSUError("bad_value", f"`weights` must be finite numbers >= 0, not {bad[0]!r}")
-    if sum(weights) <= 0:
+    total = math.fsum(weights)
+    if total <= 0:
         raise DSUError("bad_value", "`weights` sum to 0: at least one must be positive")
-    return torch.tensor([float(w) for w in weights])
+    return torch.tensor([w / total for w in weights], dtype=torch.float64).float()
 
 
 @dataclass
@@ -177,11 +182,14 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
     members = _members(fields.get("models"), extra)
     weights = check_weights(fields.get("weights"), len(members), "members")
     layout_name = fields.get("layout") or layout
-    if layout_name not in LAYOUTS and "{" not in layout_name:
-        raise DSUError("bad_value", f"`layout` must be one of {', '.join(LAYOUTS)} or a template, not {layout_name!r}")
-    input_path = Path(fields["input"])
-    if not input_path.is_file():
-        raise DSUError("input_not_found", f"input file not found: {input_path}")
+    if layout_name not in LAYOUTS:
+        if "{" not in layout_name:
+            raise DSUError("bad_value", f"`layout` must be one of {', '.join(LAYOUTS)} or a template, not {layout_name!r}")
+        outputs.template_of(layout_name)  # before the output folder is made
+    outputs.check_output_names(fields.get("output_names"))
+    input_path = paths.check_input(fields["input"])
+    # separate's check, before any member resolves or loads; the stems go under this absolute folder
+    fields["output_dir"] = str(paths.check_output_dir(fields["output_dir"]))
 
     for m in members:  # every name resolved before anything heavy is loaded
         try:
@@ -287,9 +295,14 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
                                     "ensemble their stem files with `files` instead, which resamples")
     samplerate, nch = rates.pop(), channels.pop()
     stems, contributors = _plan(members, fields.get("stems"))
+    for s, makers in contributors.items():
+        if weights is not None and len(makers) > 1 and float(weights[makers].sum()) <= 0:
+            raise DSUError("bad_value", f"`weights` give every member that makes `{s}` weight 0 (members "
+                                        f"{', '.join(str(k + 1) for k in makers)}): give one of them a positive "
+                                        f"weight, or leave `{s}` out of `stems`")
     name = ensemble_name(fields, members)
     fmt = fields.get("format", "wav")
-    paths = stem_paths(layout, Path(fields["output_dir"]), name, input_path, stems, fmt,
+    targets = stem_paths(layout, Path(fields["output_dir"]), name, input_path, stems, fmt,
                        output_names=outputs.check_output_names(fields.get("output_names")))
     used = [m for m in members if any(m.index in c for c in contributors.values())]
     emit("ensembling", input=fields["input"], model=name, members=[m.label for m in used], algorithm=algorithm)
@@ -316,8 +329,8 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
         for s in stems:
             idx = [k for k, r in enumerate(runs) if s in r.pending]
             w = None if weights is None else weights[[used[k].index for k in idx]]
-            blends[s] = StemBlend(algorithm, len(idx), nch, length, w, reference, paths[s].parent)
-            writers[s] = StemWriter({s: paths[s]}, samplerate, nch, fmt, fields.get("bit_depth") or 32)
+            blends[s] = StemBlend(algorithm, len(idx), nch, length, w, reference, targets[s].parent, stem=s)
+            writers[s] = StemWriter({s: targets[s]}, samplerate, nch, fmt, fields.get("bit_depth") or 32)
         emitted = 0
         while not all(r.done for r in runs):
             behind = min((r for r in runs if not r.done), key=lambda r: r.position)
@@ -359,7 +372,7 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
     return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(folder),
             "files": names, "paths": [str(p.resolve()) for p in written], "stems": stems,
             "model": name, "algorithm": algorithm,
-            "weights": None if weights is None else [float(w) for w in weights],
+            "weights": fields.get("weights"),
             "members": [{"model": m.label, "family": m.ref.family, "stems": list(m.mapping),
                          "model_from_cache": m.from_cache,
                          "blended": sorted({v for v in m.mapping.values() if v in stems})} for m in members],
@@ -382,16 +395,16 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
     Like python-audio-separator: files are read at the first one's sample rate, mono is copied to both
     channels (and the result stays mono when every file is), shorter files are padded with silence."""
     started = started or time.perf_counter()
-    files = [Path(f) for f in fields["files"]]
-    if len(files) < 2:
-        raise DSUError("bad_value", f"a file ensemble needs at least 2 `files` (got {len(files)})")
+    if len(fields["files"]) < 2:
+        raise DSUError("bad_value", f"a file ensemble needs at least 2 `files` (got {len(fields['files'])})")
     if not fields.get("output"):
         raise DSUError("missing_field", "a file ensemble needs `output`: the file to write")
     algorithm = _algorithm(fields)
-    weights = check_weights(fields.get("weights"), len(files), "files")
-    for f in files:
-        if not f.is_file():
-            raise DSUError("input_not_found", f"file not found: {f}")
+    weights = check_weights(fields.get("weights"), len(fields["files"]), "files")
+    files = [paths.check_input(f, f"files[{i}]") for i, f in enumerate(fields["files"])]
+    output = paths.check_output_file(fields["output"])  # separate's check of its folder, before any reading
+    if any(os.path.realpath(f) == os.path.realpath(output) for f in files):
+        raise DSUError("bad_value", f"`output` {fields['output']} is one of `files`: choose another file to write")
     signals = [FileSignal(files[0])]
     rate = signals[0].input_samplerate
     try:
@@ -404,11 +417,10 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
                                         "have the same count (mono files are copied to every channel)")
         nch = distinct[0] if distinct else 1
         length = max(s.length for s in signals)
-        output = Path(fields["output"])
         suffix = output.suffix.lstrip(".").lower()
         fmt = suffix if suffix in FORMATS else fields.get("format") or "wav"
         writer = StemWriter({"ensemble": output}, rate, nch, fmt, fields.get("bit_depth") or 32)
-        blend = StemBlend(algorithm, len(files), nch, length, weights, reference, output.parent)
+        blend = StemBlend(algorithm, len(files), nch, length, weights, reference, output.parent, stem=output.name)
         try:
             for pos in range(0, length, BLOCK):
                 if cancelled is not None and cancelled():
@@ -438,5 +450,5 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
     return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(written.parent.resolve()),
             "files": [written.name], "paths": [str(written.resolve())], "stems": ["ensemble"],
             "model": "files", "algorithm": algorithm,
-            "weights": None if weights is None else [float(w) for w in weights],
+            "weights": fields.get("weights"),
             "members": [{"file": str(f)} for f in files]}

@@ -89,17 +89,21 @@ class Field:
         for text in [value] if isinstance(value, str) else value if isinstance(value, list) else ():
             if isinstance(text, str):
                 check_name(text, name, cmd)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DSUError("bad_value", f"`{name}` of {cmd} must be a finite number, not {value}")
+        numbers = list(value) if self.type == "number[]" else [value] \
+            if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+        names = [f"{name}[{i}]" for i in range(len(numbers))] if self.type == "number[]" else [name]
+        for x, called in zip(numbers, names):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise DSUError("bad_value", f"`{called}` of {cmd} must be a finite number, not {x}")
         if self.choices and value not in self.choices and not (self.type == "integer|string" and isinstance(value, int)):
             raise DSUError("bad_value", f"`{name}` of {cmd} must be one of "
                                         f"{', '.join(json.dumps(c) for c in self.choices)}, not {shown(value)}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if self.minimum is not None and value < self.minimum:
-                raise DSUError("bad_value", f"`{name}` of {cmd} must be at least {number_text(self.minimum)}, not {shown(value)}")
-            most = self.maximum if self.maximum is not None else C_INT_MAX if isinstance(value, int) else None
-            if most is not None and value > most:
-                raise DSUError("bad_value", f"`{name}` of {cmd} must be at most {number_text(most)}, not {shown(value)}"
+        for x, called in zip(numbers, names):  # a list's numbers each in the field's range
+            if self.minimum is not None and x < self.minimum:
+                raise DSUError("bad_value", f"`{called}` of {cmd} must be at least {number_text(self.minimum)}, not {shown(x)}")
+            most = self.maximum if self.maximum is not None else C_INT_MAX if isinstance(x, int) else None
+            if most is not None and x > most:
+                raise DSUError("bad_value", f"`{called}` of {cmd} must be at most {number_text(most)}, not {shown(x)}"
                                             + (f" ({self.doc})" if self.maximum is not None else ""))
         return value
 
@@ -262,6 +266,8 @@ FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.a
 ENSEMBLE_ALGORITHMS = ("avg_wave", "median_wave", "min_wave", "max_wave", "avg_fft", "median_fft", "min_fft",
                        "max_fft", "uvr_max_spec", "uvr_min_spec", "ensemble_wav")
 
+MAX_WEIGHT = 1e6  # weights are ratios: this bound keeps their sum, and every blend, within float32
+
 ENSEMBLE_FIELDS = (
     Field("input", "string", "the audio file to separate with every member (with `models` or `preset`)"),
     Field("output_dir", "string", "the folder the blended stems are written under (with `models`)"),
@@ -275,8 +281,8 @@ ENSEMBLE_FIELDS = (
     Field("output", "string", "with `files`: the file to write (its extension sets the format)"),
     Field("algorithm", "string", "how stems are blended (MSST's ensemble.py and python-audio-separator's "
                                  "ensembler); default avg_wave, or the preset's", choices=ENSEMBLE_ALGORITHMS),
-    Field("weights", "number[]", "one weight >= 0 per member or file (avg_wave and avg_fft use them); "
-                                 "default equal"),
+    Field("weights", "number[]", "one weight per member or file (avg_wave and avg_fft use them; only their "
+                                 "ratios count); default equal", minimum=0, maximum=MAX_WEIGHT),
     Field("stems", "string|string[]", "the ensemble stems to write (default: every stem a member makes); "
                                       "names match case-insensitively, no_vocals/inst/`other` of a 2-stem "
                                       "vocal model are `instrumental`"),
