@@ -122,7 +122,7 @@ def test_a_job_after_kill_9_leaves_no_partial(tmp):
         w.proc.kill()
         w.proc.wait()
     left = partials(out)
-    assert left and all(f".{w.proc.pid}-" in p.name for p in left)  # each names the killed worker
+    assert left and all(f".{w.proc.pid}@" in p.name for p in left)  # each names the killed worker
     with RawWorker(tmp) as w:
         w.until("ready")
         done = w.ask(cmd="separate", id="again", input=str(song), output_dir=str(out), model="dsp")
@@ -168,3 +168,43 @@ def test_cancel_stops_a_demucs_job_with_many_shifts_within_a_chunk(worker, tmp, 
     reached = max(m["progress"] for m in after if m["status"] == "progress") if len(after) > 1 else 0
     assert reached < 0.25, reached
     assert not partials(tmp / "cancel") and not list((tmp / "cancel").rglob("*.wav"))
+
+
+# ---- jobs of other machines and PID namespaces in one folder ------------------------------------------
+
+def _can_unshare_pid() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_pid(), reason="needs `unshare --pid` (root)")
+def test_a_live_job_in_another_pid_namespace_keeps_its_partials(tmp):
+    """The shared-folder case (Ray nodes on NFS, containers on one volume): a worker in its own PID
+    namespace, whose pid is one that is dead out here, writes partials; a clean from here keeps them,
+    and the job finishes."""
+    from dsu import tempfiles
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is free out here: the worker in the new namespace is given it
+    start = (f"import subprocess, sys; open('/proc/sys/kernel/ns_last_pid', 'w').write('{gone.pid - 1}'); "
+             "sys.exit(subprocess.call([sys.executable, '-m', 'dsu.worker', *sys.argv[1:]]))")
+    song = write_song(tmp / "ns.wav", 20.0)
+    out = tmp / "shared"
+    with RawWorker(tmp, argv=["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                              sys.executable, "-c", start]) as w:
+        w.until("ready")
+        w.send(cmd="separate", id="ns", input=str(song), output_dir=str(out), model="dsp", segment=1.0)
+        progress = 0
+        while progress < 2:
+            progress += w.read()["status"] == "progress"
+        left = partials(out)
+        assert left and {tempfiles.owner(p.name) for p in left} == {gone.pid}, left
+        assert not tempfiles.alive(gone.pid)  # so a pid-only rule would take them for a dead job's
+        run = subprocess.run([sys.executable, "-m", "dsu.cli", "clean", str(out)], capture_output=True, text=True,
+                             env=ENV, timeout=120)
+        assert run.returncode == 0 and "removed 0" in run.stderr, run.stderr
+        assert all(p.exists() for p in left)
+        done = w.until("done", "ns")[-1]
+    assert all(Path(p).exists() for p in done["paths"]) and partials(out) == []

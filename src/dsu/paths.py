@@ -18,7 +18,7 @@ from .errors import DSUError
 
 MAX_COMPONENT_BYTES = 120  # room for a layout joining several names plus the `.partial` decoration
 NAME_MAX = 255             # bytes in one file name on the common file systems
-PARTIAL_ROOM = 40          # what a temporary name adds: `.` + `.<pid>-<random>.unscaled.partial`
+PARTIAL_ROOM = 64          # what a temporary name adds: `.` + `.<pid>@<host>.<realm>-<random>.unscaled.partial`
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                     *(f"LPT{i}" for i in range(1, 10))}
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')  # separators, controls and what Windows refuses
