@@ -202,6 +202,31 @@ def test_clean_command_and_cli(worker, tmp):
     assert live.exists() and not stale[0].exists()
 
 
+def test_a_file_name_that_is_not_utf8_is_read_and_named_after(worker, tmp, song):
+    """Linux file names are bytes: a Latin-1 `caf\\xe9.wav` is read, its stems are named after it, and
+    the answers carry its bytes back (as the \\udcXY escapes Python's os.fsdecode makes of them)."""
+    import json
+    import shutil
+    folder = tmp / "latin1"
+    folder.mkdir()
+    track = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.wav"))
+    shutil.copy(song, track)
+    done = worker.ask(cmd="separate", id="l1", input=str(track), output_dir=str(folder / "w"), model="dsp")
+    assert done["output_dir"] == os.fsdecode(os.fsencode(folder) + b"/w/caf\xe9"), done
+    assert len(done["paths"]) == 4 and all(os.path.isfile(os.fsencode(p)) for p in done["paths"])
+    assert sorted(os.listdir(os.fsencode(folder / "w"))) == [b"caf\xe9"]
+    (folder / "w" / os.fsdecode(b"caf\xe9") / os.fsdecode(b".x\xe9.wav.1-ab.partial")).write_bytes(b"RIFF")
+    old(folder / "w" / os.fsdecode(b"caf\xe9") / os.fsdecode(b".x\xe9.wav.1-ab.partial"))
+    cleaned = worker.ask(cmd="clean", id="l2", dir=str(folder))
+    assert cleaned["removed"] == [os.fsdecode(os.fsencode(folder) + b"/w/caf\xe9/.x\xe9.wav.1-ab.partial")]
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "separate", str(track), "-m", "dsp", "-o",
+                          str(folder / "c"), "--json"], capture_output=True, env=ENV, timeout=300)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    done = [m for m in map(json.loads, run.stdout.splitlines()) if m["status"] == "done"][-1]
+    assert all(os.path.isfile(os.fsencode(p)) for p in done["paths"]) and len(done["paths"]) == 4
+    assert sorted(os.listdir(os.fsencode(folder / "c"))) == [b"caf\xe9"]
+
+
 def test_random_bytes_and_broken_headers_say_what_they_are(worker, tmp):
     junk = tmp / "junk.mp3"
     junk.write_bytes(np.random.default_rng(1).bytes(5000))

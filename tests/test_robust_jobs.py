@@ -208,3 +208,80 @@ def test_a_live_job_in_another_pid_namespace_keeps_its_partials(tmp):
         assert all(p.exists() for p in left)
         done = w.until("done", "ns")[-1]
     assert all(Path(p).exists() for p in done["paths"]) and partials(out) == []
+
+
+# ---- faults while writing: a full disk, a folder removed mid-job ---------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KiB file system of its own (a tmpfs; needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    try:
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        made = False
+    if not made:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def _fill(folder: Path) -> None:
+    """Write a file until the disk holding `folder` is full."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dsu.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
+
+
+def test_a_full_disk_is_output_not_writable_and_leaves_nothing(worker, tmp, small_disk):
+    song = write_song(tmp / "full.wav", 3.0)  # 4 stems of 0.5 MB each: more than the disk holds
+    error = worker.error(cmd="separate", id="full", input=str(song), output_dir=str(small_disk / "sep"), model="dsp")
+    assert error["code"] == "output_not_writable" and "the disk is full" in error["message"], error
+    assert "nothing of this job was kept" in error["message"] and str(small_disk / "sep") in error["message"]
+    for algorithm in ("avg_wave", "ensemble_wav"):  # the second spools its members to the disk first
+        error = worker.error(cmd="ensemble", id="ens", input=str(song), output_dir=str(small_disk / "ens"),
+                             models=[{"model": "dsp", "segment": 2}, {"model": "dsp", "segment": 3}],
+                             algorithm=algorithm)
+        assert error["code"] == "output_not_writable" and "the disk is full" in error["message"], error
+    run = _cli("separate", str(song), "-m", "dsp", "-o", str(small_disk / "cli"))
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1 and "output_not_writable" in stderr and "the disk is full" in stderr, stderr
+    assert "Traceback" not in stderr and "internal" not in stderr
+    assert partials(small_disk) == [] and not list(small_disk.rglob("*.wav"))
+    _fill(small_disk)  # not a byte left: the stems' headers cannot be written either
+    error = worker.error(cmd="separate", id="none", input=str(song), output_dir=str(small_disk), model="dsp")
+    assert error["code"] == "output_not_writable" and "the disk is full" in error["message"], error
+    assert partials(small_disk) == [] and not list(small_disk.rglob("*.wav"))
+    assert worker.ask(cmd="ping", id="after")["status"] == "pong"
+
+
+def test_an_output_folder_removed_mid_job_is_output_not_writable(worker, tmp):
+    import shutil
+    song = write_song(tmp / "removed.wav", 20.0)
+    out = tmp / "removed-w"
+    worker.send(cmd="separate", id="rm", input=str(song), output_dir=str(out), model="dsp", segment=1.0)
+    progress = 0
+    while progress < 2:
+        progress += worker.read()["status"] == "progress"
+    shutil.rmtree(out)
+    error = worker.until("error", "rm")[-1]
+    assert error["code"] == "output_not_writable" and "was removed or moved" in error["message"], error
+    assert not out.exists()  # nothing made again, nothing left
+    out = tmp / "removed-c"
+    run = _cli("separate", str(song), "-m", "dsp", "-o", str(out), "-O", "segment=1")
+    while not partials(out) and run.poll() is None:
+        threading.Event().wait(0.05)
+    shutil.rmtree(out)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1 and "output_not_writable" in stderr and "was removed or moved" in stderr, stderr
+    assert "Traceback" not in stderr and not out.exists()

@@ -198,3 +198,10 @@ def check_output_file(path, field: str = "output") -> Path:
         raise DSUError("bad_value", f"`{field}` has a file name too long to write: shorten it")
     check_output_dir(out.parent, field)
     return out
+
+
+def native(path) -> str | bytes:
+    """`path` as a C library (libsndfile) must be given it: bytes on POSIX, where a file name is bytes
+    and one that is not UTF-8 is a surrogate-escaped str in Python that the library's own UTF-8
+    encoding refuses; str on Windows, whose wide-char API takes it as it is."""
+    return os.fspath(path) if os.name == "nt" else os.fsencode(path)

@@ -14,6 +14,7 @@ as `dsu-decode-<pid>@<host>.<realm>-<random>.wav`."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -190,15 +191,43 @@ def folder_locks(folders: Iterable[Path]) -> Iterator[None]:
             os.close(fd)
 
 
+def write_failure(final: Path, err: int) -> DSUError:
+    """The coded error for the OS error `err` met while writing `final` (or its temporary): the job's
+    temporaries are gone by the time it is seen, so it says nothing was kept."""
+    folder = final.parent
+    if err in (errno.ENOENT, errno.ESTALE) or not folder.is_dir():
+        return DSUError("output_not_writable", f"cannot write {final}: its folder {folder} was removed or moved "
+                                               "while the job wrote it; nothing of this job was kept: leave the "
+                                               "output folder in place until the job is done")
+    try:
+        free = os.statvfs(folder)
+        left = free.f_bavail * free.f_frsize
+    except OSError:
+        left = None
+    if err in (errno.ENOSPC, errno.EDQUOT) or left == 0:
+        said = f" ({left // 1024} KiB free)" if left else ""
+        return DSUError("output_not_writable", f"cannot write {final}: the disk is full{said} "
+                                               f"({os.strerror(err)}); nothing of this job was kept: free space "
+                                               "or choose another output folder")
+    return DSUError("output_not_writable", f"cannot write {final}: {os.strerror(err)}; nothing of this job was "
+                                           "kept: choose an output folder you can write to")
+
+
 def commit(renames: dict[Path, Path]) -> None:
     """Rename each temporary (key) to its final name (value) atomically, all under the locks of their
-    folders; afterwards each final name is checked to be the file this process wrote."""
-    with folder_locks(final.parent for final in renames.values()):
-        written = {}
-        for temp, final in renames.items():
-            written[final] = os.stat(temp).st_ino
-            os.replace(temp, final)
-        for final, inode in written.items():
-            if os.stat(final).st_ino != inode:  # something outside DSU's locks replaced it
-                raise DSUError("output_not_writable", f"{final} was replaced by another program while this job "
-                                                      "committed it: write to a folder nothing else writes to")
+    folders; afterwards each final name is checked to be the file this process wrote. An OS error
+    (the folder removed meanwhile) is `write_failure`'s coded error."""
+    final = next(iter(renames.values()), None)
+    try:
+        with folder_locks(final.parent for final in renames.values()):
+            written = {}
+            for temp, final in renames.items():
+                written[final] = os.stat(temp).st_ino
+                os.replace(temp, final)
+            for final, inode in written.items():
+                if os.stat(final).st_ino != inode:  # something outside DSU's locks replaced it
+                    raise DSUError("output_not_writable", f"{final} was replaced by another program while this "
+                                                          "job committed it: write to a folder nothing else "
+                                                          "writes to")
+    except OSError as e:
+        raise write_failure(final, e.errno or errno.EIO) from None
