@@ -285,3 +285,24 @@ def test_an_output_folder_removed_mid_job_is_output_not_writable(worker, tmp):
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 1 and "output_not_writable" in stderr and "was removed or moved" in stderr, stderr
     assert "Traceback" not in stderr and not out.exists()
+
+
+def test_a_read_only_track_folder_is_output_not_writable(worker, tmp):
+    song = write_song(tmp / "ro.wav", 1.0)
+    track = tmp / "ro-out" / "ro"  # the folder dsp's layout writes this input's stems into
+    track.mkdir(parents=True)
+    try:
+        made = all(subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0 for cmd in (
+            ["mount", "--bind", str(track), str(track)], ["mount", "-o", "remount,bind,ro", str(track)]))
+    except (OSError, subprocess.TimeoutExpired):
+        made = False
+    if not made:
+        subprocess.run(["umount", str(track)], capture_output=True, timeout=30)
+        pytest.skip("a read-only bind mount is not permitted here")
+    try:
+        error = worker.error(cmd="separate", id="ro", input=str(song), output_dir=str(tmp / "ro-out"), model="dsp")
+        assert error["code"] == "output_not_writable" and "Read-only file system" in error["message"], error
+        assert str(track / "drums.wav") in error["message"] and "nothing of this job was kept" in error["message"]
+        assert not any(track.iterdir())
+    finally:
+        subprocess.run(["umount", str(track)], capture_output=True, timeout=30)
