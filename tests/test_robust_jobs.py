@@ -173,14 +173,16 @@ def test_cancel_stops_a_demucs_job_with_many_shifts_within_a_chunk(worker, tmp, 
 # ---- jobs of other machines and PID namespaces in one folder ------------------------------------------
 
 def _can_unshare_pid() -> bool:
+    """Whether a new PID namespace can be made here and choose its next pid (root)."""
     try:
-        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                               "echo 500 > /proc/sys/kernel/ns_last_pid"], capture_output=True,
                               timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-@pytest.mark.skipif(not _can_unshare_pid(), reason="needs `unshare --pid` (root)")
+@pytest.mark.skipif(not _can_unshare_pid(), reason="needs `unshare --pid` and ns_last_pid (root)")
 def test_a_live_job_in_another_pid_namespace_keeps_its_partials(tmp):
     """The shared-folder case (Ray nodes on NFS, containers on one volume): a worker in its own PID
     namespace, whose pid is one that is dead out here, writes partials; a clean from here keeps them,
