@@ -81,7 +81,7 @@ def test_writer_exposes_only_complete_files(tmp_path):
     w = StemWriter(paths, 44100, 2, "wav", 16, out_samplerate=48000)
     w.write({"a": torch.zeros(2, 1000), "b": torch.full((2, 1000), 2.0)})
     assert not paths["a"].exists() and w.partials["a"].exists()
-    assert w.partials["a"].name.startswith(f".a.wav.{os.getpid()}-") and w.partials["a"].name.endswith(".partial")
+    assert w.partials["a"].name.startswith(f".a.wav.{os.getpid()}@") and w.partials["a"].name.endswith(".partial")
     w.commit()
     assert all(p.exists() for p in paths.values()) and not w.partials["a"].exists()
     b, sr = read_audio(paths["b"])

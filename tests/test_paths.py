@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +76,57 @@ def test_temp_names_name_their_owner_and_are_unique(tmp_path):
     assert tempfiles.owner("drums.wav") is None and tempfiles.owner(".drums.wav.partial") is None
 
 
+def old(path: Path) -> Path:
+    """`path` as if nothing had written to it for longer than an owner that cannot be checked may idle."""
+    t = time.time() - tempfiles.UNCHECKABLE_AGE - 60
+    os.utime(path, (t, t))
+    return path
+
+
 def test_clean_folder_removes_only_dead_owners(tmp_path):
     dead, live = dead_pid(), os.getppid()
+    here = tempfiles.owner_tag().split("@")[1]  # this machine and PID namespace
     (tmp_path / "sub").mkdir()
-    stale = [tmp_path / f".a.wav.{dead}-00ff.partial", tmp_path / "sub" / f".b.wav.{dead}-ab.unscaled.partial"]
-    kept = [tmp_path / f".c.wav.{live}-01.partial", tmp_path / f".d.wav.{os.getpid()}-02.partial",
+    stale = [tmp_path / f".a.wav.{dead}@{here}-00ff.partial",
+             tmp_path / "sub" / f".b.wav.{dead}@{here}-ab.unscaled.partial"]
+    kept = [tmp_path / f".c.wav.{live}@{here}-01.partial", tempfiles.temp_name(tmp_path / "d.wav"),
             tmp_path / "song.wav", tmp_path / ".e.wav.partial"]
     for p in stale + kept:
         p.write_bytes(b"x")
+    old(kept[-1])
     assert tempfiles.clean_folder(tmp_path) == [stale[0]]  # not recursive, legacy kept
     assert sorted(tempfiles.clean_folder(tmp_path, recursive=True, legacy=True)) == sorted([stale[1], kept[-1]])
     assert all(p.exists() for p in kept[:-1])
+    assert tempfiles.owner(kept[1].name) == os.getpid() and kept[1].name.startswith(f".d.wav.{os.getpid()}@")
+
+
+def test_a_partial_whose_owner_cannot_be_checked_here_is_kept_until_old(tmp_path):
+    """Another machine on a shared (NFS) folder, another PID namespace, or an older DSU that did not say
+    where: its pid means nothing here, so a fresh partial is kept whatever that pid is here, and only
+    one nothing has written to for UNCHECKABLE_AGE goes."""
+    dead, live = dead_pid(), os.getppid()
+    host, realm = tempfiles.owner_tag().split("@")[1].split(".")
+    other = "0" * 8 if realm != "0" * 8 else "1" * 8
+    names = [f".a.wav.{live}@othernode.{other}-01.partial",     # another host, a pid alive here
+             f".b.wav.{dead}@othernode.{other}-02.partial",     # another host, a pid dead here
+             f".c.wav.{dead}@{host}.{other}-03.unscaled.partial",  # this host name, another PID namespace
+             f".d.wav.{dead}-04.partial"]                       # DSU before realms: pid only
+    files = [tmp_path / n for n in names]
+    for p in files:
+        p.write_bytes(b"x")
+    assert tempfiles.clean_folder(tmp_path, recursive=True, legacy=True) == []
+    assert all(p.exists() for p in files)
+    for p in files:
+        old(p)
+    assert sorted(tempfiles.clean_folder(tmp_path, recursive=True, legacy=True)) == sorted(files)
+    decode = Path(tempfile.gettempdir()) / f"dsu-decode-{dead}@othernode.{other}-x1y2.wav"
+    decode.write_bytes(b"RIFF")
+    try:
+        assert decode not in tempfiles.clean_decode_files()
+        old(decode)
+        assert decode in tempfiles.clean_decode_files()
+    finally:
+        decode.unlink(missing_ok=True)
 
 
 # ---- through a worker ---------------------------------------------------------------------------------
@@ -143,11 +184,13 @@ def test_clean_command_and_cli(worker, tmp):
     folder = tmp / "debris"
     (folder / "model" / "song").mkdir(parents=True)
     dead = dead_pid()
-    stale = [folder / "model" / "song" / f".drums.wav.{dead}-1a2b.partial", folder / ".old.wav.partial"]
-    live = folder / f".vocals.wav.{os.getpid()}-3c4d.partial"  # the test process: alive
-    decode = Path(tempfile.gettempdir()) / f"dsu-decode-{dead}-x1y2.wav"
+    here = tempfiles.owner_tag().split("@")[1]
+    stale = [folder / "model" / "song" / f".drums.wav.{dead}@{here}-1a2b.partial", folder / ".old.wav.partial"]
+    live = folder / f".vocals.wav.{os.getpid()}@{here}-3c4d.partial"  # the test process: alive
+    decode = Path(tempfile.gettempdir()) / f"dsu-decode-{dead}@{here}-x1y2.wav"
     for p in [*stale, live, decode, folder / "model" / "song" / "bass.wav"]:
         p.write_bytes(b"RIFF")
+    old(stale[1])  # owner-less: removed only when old
     cleaned = worker.ask(cmd="clean", id="c", dir=str(folder))
     assert sorted(cleaned["removed"]) == sorted(str(p) for p in [*stale, decode]) and cleaned["count"] == 3
     assert live.exists() and (folder / "model" / "song" / "bass.wav").exists()
@@ -157,6 +200,31 @@ def test_clean_command_and_cli(worker, tmp):
                          env=ENV, timeout=120)
     assert run.returncode == 0 and run.stdout.split() == [str(stale[0])] and "removed 1" in run.stderr
     assert live.exists() and not stale[0].exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named_after(worker, tmp, song):
+    """Linux file names are bytes: a Latin-1 `caf\\xe9.wav` is read, its stems are named after it, and
+    the answers carry its bytes back (as the \\udcXY escapes Python's os.fsdecode makes of them)."""
+    import json
+    import shutil
+    folder = tmp / "latin1"
+    folder.mkdir()
+    track = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.wav"))
+    shutil.copy(song, track)
+    done = worker.ask(cmd="separate", id="l1", input=str(track), output_dir=str(folder / "w"), model="dsp")
+    assert done["output_dir"] == os.fsdecode(os.fsencode(folder) + b"/w/caf\xe9"), done
+    assert len(done["paths"]) == 4 and all(os.path.isfile(os.fsencode(p)) for p in done["paths"])
+    assert sorted(os.listdir(os.fsencode(folder / "w"))) == [b"caf\xe9"]
+    (folder / "w" / os.fsdecode(b"caf\xe9") / os.fsdecode(b".x\xe9.wav.1-ab.partial")).write_bytes(b"RIFF")
+    old(folder / "w" / os.fsdecode(b"caf\xe9") / os.fsdecode(b".x\xe9.wav.1-ab.partial"))
+    cleaned = worker.ask(cmd="clean", id="l2", dir=str(folder))
+    assert cleaned["removed"] == [os.fsdecode(os.fsencode(folder) + b"/w/caf\xe9/.x\xe9.wav.1-ab.partial")]
+    run = subprocess.run([sys.executable, "-m", "dsu.cli", "separate", str(track), "-m", "dsp", "-o",
+                          str(folder / "c"), "--json"], capture_output=True, env=ENV, timeout=300)
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    done = [m for m in map(json.loads, run.stdout.splitlines()) if m["status"] == "done"][-1]
+    assert all(os.path.isfile(os.fsencode(p)) for p in done["paths"]) and len(done["paths"]) == 4
+    assert sorted(os.listdir(os.fsencode(folder / "c"))) == [b"caf\xe9"]
 
 
 def test_random_bytes_and_broken_headers_say_what_they_are(worker, tmp):

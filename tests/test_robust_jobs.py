@@ -122,7 +122,7 @@ def test_a_job_after_kill_9_leaves_no_partial(tmp):
         w.proc.kill()
         w.proc.wait()
     left = partials(out)
-    assert left and all(f".{w.proc.pid}-" in p.name for p in left)  # each names the killed worker
+    assert left and all(f".{w.proc.pid}@" in p.name for p in left)  # each names the killed worker
     with RawWorker(tmp) as w:
         w.until("ready")
         done = w.ask(cmd="separate", id="again", input=str(song), output_dir=str(out), model="dsp")
@@ -168,3 +168,143 @@ def test_cancel_stops_a_demucs_job_with_many_shifts_within_a_chunk(worker, tmp, 
     reached = max(m["progress"] for m in after if m["status"] == "progress") if len(after) > 1 else 0
     assert reached < 0.25, reached
     assert not partials(tmp / "cancel") and not list((tmp / "cancel").rglob("*.wav"))
+
+
+# ---- jobs of other machines and PID namespaces in one folder ------------------------------------------
+
+def _can_unshare_pid() -> bool:
+    """Whether a new PID namespace can be made here and choose its next pid (root)."""
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                               "echo 500 > /proc/sys/kernel/ns_last_pid"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_pid(), reason="needs `unshare --pid` and ns_last_pid (root)")
+def test_a_live_job_in_another_pid_namespace_keeps_its_partials(tmp):
+    """The shared-folder case (Ray nodes on NFS, containers on one volume): a worker in its own PID
+    namespace, whose pid is one that is dead out here, writes partials; a clean from here keeps them,
+    and the job finishes."""
+    from dsu import tempfiles
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is free out here: the worker in the new namespace is given it
+    start = (f"import subprocess, sys; open('/proc/sys/kernel/ns_last_pid', 'w').write('{gone.pid - 1}'); "
+             "sys.exit(subprocess.call([sys.executable, '-m', 'dsu.worker', *sys.argv[1:]]))")
+    song = write_song(tmp / "ns.wav", 20.0)
+    out = tmp / "shared"
+    with RawWorker(tmp, argv=["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                              sys.executable, "-c", start]) as w:
+        w.until("ready")
+        w.send(cmd="separate", id="ns", input=str(song), output_dir=str(out), model="dsp", segment=1.0)
+        progress = 0
+        while progress < 2:
+            progress += w.read()["status"] == "progress"
+        left = partials(out)
+        assert left and {tempfiles.owner(p.name) for p in left} == {gone.pid}, left
+        assert not tempfiles.alive(gone.pid)  # so a pid-only rule would take them for a dead job's
+        run = subprocess.run([sys.executable, "-m", "dsu.cli", "clean", str(out)], capture_output=True, text=True,
+                             env=ENV, timeout=120)
+        assert run.returncode == 0 and "removed 0" in run.stderr, run.stderr
+        assert all(p.exists() for p in left)
+        done = w.until("done", "ns")[-1]
+    assert all(Path(p).exists() for p in done["paths"]) and partials(out) == []
+
+
+# ---- faults while writing: a full disk, a folder removed mid-job ---------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KiB file system of its own (a tmpfs; needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    try:
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        made = False
+    if not made:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def _fill(folder: Path) -> None:
+    """Write a file until the disk holding `folder` is full."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dsu.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
+
+
+def test_a_full_disk_is_output_not_writable_and_leaves_nothing(worker, tmp, small_disk):
+    song = write_song(tmp / "full.wav", 3.0)  # 4 stems of 0.5 MB each: more than the disk holds
+    error = worker.error(cmd="separate", id="full", input=str(song), output_dir=str(small_disk / "sep"), model="dsp")
+    assert error["code"] == "output_not_writable" and "the disk is full" in error["message"], error
+    assert "nothing of this job was kept" in error["message"] and str(small_disk / "sep") in error["message"]
+    for algorithm in ("avg_wave", "ensemble_wav"):  # the second spools its members to the disk first
+        error = worker.error(cmd="ensemble", id="ens", input=str(song), output_dir=str(small_disk / "ens"),
+                             models=[{"model": "dsp", "segment": 2}, {"model": "dsp", "segment": 3}],
+                             algorithm=algorithm)
+        assert error["code"] == "output_not_writable" and "the disk is full" in error["message"], error
+    run = _cli("separate", str(song), "-m", "dsp", "-o", str(small_disk / "cli"))
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1 and "output_not_writable" in stderr and "the disk is full" in stderr, stderr
+    assert "Traceback" not in stderr and "internal" not in stderr
+    assert partials(small_disk) == [] and not list(small_disk.rglob("*.wav"))
+    _fill(small_disk)  # not a byte left: the stems' headers cannot be written either
+    error = worker.error(cmd="separate", id="none", input=str(song), output_dir=str(small_disk), model="dsp")
+    assert error["code"] == "output_not_writable" and "the disk is full" in error["message"], error
+    assert partials(small_disk) == [] and not list(small_disk.rglob("*.wav"))
+    assert worker.ask(cmd="ping", id="after")["status"] == "pong"
+
+
+def test_an_output_folder_removed_mid_job_is_output_not_writable(worker, tmp):
+    import shutil
+    song = write_song(tmp / "removed.wav", 20.0)
+    out = tmp / "removed-w"
+    worker.send(cmd="separate", id="rm", input=str(song), output_dir=str(out), model="dsp", segment=1.0)
+    progress = 0
+    while progress < 2:
+        progress += worker.read()["status"] == "progress"
+    shutil.rmtree(out)
+    error = worker.until("error", "rm")[-1]
+    assert error["code"] == "output_not_writable" and "was removed or moved" in error["message"], error
+    assert not out.exists()  # nothing made again, nothing left
+    out = tmp / "removed-c"
+    run = _cli("separate", str(song), "-m", "dsp", "-o", str(out), "-O", "segment=1")
+    while not partials(out) and run.poll() is None:
+        threading.Event().wait(0.05)
+    shutil.rmtree(out)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1 and "output_not_writable" in stderr and "was removed or moved" in stderr, stderr
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def test_a_read_only_track_folder_is_output_not_writable(worker, tmp):
+    song = write_song(tmp / "ro.wav", 1.0)
+    track = tmp / "ro-out" / "ro"  # the folder dsp's layout writes this input's stems into
+    track.mkdir(parents=True)
+    try:
+        made = all(subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0 for cmd in (
+            ["mount", "--bind", str(track), str(track)], ["mount", "-o", "remount,bind,ro", str(track)]))
+    except (OSError, subprocess.TimeoutExpired):
+        made = False
+    if not made:
+        subprocess.run(["umount", str(track)], capture_output=True, timeout=30)
+        pytest.skip("a read-only bind mount is not permitted here")
+    try:
+        error = worker.error(cmd="separate", id="ro", input=str(song), output_dir=str(tmp / "ro-out"), model="dsp")
+        assert error["code"] == "output_not_writable" and "Read-only file system" in error["message"], error
+        assert str(track / "drums.wav") in error["message"] and "nothing of this job was kept" in error["message"]
+        assert not any(track.iterdir())
+    finally:
+        subprocess.run(["umount", str(track)], capture_output=True, timeout=30)

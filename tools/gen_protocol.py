@@ -107,6 +107,9 @@ def markdown() -> str:
            "lone surrogates, integers past 4300 digits) are refused: `bad_json` when the line cannot be "
            "parsed, else `bad_value` naming the field; a request whose `id` is such a value is answered "
            "without an `id`. Integers fit C int unless a field says less.",
+           "- File names are bytes: a byte that is not UTF-8 travels as the escape Python's `os.fsdecode` "
+           "makes of it (byte 0xE9 as `\\udce9`, so `caf\\udce9.wav` names `caf\\xe9.wav`), in requests and "
+           "answers alike; these U+DC80..U+DCFF are the only lone surrogates a request may hold.",
            "- After an error the worker goes on. End of file on stdin, SIGTERM or SIGINT: the running job "
            "finishes or is aborted, `exiting` is sent and the worker exits with code 0.",
            "- A job's files are written under temporary names and renamed when complete: a cancelled or killed "

@@ -2,6 +2,8 @@
 that only ever expose complete files."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ from torch import Tensor
 from . import paths, tempfiles
 from .engine import Cancelled
 from .errors import DSUError
+from .paths import native
 
 BLOCK = 1 << 16  # frames decoded per read
 FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
@@ -53,7 +56,7 @@ _BLOCK_ALIGN = re.compile(r"Block Align\s*:\s*(\d+)")
 def reason(e: Exception) -> str:
     """libsndfile's complaint without its "Error opening '...': " prefix or its (doubled) full stops."""
     text = " ".join(str(e).split())
-    text = re.sub(r"^Error opening '.*?':\s*", "", text)
+    text = re.sub(r"^Error opening b?(['\"]).*?\1:\s*", "", text)  # the name (bytes: see paths.native)
     if "does not exist" in text:  # what libsndfile says of an existing file its decoders all refuse
         text = ""
     return text.rstrip(" .") or "format not recognised"
@@ -66,10 +69,10 @@ class _Decoded:
         self.path = path
         self.temp: Path | None = None
         try:
-            info = sf.info(str(path))
+            info = sf.info(native(path))
         except Exception as e:  # libsndfile does not know it: try ffmpeg when it is installed
             self.temp = _ffmpeg_to_wav(path, e)
-            info = sf.info(str(self.temp))
+            info = sf.info(native(self.temp))
         if info.frames <= 0:
             raise DSUError("unsupported_audio", f"{path.name} holds no audio frames")
         self.samplerate, self.channels, self.frames = info.samplerate, info.channels, info.frames
@@ -102,8 +105,8 @@ class _Decoded:
         return count, first, last
 
     @property
-    def source(self) -> str:
-        return str(self.temp or self.path)
+    def source(self) -> str | bytes:
+        return native(self.temp or self.path)
 
     def close(self) -> None:
         if self.temp is not None:
@@ -111,7 +114,7 @@ class _Decoded:
             self.temp = None
 
 
-def _frames_missing(source: str, info) -> int:
+def _frames_missing(source: str | bytes, info) -> int:
     """Frames the header promises beyond the data the file holds (libsndfile reads only what is there)."""
     try:
         with sf.SoundFile(source) as f:
@@ -347,6 +350,35 @@ def mp3_settings(bitrate: int, samplerate: int) -> dict:
     return {"compression_level": min(level, 0.999), "bitrate_mode": "CONSTANT"}  # 1.0 is refused
 
 
+SFE_SYSTEM = 2  # libsndfile's "System error.": an open(2)/write(2)/lseek(2) failed
+
+
+def write_errno(e: BaseException) -> int | None:
+    """The OS error behind a failed write: an OSError's errno, or for libsndfile's "System error."
+    the errno its failing system call left (cffi keeps it per thread until the next C call); None
+    for anything else (a format libsndfile refuses is not the disk's fault)."""
+    if isinstance(e, OSError):
+        return e.errno or errno.EIO
+    if isinstance(e, sf.LibsndfileError) and e.code == SFE_SYSTEM:
+        return sf._ffi.errno or errno.EIO
+    return None
+
+
+@contextlib.contextmanager
+def write_faults(final: Path) -> Iterator[None]:
+    """Writing toward `final`: a full disk, a folder removed or turned read-only is `output_not_writable`
+    (`tempfiles.write_failure`), never `internal`. Read the errno before anything else calls C."""
+    try:
+        yield
+    except DSUError:
+        raise
+    except Exception as e:
+        err = write_errno(e)
+        if err is None:
+            raise
+        raise tempfiles.write_failure(Path(final), err) from None
+
+
 def partial_name(path: Path) -> Path:
     """A fresh name to write `path` under until it is complete: hidden, not ending in its format,
     unique to this job and naming its process (`dsu.tempfiles`)."""
@@ -381,19 +413,30 @@ class StemWriter:
         self.unscaled = {stem: tempfiles.temp_name(path, ".unscaled") for stem, path in self.paths.items()} \
             if peak_limit is not None else {}
         for stem, path in self.paths.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if peak_limit is None:
-                self._files[stem] = self._open(self.partials[stem])
-            else:
-                self._files[stem] = sf.SoundFile(str(self.unscaled[stem]), "w", samplerate=self.out_samplerate,
-                                                 channels=channels, format="WAV", subtype="FLOAT")
+            with self._writing(stem):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if peak_limit is None:
+                    self._files[stem] = self._open(self.partials[stem])
+                else:
+                    self._files[stem] = sf.SoundFile(native(self.unscaled[stem]), "w", channels=channels,
+                                                     samplerate=self.out_samplerate, format="WAV", subtype="FLOAT")
             if self.out_samplerate != samplerate:
                 self._resamplers[stem] = soxr.ResampleStream(samplerate, self.out_samplerate, channels,
                                                              dtype="float32", quality="HQ")
 
+    @contextlib.contextmanager
+    def _writing(self, stem: str) -> Iterator[None]:
+        """Any failure aborts the writer (no temporary is left); OS faults become coded errors."""
+        try:
+            with write_faults(self.paths[stem]):
+                yield
+        except BaseException:
+            self.abort()
+            raise
+
     def _open(self, path: Path) -> sf.SoundFile:
         extra = mp3_settings(self.mp3_bitrate, self.out_samplerate) if self.fmt == "mp3" else {}
-        return sf.SoundFile(str(path), "w", samplerate=self.out_samplerate, channels=self.channels,
+        return sf.SoundFile(native(path), "w", samplerate=self.out_samplerate, channels=self.channels,
                             format=FORMATS[self.fmt], subtype=self.subtype, **extra)
 
     def write(self, blocks: dict[str, Tensor], last: bool = False) -> None:
@@ -406,26 +449,33 @@ class StemWriter:
                 data = np.clip(data, -1.0, 1.0)
             if data.size:
                 self.peaks[stem] = max(self.peaks[stem], float(np.abs(data).max()))
-            f.write(np.ascontiguousarray(data, dtype=np.float32))
+            with self._writing(stem):
+                f.write(np.ascontiguousarray(data, dtype=np.float32))
 
     def commit(self) -> list[Path]:
         if self._resamplers:
             empty = {s: torch.zeros(self.channels, 0) for s in self._files}
             self.write(empty, last=True)
-        for f in self._files.values():
-            f.close()
+        for stem, f in self._files.items():
+            with self._writing(stem):
+                f.close()
         self._files = {}
         if self.peak_limit is not None:
             for stem in self.paths:
-                self._rewrite_scaled(stem)
-        tempfiles.commit({self.partials[stem]: path for stem, path in self.paths.items()})
+                with self._writing(stem):
+                    self._rewrite_scaled(stem)
+        try:
+            tempfiles.commit({self.partials[stem]: path for stem, path in self.paths.items()})
+        except BaseException:
+            self.abort()
+            raise
         return list(self.paths.values())
 
     def _rewrite_scaled(self, stem: str) -> None:
         peak = self.peaks[stem]
         gain = self.peak_limit / peak if peak > self.peak_limit else 1.0
         clip = self.subtype not in ("FLOAT",)
-        with sf.SoundFile(str(self.unscaled[stem])) as source, self._open(self.partials[stem]) as target:
+        with sf.SoundFile(native(self.unscaled[stem])) as source, self._open(self.partials[stem]) as target:
             for block in source.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 block = block * np.float32(gain) if gain != 1.0 else block
                 target.write(np.clip(block, -1.0, 1.0) if clip else block)
@@ -437,9 +487,10 @@ class StemWriter:
                 f.close()
             except Exception:
                 pass
-        for temp in [*self.partials.values(), *self.unscaled.values()]:
-            temp.unlink(missing_ok=True)
         self._files = {}
+        for temp in [*self.partials.values(), *self.unscaled.values()]:
+            with contextlib.suppress(OSError):  # a folder removed or turned read-only: nothing more to do
+                temp.unlink(missing_ok=True)
 
 
 def write_audio(path: str | os.PathLike, audio: Tensor, samplerate: int, fmt: str | None = None,

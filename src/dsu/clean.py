@@ -11,7 +11,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "clean", help="remove partial files of killed DSU jobs from a folder",
         description="Remove the partial files under DIR whose owner process is gone (never a running job's), "
                     "owner-less partials of older DSU versions, and DSU's decoded input copies in the temp dir "
-                    "whose owner is gone.")
+                    "whose owner is gone. A partial of another machine or PID namespace (a shared NFS folder, "
+                    "a container), whose owner cannot be checked from here, is removed only once nothing has "
+                    "written to it for a day.")
     parser.add_argument("dir", metavar="DIR", help="the output folder to clean (with its subfolders)")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not list the removed files")
     parser.set_defaults(run=run)

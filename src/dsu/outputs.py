@@ -21,7 +21,7 @@ from pathlib import Path
 import soundfile as sf
 
 from .errors import DSUError
-from .paths import inside_all, safe_component
+from .paths import inside_all, native, safe_component
 
 PRESETS = {"demucs": "{model}/{track}/{stem}.{ext}", "flat": "{track}/{stem}.{ext}",
            "uvr": "{track}_({Stem})_{model}.{ext}"}
@@ -131,7 +131,7 @@ def input_bit_depth(path: str | Path) -> int:
     """The bit depth python-audio-separator writes for this input: 16, 24 or 32 as its samples are,
     16 when the file does not say (mp3, ...)."""
     try:
-        subtype = sf.info(str(path)).subtype
+        subtype = sf.info(native(path)).subtype
     except Exception:
         return 16
     if "24" in subtype:

@@ -18,7 +18,7 @@ from .errors import DSUError
 
 MAX_COMPONENT_BYTES = 120  # room for a layout joining several names plus the `.partial` decoration
 NAME_MAX = 255             # bytes in one file name on the common file systems
-PARTIAL_ROOM = 40          # what a temporary name adds: `.` + `.<pid>-<random>.unscaled.partial`
+PARTIAL_ROOM = 64          # what a temporary name adds: `.` + `.<pid>@<host>.<realm>-<random>.unscaled.partial`
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                     *(f"LPT{i}" for i in range(1, 10))}
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')  # separators, controls and what Windows refuses
@@ -198,3 +198,10 @@ def check_output_file(path, field: str = "output") -> Path:
         raise DSUError("bad_value", f"`{field}` has a file name too long to write: shorten it")
     check_output_dir(out.parent, field)
     return out
+
+
+def native(path) -> str | bytes:
+    """`path` as a C library (libsndfile) must be given it: bytes on POSIX, where a file name is bytes
+    and one that is not UTF-8 is a surrogate-escaped str in Python that the library's own UTF-8
+    encoding refuses; str on Windows, whose wide-char API takes it as it is."""
+    return os.fspath(path) if os.name == "nt" else os.fsencode(path)

@@ -22,7 +22,8 @@ def audio_seconds(path: str | Path) -> float | None:
     """The duration of an audio file from its header (None when the header does not tell)."""
     try:
         import soundfile as sf
-        info = sf.info(str(path))
+        from .paths import native
+        info = sf.info(native(path))
         return info.frames / info.samplerate if info.frames > 0 else None
     except Exception:
         return None

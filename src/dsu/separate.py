@@ -4,7 +4,6 @@ This is the only place that joins audio files, families and the engine; the work
 `separate_file` with plain values and get plain values back."""
 from __future__ import annotations
 
-import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,6 @@ from . import engine, memory, outputs, paths, tempfiles
 from .audio import FileSignal, StemWriter
 from .errors import DSUError
 from .families import FAMILIES, Separator
-
-
-UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
 
 
 @dataclass
@@ -72,7 +68,8 @@ def make_passes(model: Separator, signal, options: dict, cancelled, needed: memo
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
     """The engine's run over `passes` into `writer`, committed when complete; on cancel, running out
-    of memory or any error the partial files are removed (`lower`: what to lower on out of memory)."""
+    of memory or any error the partial files are removed (`lower`: what to lower on out of memory;
+    a full disk or a removed folder is the writer's own `output_not_writable`)."""
     try:
         engine.run(passes, length, sink, progress, cancelled)
         return writer.commit()
@@ -82,12 +79,6 @@ def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled,
     except torch.OutOfMemoryError:
         writer.abort()
         raise DSUError("out_of_memory", f"the device ran out of memory: lower {lower}, or use --device cpu") from None
-    except OSError as e:
-        writer.abort()
-        if e.errno in UNWRITABLE:
-            raise DSUError("output_not_writable", f"cannot write {e.filename or 'the output'}: {e.strerror}; "
-                                                  "free space or choose another output folder") from None
-        raise
     except BaseException:
         writer.abort()
         raise

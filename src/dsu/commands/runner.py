@@ -107,50 +107,43 @@ def stem_problems(model, request: dict, options: dict) -> list[str]:
     return [f"stem {s!r}: {model.name} makes {', '.join(produced)}" for s in asked if s.lower() not in lowered]
 
 
+def _run_one(display: Display, request: dict, job) -> bool:
+    """`job()` for one input, its done or its failure said; False when it failed. A full disk or a
+    removed output folder is already a coded error (the writer's `output_not_writable`)."""
+    display.start(request["input"])
+    try:
+        done = job()
+    except DSUError as e:
+        display.failed(request["input"], e.code, e.message)
+        return False
+    except Exception as e:  # a bug: one line (the traceback with -v), and the other files go on
+        if display.mode == "verbose":
+            import traceback
+            traceback.print_exc()
+        display.failed(request["input"], "internal", f"{type(e).__name__}: {e}")
+        return False
+    display.done(done)
+    return True
+
+
 def run_separations(requests: list[dict], *, cache, models_dir, default_model, display: Display) -> int:
     """Each request (one input each) through `jobs.separate`; failures are said and counted."""
     from .. import jobs
     from ..worker import spec
-    failed = 0
-    for request in requests:
-        display.start(request["input"])
-        try:
-            fields, extra = spec.validate(spec.COMMANDS["separate"], request)
-            done = jobs.separate(fields, extra, cache=cache, models_dir=models_dir, default_model=default_model,
-                                 emit=display.emit, progress=display)
-        except DSUError as e:
-            display.failed(request["input"], e.code, e.message)
-            failed += 1
-            continue
-        except OSError as e:  # the disk filled up, a folder vanished or became read-only mid-run
-            display.failed(request["input"], "output_not_writable" if e.errno else "internal",
-                           f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
-            failed += 1
-            continue
-        except Exception as e:  # a bug: one line (the traceback with -v), and the other files go on
-            if display.mode == "verbose":
-                import traceback
-                traceback.print_exc()
-            display.failed(request["input"], "internal", f"{type(e).__name__}: {e}")
-            failed += 1
-            continue
-        display.done(done)
-    return failed
+
+    def job(request):
+        fields, extra = spec.validate(spec.COMMANDS["separate"], request)
+        return jobs.separate(fields, extra, cache=cache, models_dir=models_dir, default_model=default_model,
+                             emit=display.emit, progress=display)
+    return sum(not _run_one(display, request, lambda: job(request)) for request in requests)
 
 
 def run_restore(request: dict, *, cache, display: Display) -> bool:
     """One `apollo` request through `jobs.restore`; False (said) when it failed."""
     from .. import jobs
     from ..worker import spec
-    display.start(request["input"])
-    try:
+
+    def job():
         fields, _ = spec.validate(spec.COMMANDS["apollo"], request)
-        done = jobs.restore(fields, cache=cache, models_dir=None, emit=display.emit, progress=display)
-    except DSUError as e:
-        display.failed(request["input"], e.code, e.message)
-        return False
-    except OSError as e:
-        display.failed(request["input"], "internal", f"{e.strerror or e}: {e.filename or ''}")
-        return False
-    display.done(done)
-    return True
+        return jobs.restore(fields, cache=cache, models_dir=None, emit=display.emit, progress=display)
+    return _run_one(display, request, job)

@@ -174,7 +174,8 @@ def input_bit_depth(path, fmt: str) -> int | None:
         return None
     try:
         import soundfile as sf
-        subtype = sf.info(str(path)).subtype
+        from ..paths import native
+        subtype = sf.info(native(path)).subtype
     except Exception:
         subtype = ""
     bits = 24 if subtype == "PCM_24" else 32 if subtype in ("PCM_32", "FLOAT", "DOUBLE") else 16

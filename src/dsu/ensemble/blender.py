@@ -10,7 +10,6 @@ Every block out is checked to be finite before it is handed on: members whose sa
 still overflow float32 in a spectral rule (samples near 3e38), and a member can make NaN."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from .. import paths, tempfiles
+from ..audio import write_faults
 from ..errors import DSUError
 from . import algorithms
 from .stft import SpectralStream
@@ -77,22 +78,32 @@ class Spool:
 
     def __init__(self, folder: Path, members: int, channels: int, length: int, block: int = 1 << 16):
         folder.mkdir(parents=True, exist_ok=True)
-        self.paths = [folder / f".dsu-ensemble-{os.getpid()}-{id(self):x}-{i}.spool.partial" for i in range(members)]
-        self.files = [sf.SoundFile(str(p), "w", samplerate=44100, channels=channels, format="WAV", subtype="FLOAT")
-                      for p in self.paths]
+        # named as every DSU temporary, so a clean elsewhere never takes a live job's spool for debris
+        self.paths = [tempfiles.temp_name(folder / f"dsu-ensemble-{i}.spool") for i in range(members)]
+        self.files: list[sf.SoundFile] = []
+        try:
+            for p in self.paths:
+                with write_faults(p):
+                    self.files.append(sf.SoundFile(paths.native(p), "w", samplerate=44100, channels=channels,
+                                                   format="WAV", subtype="FLOAT"))
+        except BaseException:
+            self.close()
+            raise
         self.magnitude = torch.zeros(members, channels, dtype=torch.float64)
         self.block = block
 
     def push(self, block: Tensor) -> None:
         self.magnitude += block.double().abs().sum(-1)
-        for f, member in zip(self.files, block):
-            f.write(np.ascontiguousarray(member.float().numpy().T))
+        for p, f, member in zip(self.paths, self.files, block):
+            with write_faults(p):
+                f.write(np.ascontiguousarray(member.float().numpy().T))
 
     def blocks(self):
-        for f in self.files:
-            f.close()
+        for p, f in zip(self.paths, self.files):
+            with write_faults(p):
+                f.close()
         chosen = algorithms.quietest(self.magnitude)
-        readers = [sf.SoundFile(str(p)) for p in self.paths]
+        readers = [sf.SoundFile(paths.native(p)) for p in self.paths]
         try:
             while True:
                 parts = [r.read(self.block, dtype="float32", always_2d=True) for r in readers]
@@ -112,7 +123,10 @@ class Spool:
             except Exception:
                 pass
         for p in self.paths:
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass  # its folder was removed or turned read-only
 
 
 def blend_arrays(algorithm: str, members: Tensor, weights=None, reference: str = "msst",

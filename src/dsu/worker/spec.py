@@ -346,8 +346,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             final=("cache_size_updated",), interim=("cache_evicted",)),
     Command("exit", "finish the jobs queued before it, then exit", (ID,), final=("exiting",)),
     Command("clean", "remove what killed DSU processes left: partial files under `dir` whose owner process is "
-                     "gone (never a live job's), older DSU versions' owner-less partials, and DSU's decoded "
-                     "input copies in the temp dir whose owner is gone",
+                     "gone (never a live job's; one of another machine or PID namespace, or of an older DSU, "
+                     "once nothing wrote to it for a day), and DSU's decoded input copies in the temp dir "
+                     "by the same rule",
             (ID, Field("dir", "string", "the folder to clean, with its subfolders", required=True)),
             final=("cleaned",)),
     Command("download_model", "download a catalog model into the models dir: every file streamed to a temporary "
@@ -489,7 +490,8 @@ ERRORS: dict[str, str] = {
     "out_of_memory": "the device ran out of memory",
     "internal": "a bug or an unexpected failure; the message and the worker's stderr tell more",
     "output_not_writable": "the output folder cannot take new files (read-only, a system folder, a file in "
-                           "its place); checked before the model loads",
+                           "its place); checked before the model loads, and a job's writes that fail (a full "
+                           "disk, its folder removed or read-only meanwhile) end with it; nothing of it was kept",
     "checksum_mismatch": "a downloaded file is not the published one (size, sha256 or pinned hash); nothing was kept",
     "download_failed": "a download failed (HTTP error, or the network past its retries); a partial file is kept to resume",
 }

@@ -21,7 +21,12 @@ from ..errors import DSUError
 MAX_LINE_BYTES = 16 << 20   # a request is a few hundred bytes; 16 MiB leaves room for long lists
 MAX_DEPTH = 64              # nesting of objects and lists in a request (ids included)
 SHOWN_CHARS = 120           # how much of a bad value an error message quotes
-_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: Python strings hold them, UTF-8 cannot
+# Lone surrogates: Python strings hold them, UTF-8 cannot. Those that stand for a file name's byte
+# that is not UTF-8 (surrogateescape: byte 0xXY is U+DCXY) travel both ways as JSON escapes
+# ("caf\\udce9.wav"), so a Latin-1 name round-trips to its file; the others are refused.
+_NAME_BYTE = re.compile("[\udc80-\udcff]")
+_OTHER_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+_SURROGATES = "an unpaired surrogate (\\ud800-\\udfff; only \\udc80-\\udcff, a file name's non-UTF-8 bytes, may be)"
 
 
 class ProtocolOut:
@@ -47,8 +52,8 @@ class ProtocolOut:
 
     def send(self, message: dict) -> None:
         """Write `message` as one line. Never raises and never writes anything but one JSON object:
-        a message that cannot be encoded as it is goes out cleaned (NaN -> null, lone surrogates ->
-        U+FFFD), and failing even that, as an `internal` error."""
+        a message that cannot be encoded as it is goes out cleaned (NaN -> null, lone surrogates other
+        than a file name's bytes -> U+FFFD), and failing even that, as an `internal` error."""
         try:
             line = encode(message)
         except Exception:  # a bug in the caller's message: report it rather than lose the answer
@@ -72,24 +77,26 @@ class ProtocolOut:
 
 
 def encode(message: dict) -> bytes:
-    """`message` as one strict JSON line (UTF-8, newline-terminated)."""
+    """`message` as one JSON line (UTF-8, newline-terminated); a file name's non-UTF-8 bytes are
+    `\\udcXY` escapes, which JSON parsers (Python's, JavaScript's) read back as Python wrote them."""
     try:
         text = json.dumps(message, ensure_ascii=False, allow_nan=False, default=str)
-        return (text + "\n").encode("utf-8")
-    except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
+        if _OTHER_SURROGATE.search(text):
+            raise ValueError("a lone surrogate that is no file name byte")
+    except (ValueError, TypeError, RecursionError):
         text = json.dumps(_clean(message, 0), ensure_ascii=False, allow_nan=False, default=str)
-        return (text + "\n").encode("utf-8")
+    return (_NAME_BYTE.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n").encode("utf-8")
 
 
 def _clean(value, depth: int):
-    """What strict JSON can carry of `value`: NaN/Infinity -> null, lone surrogates -> U+FFFD,
-    nesting past MAX_DEPTH -> null."""
+    """What JSON can carry of `value`: NaN/Infinity -> null, lone surrogates (but a file name's bytes)
+    -> U+FFFD, nesting past MAX_DEPTH -> null."""
     if depth > MAX_DEPTH:
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return _OTHER_SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {_clean(str(k), depth): _clean(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -189,7 +196,7 @@ def unencodable(value: Any) -> tuple[str | None, str] | None:
     top = value if isinstance(value, dict) else {None: value}
     for key, item in sorted(top.items(), key=lambda kv: kv[0] != "id"):
         if isinstance(key, str) and _has_surrogate(key):
-            return key, "is a field name with an unpaired surrogate (\\ud800-\\udfff)"
+            return key, f"is a field name with {_SURROGATES}"
         stack = [(item, 1)]
         while stack:
             v, depth = stack.pop()
@@ -199,11 +206,11 @@ def unencodable(value: Any) -> tuple[str | None, str] | None:
                 return key, "holds NaN, an infinity or a number too large for a double"
             if isinstance(v, str):
                 if _has_surrogate(v):
-                    return key, "holds text with an unpaired surrogate (\\ud800-\\udfff)"
+                    return key, f"holds text with {_SURROGATES}"
             elif isinstance(v, dict):
                 for k, x in v.items():
                     if _has_surrogate(k):
-                        return key, "holds a name with an unpaired surrogate (\\ud800-\\udfff)"
+                        return key, f"holds a name with {_SURROGATES}"
                     stack.append((x, depth + 1))
             elif isinstance(v, list):
                 stack.extend((x, depth + 1) for x in v)
@@ -211,7 +218,8 @@ def unencodable(value: Any) -> tuple[str | None, str] | None:
 
 
 def _has_surrogate(text: str) -> bool:
-    return _SURROGATE.search(text) is not None
+    """A lone surrogate that is not a file name's byte (U+DC80..U+DCFF, which paths may hold)."""
+    return _OTHER_SURROGATE.search(text) is not None
 
 
 def shown_text(text: str) -> str:
