@@ -506,6 +506,13 @@ def test_a_trickling_server_fails_like_a_stalled_one_and_each_retry_is_said(serv
     assert len(lines) == 2 and lines[0].startswith("dsu: tiny.ckpt: ReadTimeout: fewer than 1024 bytes arrived "
                                                    "in 1 s") and lines[0].endswith("retry 1 of 1 in 0.5 s")
     assert "timed out 2 times in a row" in lines[1] and "run the same command again" not in lines[1]
+    with Worker(["--threads", "1", "--models-dir", str(models)], timeout=60) as w:  # a worker says it in progress
+        request = w.submit("download_model", model="tiny_vocals", catalog=str(catalog), read_timeout=1, retries=1)
+        said = []
+        with pytest.raises(WorkerError) as e:
+            said.extend(m for m in request if m["status"] == "progress")
+        assert e.value.code == "download_failed"
+        assert [m["retry"] for m in said if "retry" in m] == [lines[0].split("tiny.ckpt: ", 1)[1]]
     server.content["tiny.ckpt"] = msst_files()[0]  # headers that trickle are no better
     with pytest.raises(DSUError) as e:
         download.fetch(server.url("slowheaders", "tiny.ckpt"), tmp_path / "x.ckpt", timeout=1, retries=0)
