@@ -61,9 +61,15 @@ def update_pins(models_dir: Path, change: Callable[[dict], None]) -> None:
         pins = read_pins(models_dir)
         change(pins)
         temp = models_dir / f".{LOCK_FILE}.{os.getpid()}.{secrets.token_hex(3)}.partial"
-        temp.write_text(json.dumps({"version": 1, "files": dict(sorted(pins.items()))}, indent=1) + "\n",
-                        encoding="utf-8")
-        os.replace(temp, models_dir / LOCK_FILE)
+        try:
+            temp.write_text(json.dumps({"version": 1, "files": dict(sorted(pins.items()))}, indent=1) + "\n",
+                            encoding="utf-8")
+            os.replace(temp, models_dir / LOCK_FILE)
+        except OSError as e:
+            temp.unlink(missing_ok=True)
+            raise DSUError("output_not_writable", f"cannot write {models_dir / LOCK_FILE}: {e.strerror}; the "
+                                                  "model's files are in place but their hashes are not pinned: "
+                                                  "free some space and download again") from None
 
 
 # ---- what is installed -------------------------------------------------------------------------------

@@ -240,27 +240,33 @@ def loose_weights(models_dir: Path | None) -> dict[str, tuple[Path, Path | None]
     """Apollo weights kept loose in the models dir, by file stem -> (weights, its Apollo config or
     None): every `.bin` (the official release is `pytorch_model.bin`; no other family uses `.bin`), and
     each `.ckpt` whose name says Apollo or whose config beside it is an Apollo config."""
-    from .model_folder import config_for
     if not models_dir or not Path(models_dir).is_dir():
         return {}
-    out = {}
-    for f in sorted(Path(models_dir).iterdir()):
-        if f.suffix.lower() not in (".bin", ".ckpt") or not f.is_file():
-            continue
-        config = config_for(f, models_dir)
-        try:
-            config = config if config is not None and read_config(config) is not None else None
-        except DSUError:
-            config = None
-        if f.suffix.lower() == ".bin" or "apollo" in f.name.lower() or config is not None:
-            out[f.stem] = (f, config)
-    return out
+    found = (_apollo_weights(f, models_dir) for f in sorted(Path(models_dir).iterdir()))
+    return {f.stem: (f, config) for f, config in filter(None, found)}
+
+
+def _apollo_weights(f: Path, models_dir: Path) -> tuple[Path, Path | None] | None:
+    from .model_folder import config_for
+    if f.suffix.lower() not in (".bin", ".ckpt") or not f.is_file():
+        return None
+    config = config_for(f, models_dir)
+    try:
+        config = config if config is not None and read_config(config) is not None else None
+    except DSUError:
+        config = None
+    return (f, config) if f.suffix.lower() == ".bin" or "apollo" in f.name.lower() or config else None
 
 
 def _loose(models_dir: Path | None, name: str) -> tuple[Path, Path | None] | None:
     """The loose weights `name` means: the file's stem or its whole name (`pytorch_model.bin`)."""
-    found = loose_weights(models_dir)
-    return found.get(name) or next((v for v in found.values() if v[0].name == name), None)
+    if not models_dir or "/" in name or "\\" in name:
+        return None
+    for candidate in (name, f"{name}.ckpt", f"{name}.bin"):
+        found = _apollo_weights(Path(models_dir) / candidate, Path(models_dir))
+        if found:
+            return found
+    return None
 
 
 def _ref(name: str, checkpoint, config, request: dict) -> ModelRef:
