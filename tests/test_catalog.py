@@ -668,3 +668,13 @@ def test_a_catalog_name_is_found_with_its_extension_or_its_file_name(tmp_path):
               cwd=tmp_path)
     assert run.returncode == 2
     assert f"run `dsu models download UVR-MDX-NET-Inst_HQ_3 --models-dir {tmp_path / 'm'}`" in run.stderr
+
+
+def test_a_retry_line_and_the_progress_bar_share_stderr(server, tmp_path):
+    catalog = write_catalog(tmp_path / "catalog.json", msst_entry(server, route="drop"))
+    models = tmp_path / "models"
+    run = dsu("models", "download", "tiny_vocals", "--catalog", catalog, "--models-dir", models, "--retries", "2",
+              cwd=tmp_path)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert re.search(r"^dsu: tiny\.ckpt: RemoteProtocolError: .*; retry 1 of 2 in 0\.5 s$", run.stderr, re.M)
+    assert (models / "tiny.ckpt").read_bytes() == msst_files()[0]

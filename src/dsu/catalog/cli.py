@@ -133,7 +133,7 @@ class Bar:
         if not self.enabled:
             return
         from tqdm import tqdm
-        if path != self.path:
+        if path != self.path or self.bar is None:  # a new file, or one whose bar a retry line closed
             self.close()
             self.path = path
             self.bar = tqdm(total=total, desc=path, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
