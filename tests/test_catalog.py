@@ -457,6 +457,8 @@ def test_restore_with_an_installed_apollo_model(server, tmp_path):
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
     assert run.returncode == 2 and "dsu models download tiny_apollo" in run.stderr
     assert dsu("models", "download", "tiny_apollo", "-q", cwd=tmp_path, env=env).returncode == 0
+    listed = json.loads(dsu("models", "list", "--installed", "--json", cwd=tmp_path, env=env).stdout)
+    assert [(r["name"], r["family"]) for r in listed if r["name"] != "dsp"] == [("tiny_apollo", "apollo")]  # once
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert sf.info(tmp_path / "restored.wav").frames == 22050
