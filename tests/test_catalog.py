@@ -103,13 +103,16 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(0.1)
-            self.send_response(200)
-            if route == "gzip":
+            self.send_response(206 if route == "gzip" and self.headers.get("Range") else 200)
+            if route == "gzip":  # a Range applies to the encoded bytes, as HTTP has it
                 packed = gzip.compress(body)
+                start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "bytes=0-")[1])
                 self.send_header("Content-Encoding", "gzip")
-                self.send_header("Content-Length", str(len(packed)))
+                self.send_header("Content-Length", str(len(packed) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(packed) - 1}/{len(packed)}")
                 self.end_headers()
-                self.wfile.write(packed)
+                self.wfile.write(packed[start:])
                 return
             self.send_header("Connection", "close")
             self.end_headers()
@@ -543,6 +546,12 @@ def test_a_gzipped_transfer_of_the_right_file_is_the_right_file(server, tmp_path
     server.content["f.bin"] = data
     got = download.fetch(server.url("gzip", "f.bin"), tmp_path / "f.bin", download.Expected(len(data), sha(data)))
     assert got.sha256 == sha(data) and (tmp_path / "f.bin").read_bytes() == data and leftovers(tmp_path) == []
+    (tmp_path / "f.bin").unlink()
+    (tmp_path / ".f.bin.99999.abcdef.part").write_bytes(data[:1000])  # a dead download's part, decoded bytes
+    got = download.fetch(server.url("gzip", "f.bin"), tmp_path / "f.bin", download.Expected(len(data), sha(data)),
+                         backoff=0.01)
+    assert got.sha256 == sha(data) and leftovers(tmp_path) == []
+    assert [r for _, r in server.requests] == [None, "bytes=1000-", None]  # an encoded range is not the file's
 
 
 def test_glob_characters_in_a_name_adopt_no_other_files_part(server, tmp_path):

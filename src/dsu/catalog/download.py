@@ -203,7 +203,8 @@ def fetch(url: str, dest: Path, expected: Expected = Expected(), *, check: Check
             digest = _transfer(url, part, expected, on_progress, on_retry, cancelled, timeout, retries, backoff,
                                min_rate)
         except DSUError as e:
-            if e.code != "download_failed" or not getattr(e, "resumable", True):
+            if e.code != "download_failed" or not getattr(e, "resumable", True) or \
+                    part.exists() and not part.stat().st_size:
                 part.unlink(missing_ok=True)
             raise
         size, sha = part.stat().st_size, digest.hexdigest()
@@ -290,8 +291,8 @@ def _paced_backend(pace: _Pace):
             try:
                 data = self.stream.read(max_bytes, limit)
             except httpcore.ReadTimeout:
-                raise httpcore.ReadTimeout(pace.slow()) if by_pace else httpcore.ReadTimeout(
-                    f"nothing arrived in {timeout:g} s") from None
+                why = pace.slow() if by_pace else f"nothing arrived in {timeout:g} s" if timeout else "timed out"
+                raise httpcore.ReadTimeout(why) from None
             pace.got += len(data)
             return data
 
@@ -365,11 +366,12 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
     last_report = 0.0
     limit = expected.limit
     http, pace = client(timeout, min_rate, cancelled)
+    ranges = True  # False once the server encodes the transfer: its ranges are of the encoding, not the file
     with http:
         while True:
             if cancelled():
                 raise DSUError("cancelled", "the download was cancelled; nothing was kept")
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            headers = {"Range": f"bytes={have}-"} if have and ranges else {}
             received, total = 0, None
             pace.restart()
             try:
@@ -387,7 +389,11 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                         raise DSUError("download_failed", f"{url} answered HTTP {status}"
                                        + (" (not found: the catalog may be out of date)" if status == 404 else ""))
                     encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
-                    resumed = status == 206 and _range_start(response) == have and not encoded
+                    if encoded:
+                        ranges = False
+                        if status == 206:
+                            raise httpx.RemoteProtocolError("a range of an encoded transfer; starting over")
+                    resumed = status == 206 and _range_start(response) == have
                     if not resumed:  # the server sent the whole file again (or ranges of an encoding)
                         digest, have = hashlib.sha256(), 0
                     total = None if encoded else _total(response, have)  # an encoded length is not the file's
@@ -439,9 +445,10 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                 why = f"{type(e).__name__}: {e or 'no detail'}"
                 if failures > retries:
                     what = "timed out" if isinstance(e, httpx.TimeoutException) else "failed"
+                    kept = (f"the {have} bytes received are kept, and the next download of this model resumes "
+                            "from them") if have else "nothing was received"
                     raise DSUError("download_failed", f"downloading {url} {what} {retries + 1} times in a row "
-                                   f"({why}); the {have} bytes received are kept, and the next download of "
-                                   "this model resumes from them") from None
+                                   f"({why}); {kept}") from None
                 wait = min(backoff * 2 ** max(failures - 1, 0), 10.0)
                 if on_retry is not None:
                     on_retry(failures, retries, why, wait)
