@@ -3,6 +3,7 @@ random-weight models in their native formats and misbehaves on request (drops, w
 stalls, slow streams)."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -60,6 +61,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if route == "wrong":
             body = bytes(b ^ 0xFF for b in body)
+        if route in ("endless", "trickle", "slowheaders", "gzip"):
+            self.misbehave(route, body)
+            return
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
         if match and route != "norange":
@@ -87,6 +91,39 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(rest[i:i + step])
             if route == "slow":
                 time.sleep(0.02)
+
+
+    def misbehave(self, route: str, body: bytes) -> None:
+        """endless: a body with no length that never ends; trickle: one byte every 0.1 s after the
+        headers; slowheaders: the headers themselves a byte at a time; gzip: a gzip-encoded transfer
+        whatever the client accepts."""
+        try:
+            if route == "slowheaders":
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            self.send_response(206 if route == "gzip" and self.headers.get("Range") else 200)
+            if route == "gzip":  # a Range applies to the encoded bytes, as HTTP has it
+                packed = gzip.compress(body)
+                start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "bytes=0-")[1])
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(packed) - start))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(packed) - 1}/{len(packed)}")
+                self.end_headers()
+                self.wfile.write(packed[start:])
+                return
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            while True:
+                self.wfile.write(b"x" * 65536 if route == "endless" else b"x")
+                self.wfile.flush()
+                if route == "trickle":
+                    time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
 
 
 @pytest.fixture()
@@ -209,7 +246,7 @@ def test_demucs_sha8_in_the_name_is_checked(server, tmp_path):
         download.fetch(server.url("ok", "abcd1234-00000000.th"), tmp_path / "abcd1234-00000000.th",
                        download.Expected(sha256_prefix="00000000"))
     assert e.value.code == "checksum_mismatch" and "not 00000000" in e.value.message
-    assert list(tmp_path.iterdir()) == [tmp_path / ".abcd1234-00000000.th.lock"]
+    assert list(tmp_path.iterdir()) == []  # no part, and the lock is removed with the download
 
 
 def test_404_and_stall_fail_with_one_line_and_no_file(server, tmp_path):
@@ -423,6 +460,8 @@ def test_restore_with_an_installed_apollo_model(server, tmp_path):
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
     assert run.returncode == 2 and "dsu models download tiny_apollo" in run.stderr
     assert dsu("models", "download", "tiny_apollo", "-q", cwd=tmp_path, env=env).returncode == 0
+    listed = json.loads(dsu("models", "list", "--installed", "--json", cwd=tmp_path, env=env).stdout)
+    assert [(r["name"], r["family"]) for r in listed if r["name"] != "dsp"] == [("tiny_apollo", "apollo")]  # once
     run = dsu("restore", "lossy.wav", "-o", "restored.wav", "-m", "tiny_apollo", "--threads", "1", "-q", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert sf.info(tmp_path / "restored.wav").frames == 22050
@@ -440,3 +479,213 @@ def test_a_worker_lists_the_catalog_with_what_is_installed(server, tmp_path):
         after = w.request("list_models")
         assert [m["installed"] for m in after["catalog"]] == [True]
         assert after["catalog"][0]["stems"] == before["catalog"][0]["stems"] != []
+
+
+# ---- hostile servers, full disks, odd names --------------------------------------------------------------
+
+def test_a_body_that_never_ends_stops_at_the_kinds_maximum(server, tmp_path):
+    """No size in the catalog (as in every shipped entry): a config that never ends stops at the most a
+    config can be, and nothing is left growing."""
+    entry = msst_entry(server)
+    entry["files"][1].update(url=server.url("endless", "tiny.yaml"), size=None, sha256=None)
+    catalog = write_catalog(tmp_path / "catalog.json", entry)
+    models = tmp_path / "models"
+    run = dsu("models", "download", "tiny_vocals", "--catalog", catalog, "--models-dir", models, "-q",
+              cwd=tmp_path, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"sent more than {store.MOST_BYTES['config']} bytes, more than any model config can be" in run.stderr
+    assert not (models / "tiny.yaml").exists() and leftovers(models) == []
+    shipped = catalogs.shipped()
+    assert all(store.expected_of(e, f).limit for e in shipped for f in e.files)  # every file is bounded
+
+
+def test_a_trickling_server_fails_like_a_stalled_one_and_each_retry_is_said(server, tmp_path):
+    server.content["tiny.ckpt"] = b"unused"
+    entry = msst_entry(server, route="trickle")
+    catalog = write_catalog(tmp_path / "catalog.json", entry)
+    models = tmp_path / "models"
+    run = dsu("models", "download", "tiny_vocals", "--catalog", catalog, "--models-dir", models, "--timeout", "1",
+              "--retries", "1", "-q", cwd=tmp_path, timeout=60)
+    assert run.returncode == 1 and "download_failed" in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("dsu: tiny.ckpt: ReadTimeout: fewer than 1024 bytes arrived "
+                                                   "in 1 s") and lines[0].endswith("retry 1 of 1 in 0.5 s")
+    assert "timed out 2 times in a row" in lines[1] and "run the same command again" not in lines[1]
+    with Worker(["--threads", "1", "--models-dir", str(models)], timeout=60) as w:  # a worker says it in progress
+        request = w.submit("download_model", model="tiny_vocals", catalog=str(catalog), read_timeout=1, retries=1)
+        said = []
+        with pytest.raises(WorkerError) as e:
+            said.extend(m for m in request if m["status"] == "progress")
+        assert e.value.code == "download_failed"
+        assert [m["retry"] for m in said if "retry" in m] == [lines[0].split("tiny.ckpt: ", 1)[1]]
+    server.content["tiny.ckpt"] = msst_files()[0]  # headers that trickle are no better
+    with pytest.raises(DSUError) as e:
+        download.fetch(server.url("slowheaders", "tiny.ckpt"), tmp_path / "x.ckpt", timeout=1, retries=0)
+    assert e.value.code == "download_failed" and "fewer than 1024 bytes" in e.value.message
+
+
+def test_a_catalog_url_that_trickles_fails(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalogs, "URL_TIMEOUT", 1.0, raising=False)
+    server.content["catalog.json"] = b"{}"
+    outcome = []
+
+    def read():
+        try:
+            catalogs.read(server.url("trickle", "catalog.json"))
+        except DSUError as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    assert outcome and outcome[0].code == "bad_value" and "fewer than 1024 bytes arrived" in outcome[0].message
+
+
+def test_a_gzipped_transfer_of_the_right_file_is_the_right_file(server, tmp_path):
+    data = os.urandom(50_000) + bytes(200_000)  # compressible: the encoded length differs
+    server.content["f.bin"] = data
+    got = download.fetch(server.url("gzip", "f.bin"), tmp_path / "f.bin", download.Expected(len(data), sha(data)))
+    assert got.sha256 == sha(data) and (tmp_path / "f.bin").read_bytes() == data and leftovers(tmp_path) == []
+    (tmp_path / "f.bin").unlink()
+    (tmp_path / ".f.bin.99999.abcdef.part").write_bytes(data[:1000])  # a dead download's part, decoded bytes
+    got = download.fetch(server.url("gzip", "f.bin"), tmp_path / "f.bin", download.Expected(len(data), sha(data)),
+                         backoff=0.01)
+    assert got.sha256 == sha(data) and leftovers(tmp_path) == []
+    assert [r for _, r in server.requests] == [None, "bytes=1000-", None]  # an encoded range is not the file's
+
+
+def test_glob_characters_in_a_name_adopt_no_other_files_part(server, tmp_path):
+    data = os.urandom(100_000)
+    server.content["model[1].ckpt"] = data
+    other = tmp_path / ".model1.ckpt.99999.abcdef.part"  # another file's resumable part
+    other.write_bytes(b"other" * 1000)
+    got = download.fetch(server.url("ok", "model[1].ckpt"), tmp_path / "model[1].ckpt",
+                         download.Expected(len(data), sha(data)))
+    assert got.downloaded and (tmp_path / "model[1].ckpt").read_bytes() == data
+    assert other.read_bytes() == b"other" * 1000
+    assert [r for _, r in server.requests] == [None]  # from the start, not from the other part's length
+
+
+def test_a_damaged_file_in_place_is_replaced_by_a_verified_download(server, tmp_path):
+    entry = msst_entry(server)  # no published hash: only the loader can tell the file in place is bad
+    catalog = catalogs.parse({"version": 1, "models": [entry]}, "test")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.ckpt").write_bytes(b"<html>an error page saved as the model</html>")
+    entry["files"][0]["size"] = None
+    catalog = catalogs.parse({"version": 1, "models": [entry]}, "test")
+    done = store.install(catalog.get("tiny_vocals"), models)
+    assert done.downloaded > 0 and (models / "tiny.ckpt").read_bytes() == msst_files()[0]
+    assert leftovers(models) == []
+
+
+def test_a_host_that_does_not_resolve_fails_at_once_and_leaves_no_lock(tmp_path):
+    entry = {"name": "offline", "type": "vr", "stems": ["vocals"], "checkpoint": "o.pth",
+             "files": [{"path": "o.pth", "url": "https://models.dsu-test.invalid/o.pth"}]}
+    catalog = write_catalog(tmp_path / "catalog.json", entry)
+    models = tmp_path / "models"
+    run = dsu("models", "download", "offline", "--catalog", catalog, "--models-dir", models, cwd=tmp_path)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        "dsu: download_failed: the host models.dsu-test.invalid does not resolve (Name or service not known): no "
+        "network, or a wrong URL (https://models.dsu-test.invalid/o.pth); nothing was downloaded"]
+    assert sorted(p.name for p in models.iterdir()) == []  # no lock, no part
+
+
+def test_clean_removes_the_locks_of_killed_downloads_only(tmp_path):
+    import fcntl
+    dead = tmp_path / ".a.ckpt.lock"
+    dead.touch()   # a download killed with SIGKILL leaves its lock
+    held = tmp_path / ".b.ckpt.lock"
+    fd = os.open(held, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    other = tmp_path / ".editor.lock"
+    other.write_text("12345")  # not empty: not DSU's
+    try:
+        run = dsu("clean", tmp_path, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == [str(dead)] and held.exists() and other.exists()
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mount.returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_a_coded_error_and_leaves_no_part(server, tmp_path, small_disk):
+    server.content["big.ckpt"] = b"unused"
+    entry = {"name": "big", "type": "vr", "stems": ["vocals"], "checkpoint": "big.ckpt",
+             "files": [{"path": "big.ckpt", "url": server.url("endless", "big.ckpt")}]}
+    catalog = write_catalog(tmp_path / "catalog.json", entry)
+    run = dsu("models", "download", "big", "--catalog", catalog, "--models-dir", small_disk, "-q", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"dsu: output_not_writable: cannot write {small_disk}: No space left on device")
+    assert list(small_disk.iterdir()) == []
+    with Worker(["--threads", "1", "--models-dir", str(small_disk)], timeout=60) as w:
+        with pytest.raises(WorkerError) as e:
+            w.download_model("big", catalog=str(catalog), timeout=60)
+        assert e.value.code == "output_not_writable"
+    assert list(small_disk.iterdir()) == []
+
+
+# ---- one lookup for every command -------------------------------------------------------------------------
+
+def test_loose_apollo_weights_are_listed_as_apollo_and_restore_by_name(tmp_path):
+    """`dsu models list` and `dsu restore -m` find the same Apollo files in a models dir: a `.ckpt` with its
+    Apollo config (not listed as an MSST model) and the official `pytorch_model.bin`."""
+    torch = pytest.importorskip("torch")
+    import yaml
+    from dsu.models.apollo import Apollo
+    torch.manual_seed(0)
+    arch = {"sr": 44100, "win": 20, "feature_dim": 16, "layer": 1}
+    models = tmp_path / "models"
+    models.mkdir()
+    state = Apollo(**arch).state_dict()
+    torch.save({"state_dict": {f"audio_model.{k}": v for k, v in state.items()}}, models / "vocal_restorer.ckpt")
+    (models / "config_vocal_restorer.yaml").write_text(yaml.safe_dump({"model": arch}))
+    torch.save(state, models / "pytorch_model.bin")
+    listed = dsu("models", "list", "--installed", "--json", "--models-dir", models, cwd=tmp_path)
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert (rows["vocal_restorer"]["family"], rows["vocal_restorer"]["stems"]) == ("apollo", ["restored"])
+    assert (rows["pytorch_model"]["family"], rows["pytorch_model"]["stems"]) == ("apollo", ["restored"])
+    t = np.arange(22050) / 44100
+    sf.write(tmp_path / "lossy.wav", (np.stack([np.sin(2 * np.pi * 220 * t)] * 2, 1) * 0.3).astype(np.float32), 44100)
+    for name in ("vocal_restorer", "pytorch_model.bin"):
+        run = dsu("restore", "lossy.wav", "-o", f"{name}.wav", "-m", name, "--models-dir", models, "--threads", "1",
+                  "-q", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        assert sf.info(tmp_path / f"{name}.wav").frames == 22050
+    run = dsu("restore", "lossy.wav", "-o", "x.wav", "-m", "htdemucs", "--models-dir", models, cwd=tmp_path)
+    assert run.returncode == 2 and "dsu models download htdemucs" in run.stderr  # the catalog's, as separate says
+
+
+def test_a_catalog_name_is_found_with_its_extension_or_its_file_name(tmp_path):
+    c = catalogs.shipped()
+    assert c.find("UVR-MDX-NET-Inst_HQ_3.onnx").name == "UVR-MDX-NET-Inst_HQ_3"
+    assert c.find("model_bs_roformer_ep_317_sdr_12.9755.ckpt").name == "bs_roformer_viperx_1297"
+    assert c.find("model_bs_roformer_ep_317_sdr_12.9755").name == "bs_roformer_viperx_1297"
+    assert c.find("nope.onnx") is None
+    sf.write(tmp_path / "x.wav", np.zeros((1000, 2), np.float32), 44100)
+    (tmp_path / "m").mkdir()
+    run = dsu("separate", "x.wav", "-m", "UVR-MDX-NET-Inst_HQ_3.onnx", "--models-dir", tmp_path / "m", "-o", "out",
+              cwd=tmp_path)
+    assert run.returncode == 2
+    assert f"run `dsu models download UVR-MDX-NET-Inst_HQ_3 --models-dir {tmp_path / 'm'}`" in run.stderr
+
+
+def test_a_retry_line_and_the_progress_bar_share_stderr(server, tmp_path):
+    catalog = write_catalog(tmp_path / "catalog.json", msst_entry(server, route="drop"))
+    models = tmp_path / "models"
+    run = dsu("models", "download", "tiny_vocals", "--catalog", catalog, "--models-dir", models, "--retries", "2",
+              cwd=tmp_path)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert re.search(r"^dsu: tiny\.ckpt: RemoteProtocolError: .*; retry 1 of 2 in 0\.5 s$", run.stderr, re.M)
+    assert (models / "tiny.ckpt").read_bytes() == msst_files()[0]

@@ -132,7 +132,9 @@ def test_audio_separator_exit_codes(models, tmp_path):
     assert all(n in run.stderr for n in ("--output_format OGG", "--chunk_duration", "--invert_spect"))
     run = tool("dsu-audio-separator", "audio.wav", "-m", "UVR-MDX-NET-Inst_HQ_3.onnx", "--model_file_dir", models,
                cwd=tmp_path)
-    assert run.returncode == 1 and "does not download" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"run `dsu models download UVR-MDX-NET-Inst_HQ_3 --models-dir {models}`" in run.stderr  # not both
+    assert "does not download" not in run.stderr
     run = tool("dsu-audio-separator", "--list_models", "--list_format", "json", "--model_file_dir", models,
                cwd=tmp_path)
     assert run.returncode == 0 and "htdemucs" in {m["name"] for m in json.loads(run.stdout)}

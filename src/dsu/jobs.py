@@ -123,12 +123,14 @@ def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: E
 
 def clean(fields: dict) -> dict:
     """Remove what killed DSU processes left: partial files in `dir` (and its subfolders) whose owner
-    is gone, older DSU versions' owner-less partials there, and DSU's decoded input copies in the
-    temp dir whose owner is gone. Never a live job's file."""
+    is gone, older DSU versions' owner-less partials there, the locks of killed downloads, and DSU's
+    decoded input copies in the temp dir whose owner is gone. Never a live job's file."""
+    from .catalog.download import clean_locks
     folder = Path(paths.plain_path(fields["dir"], "dir"))
     if not folder.is_dir():
         raise DSUError("input_not_found", f"`dir` {folder} is not a folder")
-    removed = tempfiles.clean_folder(folder, recursive=True, legacy=True) + tempfiles.clean_decode_files()
+    removed = tempfiles.clean_folder(folder, recursive=True, legacy=True) + clean_locks(folder) + \
+        tempfiles.clean_decode_files()
     return {"dir": str(folder.resolve()), "removed": [str(p) for p in removed], "count": len(removed)}
 
 

@@ -394,6 +394,8 @@ export interface ProgressMessage {
   bytes_total: number | null;
   /** download_model: bytes per second */
   speed: number | null;
+  /** download_model: why the transfer is retried, and when (absent otherwise) */
+  retry: string | null;
   /** ensemble: the member model running now */
   member: string | null;
 }

@@ -19,6 +19,7 @@ from .download import Expected
 
 VERSION = 1
 TYPES = ("demucs", "bs_roformer", "mel_band_roformer", "scnet", "mdx23c", "vr", "mdx", "apollo")
+MODEL_SUFFIXES = (".ckpt", ".pth", ".th", ".onnx", ".pt", ".bin", ".safetensors")  # what a typed name may end in
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 HEX = re.compile(r"[0-9a-f]+")
 
@@ -98,7 +99,17 @@ class Catalog:
     errors: list[str] = field(default_factory=list)           # one line per entry left out
 
     def find(self, name: str) -> Entry | None:
-        return self.entries.get(name) or self.entries.get(self.aliases.get(name, ""))
+        """The entry `name` means: its name or an alias, either with a model file's extension
+        (`UVR-MDX-NET-Inst_HQ_3.onnx`, as audio-separator users type it), or the name of its
+        weights file as installed, with or without the extension."""
+        name = str(name)
+        bare = name[:-len(Path(name).suffix)] if Path(name).suffix.lower() in MODEL_SUFFIXES else name
+        for key in dict.fromkeys((name, bare)):
+            entry = self.entries.get(key) or self.entries.get(self.aliases.get(key, ""))
+            if entry is not None:
+                return entry
+        return next((e for e in self.entries.values() if e.checkpoint and (
+            name == Path(e.checkpoint).name or name == Path(e.checkpoint).stem)), None)
 
     def get(self, name: str) -> Entry:
         entry = self.find(name)
@@ -248,16 +259,18 @@ def shipped() -> Catalog:
     return catalog
 
 
-def read(source: str | Path) -> Catalog:
-    """A catalog from a file or an http(s) URL (an organisation's mirror, an offline copy)."""
+MOST_URL_BYTES = 16 << 20  # the shipped catalog is ~100 kB; a document past this is no catalog
+URL_TIMEOUT = 30.0
+
+
+def read(source: str | Path, cancelled=None) -> Catalog:
+    """A catalog from a file or an http(s) URL (an organisation's mirror, an offline copy). A URL is
+    read like a download: bounded in bytes, at least `download.MIN_RATE` B/s, no retries."""
     source = str(source)
     if source.startswith(("http://", "https://")):
-        import httpx
         try:
-            response = httpx.get(source, follow_redirects=True, timeout=30)
-            response.raise_for_status()
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as e:
+            data = json.loads(_fetch_text(source, cancelled))
+        except ValueError as e:
             raise DSUError("bad_value", f"cannot read the catalog at {source}: {e}") from None
     else:
         try:
@@ -267,7 +280,28 @@ def read(source: str | Path) -> Catalog:
     return parse(data, source)
 
 
-def load(source: str | Path | None = None) -> Catalog:
+def _fetch_text(url: str, cancelled=None) -> str:
+    import httpx
+    from . import download
+    http, _ = download.client(URL_TIMEOUT, cancelled=cancelled)
+    body = bytearray()
+    try:
+        with http, http.stream("GET", url) as response:
+            response.raise_for_status()
+            for block in response.iter_bytes():
+                body += block
+                if len(body) > MOST_URL_BYTES:
+                    raise DSUError("bad_value", f"the catalog at {url} is larger than {MOST_URL_BYTES} bytes: "
+                                                "it is not a DSU catalog")
+        return body.decode("utf-8")
+    except httpx.HTTPError as e:
+        gai = download.unresolved(e)
+        why = f"the host does not resolve ({gai.strerror}): no network, or a wrong URL" if gai else \
+            f"{type(e).__name__}: {e or 'no detail'}"
+        raise DSUError("bad_value", f"cannot read the catalog at {url}: {why}") from None
+
+
+def load(source: str | Path | None = None, cancelled=None) -> Catalog:
     """The catalog in use: `source`, else $DSU_CATALOG, else the shipped one."""
     source = source or os.environ.get("DSU_CATALOG")
-    return read(source) if source else shipped()
+    return read(source, cancelled) if source else shipped()

@@ -43,7 +43,8 @@ def add_parser(subparsers) -> None:
     download = sub.add_parser("download", help="download, verify and install models")
     common(download)
     download.add_argument("names", nargs="+", metavar="NAME")
-    download.add_argument("--timeout", type=float, default=30.0, help="seconds a read may stall (default 30)")
+    download.add_argument("--timeout", type=float, default=30.0,
+                          help="seconds a read may stall, and in which at least 1 KiB/s must arrive (default 30)")
     download.add_argument("--retries", type=int, default=5, help="network failures in a row before giving up")
     download.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -83,10 +84,10 @@ def list_command(args, catalog, models_dir: Path) -> int:
     rows = [store.describe(e, models_dir) for e in catalog]
     if not args.available:
         from .. import families
-        known = {n for e in catalog for n in (e.name, *e.aliases)}
         for found in families.list_models(models_dir):
-            if found["name"] not in known:
-                rows.append({**found, "installed": True, "size": None})
+            entry = catalog.find(found.get("file") or found["name"])
+            if entry is None or not (entry.name == found["name"] or store.installed(entry, models_dir)):
+                rows.append({**found, "installed": True, "size": None})  # else its catalog row says it
     rows = [r for r in rows if _matches(r, args)]
     if args.json:
         print(json.dumps(rows, default=str))
@@ -132,7 +133,7 @@ class Bar:
         if not self.enabled:
             return
         from tqdm import tqdm
-        if path != self.path:
+        if path != self.path or self.bar is None:  # a new file, or one whose bar a retry line closed
             self.close()
             self.path = path
             self.bar = tqdm(total=total, desc=path, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
@@ -146,11 +147,21 @@ class Bar:
 
 
 def download_command(args, catalog, models_dir: Path) -> int:
+    if not 0 < args.timeout < float("inf"):
+        raise DSUError("bad_value", f"--timeout {args.timeout:g}: give a positive number of seconds")
+    if args.retries < 0:
+        raise DSUError("bad_value", f"--retries {args.retries}: give 0 or more")
     entries = [catalog.get(name) for name in args.names]  # every name known before anything is fetched
     for entry in entries:
         bar = Bar(not args.quiet)
+
+        def retry(path: str, n: int, most: int, why: str, wait: float) -> None:
+            bar.close()  # a bar redrawn over the line would hide it
+            print(f"dsu: {path}: {why}; retry {n} of {most} in {wait:.1f} s", file=sys.stderr, flush=True)
+
         try:
-            done = store.install(entry, models_dir, on_progress=bar, timeout=args.timeout, retries=args.retries)
+            done = store.install(entry, models_dir, on_progress=bar, on_retry=retry, timeout=args.timeout,
+                                 retries=args.retries)
         finally:
             bar.close()
         for path in done.paths:

@@ -7,12 +7,21 @@ back-off. The size, the sha256 (or its published prefix) and a check by the file
 passed before the part is renamed over the destination. A lock file beside the destination makes two
 downloads of the same file, in any processes, end with one good file: the second waits, then finds it.
 
+Nothing a server does keeps a download going without bound: the bytes are capped by the catalog's
+size (else a per-family maximum), every `timeout` seconds at least `MIN_RATE` bytes/s must arrive
+(headers included, so a trickling server fails like a stalled one), a host name that does not resolve
+fails at once, and a full disk removes the part and says so.
+
 httpx does the HTTP (streaming, timeouts per read, redirects, HTTP/1.1 keep-alive)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import secrets
+import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +32,12 @@ from ..errors import DSUError
 CHUNK = 1 << 20
 TRANSIENT_STATUS = (408, 425, 429, 500, 502, 503, 504)
 REPORT_EVERY = 0.25  # seconds between progress reports
+MIN_RATE = 1024     # bytes/s a transfer must keep up over every `timeout` seconds
+FULL_DISK = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 
 Progress = Callable[[int, int | None, float], None]  # (bytes done, bytes total or None, bytes/s)
-Check = Callable[[Path], None]                       # raises DSUError when the file is not what it claims
+Retry = Callable[[int, int, str, float], None]       # (retry number, retries allowed, why, seconds until it)
+Check = Callable[[Path], None]                       # raises DSUError (the reason) when the file is unusable
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,12 @@ class Expected:
     size: int | None = None
     sha256: str | None = None
     sha256_prefix: str | None = None
+    most: int | None = None  # when `size` is unknown: the most bytes such a file can have
+    what: str = "file"       # what `most` bounds, for the message
+
+    @property
+    def limit(self) -> int | None:
+        return self.size if self.size is not None else self.most
 
 
 @dataclass(frozen=True)
@@ -46,20 +64,30 @@ class Fetched:
 
 class FileLock:
     """An exclusive lock on `path` (created if needed) held across processes; waiting stays
-    cancellable. POSIX flock, or msvcrt on Windows."""
+    cancellable. POSIX flock, or msvcrt on Windows. The holder removes the file before releasing it;
+    a waiter that then wins the lock of a removed file starts over, so no two hold it at once."""
 
     def __init__(self, path: Path, cancelled: Callable[[], bool] | None = None):
         self.path, self.cancelled = path, cancelled or (lambda: False)
         self.fd: int | None = None
 
     def __enter__(self) -> "FileLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        while not self._try():
-            if self.cancelled():
-                os.close(self.fd)
-                raise DSUError("cancelled", "cancelled while waiting for another download of the same file")
-            time.sleep(0.1)
-        return self
+        while True:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            while not self._try():
+                if self.cancelled():
+                    os.close(self.fd)
+                    raise DSUError("cancelled", "cancelled while waiting for another download of the same file")
+                time.sleep(0.1)
+            if self._current():
+                return self
+            os.close(self.fd)  # its holder removed it as we waited: lock the file now at the path
+
+    def _current(self) -> bool:
+        try:
+            return os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+        except OSError:
+            return False
 
     def _try(self) -> bool:
         try:
@@ -76,7 +104,35 @@ class FileLock:
         return True
 
     def __exit__(self, *exc) -> None:
-        os.close(self.fd)  # closing releases the lock; the lock file stays (removing it would race)
+        try:
+            os.unlink(self.path)  # while held: a waiter sees it was removed (see _current)
+        except OSError:
+            pass  # Windows keeps an open file; the next holder reuses it
+        os.close(self.fd)
+
+
+def clean_locks(folder: Path, recursive: bool = True) -> list[Path]:
+    """Remove the empty `.<name>.lock` files of downloads that were killed (no process holds them)."""
+    removed = []
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _, names in walk:
+        for name in names:
+            path = Path(root) / name
+            if not (name.startswith(".") and name.endswith(".lock")) or path.is_symlink():
+                continue
+            try:
+                if not path.is_file() or path.stat().st_size:
+                    continue  # DSU's locks are empty: anything else is another program's
+                lock = FileLock(path)
+                lock.fd = os.open(path, os.O_RDWR)
+                if lock._try() and lock._current():
+                    lock.__exit__()
+                    removed.append(path)
+                else:
+                    os.close(lock.fd)
+            except OSError:
+                pass
+    return removed
 
 
 def sha256_of(path: Path, into=None):
@@ -102,10 +158,20 @@ def _part_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(3)}.part")
 
 
+def parts_of(dest: Path) -> list[Path]:
+    """The parts of `dest` in its folder, by exact name (a `[` or `*` in a name is no pattern)."""
+    pattern = re.compile(re.escape(f".{dest.name}.") + r"\d+\.[0-9a-f]+\.part")
+    try:
+        names = os.listdir(dest.parent)
+    except OSError:
+        return []
+    return [dest.parent / n for n in names if pattern.fullmatch(n)]
+
+
 def _adopt_leftovers(dest: Path, part: Path) -> None:
     """Under the lock, any other part of this file belongs to a download that has ended: keep the
     longest as ours to resume, drop the rest."""
-    leftovers = sorted(dest.parent.glob(f".{dest.name}.*.part"), key=lambda p: p.stat().st_size, reverse=True)
+    leftovers = sorted(parts_of(dest), key=lambda p: p.stat().st_size, reverse=True)
     for i, p in enumerate(leftovers):
         if p == part:
             continue
@@ -116,29 +182,29 @@ def _adopt_leftovers(dest: Path, part: Path) -> None:
 
 
 def fetch(url: str, dest: Path, expected: Expected = Expected(), *, check: Check | None = None,
-          on_progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-          timeout: float = 30.0, retries: int = 5, backoff: float = 0.5) -> Fetched:
+          on_progress: Progress | None = None, on_retry: Retry | None = None,
+          cancelled: Callable[[], bool] | None = None, timeout: float = 30.0, retries: int = 5,
+          backoff: float = 0.5, min_rate: float = MIN_RATE) -> Fetched:
     """`url` saved as `dest`, verified. Raises DSUError: `checksum_mismatch` (nothing kept),
-    `download_failed` (HTTP error, or network failures past `retries`; a part is kept to resume),
-    `cancelled` (nothing kept), or whatever `check` raises (nothing kept)."""
+    `download_failed` (HTTP error, an unresolvable host, or network failures past `retries`, each
+    announced to `on_retry`; a part is kept to resume), `output_not_writable` (a full disk: nothing
+    kept), `cancelled` (nothing kept), or `check`'s error (nothing kept). A file already at `dest`
+    that is not the expected one is replaced by a verified download."""
     cancelled = cancelled or (lambda: False)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(dest.with_name(f".{dest.name}.lock"), cancelled):
-        if dest.is_file():
-            size = dest.stat().st_size
-            if expected.size is None or size == expected.size:
-                sha = sha256_of(dest).hexdigest()
-                if mismatch(dest, size, sha, expected, dest.name) is None:
-                    if check is not None and not (expected.sha256 or expected.sha256_prefix):
-                        check(dest)  # nothing vouches for a file found in place: its loader must
-                    return Fetched(dest, sha, size, downloaded=False)
+        found = _in_place(dest, expected, check)
+        if found is not None:
+            return found
         part = _part_name(dest)
         _adopt_leftovers(dest, part)
         try:
-            digest = _transfer(url, part, expected, on_progress, cancelled, timeout, retries, backoff)
+            digest = _transfer(url, part, expected, on_progress, on_retry, cancelled, timeout, retries, backoff,
+                               min_rate)
         except DSUError as e:
-            if e.code != "download_failed":
+            if e.code != "download_failed" or not getattr(e, "resumable", True) or \
+                    part.exists() and not part.stat().st_size:
                 part.unlink(missing_ok=True)
             raise
         size, sha = part.stat().st_size, digest.hexdigest()
@@ -150,6 +216,10 @@ def fetch(url: str, dest: Path, expected: Expected = Expected(), *, check: Check
         try:
             if check is not None:
                 check(part)
+        except DSUError as e:
+            part.unlink(missing_ok=True)
+            raise DSUError(e.code, f"{dest.name} was downloaded but cannot be used: {e.message}; nothing was "
+                                   "kept") from None
         except BaseException:
             part.unlink(missing_ok=True)
             raise
@@ -157,8 +227,136 @@ def fetch(url: str, dest: Path, expected: Expected = Expected(), *, check: Check
         return Fetched(dest, sha, size, downloaded=True)
 
 
-def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | None,
-              cancelled: Callable[[], bool], timeout: float, retries: int, backoff: float):
+def _in_place(dest: Path, expected: Expected, check: Check | None) -> Fetched | None:
+    """The file already at `dest` when it is the expected one; None when it is missing or damaged
+    (then the download replaces it)."""
+    if not dest.is_file():
+        return None
+    size = dest.stat().st_size
+    if expected.limit is not None and size > expected.limit:
+        return None
+    if expected.size is not None and size != expected.size:
+        return None
+    sha = sha256_of(dest).hexdigest()
+    if mismatch(dest, size, sha, expected, dest.name) is not None:
+        return None
+    if check is not None and not (expected.sha256 or expected.sha256_prefix):
+        try:
+            check(dest)  # nothing vouches for a file found in place: its loader must
+        except DSUError:
+            return None
+    return Fetched(dest, sha, size, downloaded=False)
+
+
+class _Pace:
+    """At least `need` bytes every `window` seconds, on every read of a connection (response headers
+    as much as the body), so a server that trickles fails like one that stalls; cancel is checked on
+    each read too."""
+
+    def __init__(self, window: float, min_rate: float, cancelled: Callable[[], bool]):
+        self.window, self.need, self.cancelled = window, max(1, int(min_rate * window)), cancelled
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.got = time.monotonic(), 0
+
+    def read_timeout(self, given: float | None) -> tuple[float | None, bool]:
+        """(the timeout for the next read, whether this window's quota is what limits it)."""
+        import httpcore
+        if self.cancelled():
+            raise DSUError("cancelled", "the download was cancelled; nothing was kept")
+        now = time.monotonic()
+        if now - self.start >= self.window:
+            if self.got < self.need:
+                raise httpcore.ReadTimeout(self.slow())
+            self.start, self.got = now, 0
+        if self.got >= self.need:
+            return given, False
+        left = max(self.start + self.window - now, 0.001)
+        return (left, True) if given is None or left < given else (given, False)
+
+    def slow(self) -> str:
+        return f"fewer than {self.need} bytes arrived in {self.window:g} s (the least is {self.need / self.window:.0f} B/s)"
+
+
+def _paced_backend(pace: _Pace):
+    import httpcore
+
+    class Stream(httpcore.NetworkStream):
+        def __init__(self, stream):
+            self.stream = stream
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            limit, by_pace = pace.read_timeout(timeout)
+            try:
+                data = self.stream.read(max_bytes, limit)
+            except httpcore.ReadTimeout:
+                why = pace.slow() if by_pace else f"nothing arrived in {timeout:g} s" if timeout else "timed out"
+                raise httpcore.ReadTimeout(why) from None
+            pace.got += len(data)
+            return data
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            self.stream.write(buffer, timeout)
+
+        def close(self) -> None:
+            self.stream.close()
+
+        def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+            return Stream(self.stream.start_tls(ssl_context, server_hostname, timeout))
+
+        def get_extra_info(self, info: str):
+            return self.stream.get_extra_info(info)
+
+    class Backend(httpcore.SyncBackend):
+        def connect_tcp(self, *args, **kwargs):
+            return Stream(super().connect_tcp(*args, **kwargs))
+
+    return Backend()
+
+
+def client(timeout: float, min_rate: float = MIN_RATE, cancelled: Callable[[], bool] | None = None):
+    """(an httpx client whose every read keeps up `min_rate` over `timeout` seconds, its pace: call
+    `pace.restart()` before each request). Identity transfer encoding: the bytes counted are the file's."""
+    import httpcore
+    import httpx
+    pace = _Pace(timeout, min_rate, cancelled or (lambda: False))
+    transport = httpx.HTTPTransport()
+    if isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):  # httpx has no public hook
+        transport._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
+                                                  network_backend=_paced_backend(pace))
+    return httpx.Client(transport=transport, follow_redirects=True, timeout=httpx.Timeout(timeout),
+                        headers={"User-Agent": "dsu-model-download", "Accept-Encoding": "identity"}), pace
+
+
+def unresolved(error: BaseException) -> socket.gaierror | None:
+    """The name-resolution failure behind a connection error, if that is what it was."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, socket.gaierror):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def no_host(url: str, gai: socket.gaierror) -> DSUError:
+    import httpx
+    host = httpx.URL(url).host
+    return DSUError("download_failed", f"the host {host} does not resolve ({gai.strerror or gai}): no network, or "
+                                       f"a wrong URL ({url}); nothing was downloaded")
+
+
+def _full_disk(part: Path, have: int, total: int | None, error: OSError) -> DSUError:
+    part.unlink(missing_ok=True)
+    need = f" of the {total} it needs" if total else ""
+    return DSUError("output_not_writable", f"cannot write {part.parent}: {os.strerror(error.errno)} after {have} "
+                                           f"bytes{need}; the partial file was removed: free some space (or give "
+                                           "another --models-dir) and download again")
+
+
+def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | None, on_retry: Retry | None,
+              cancelled: Callable[[], bool], timeout: float, retries: int, backoff: float, min_rate: float):
     """Stream `url` into `part` (resuming what it holds); the sha256 of the whole file."""
     import httpx
 
@@ -166,15 +364,18 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
     have = part.stat().st_size if part.exists() else 0
     failures, started, start_bytes = 0, time.monotonic(), have
     last_report = 0.0
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(timeout),
-                      headers={"User-Agent": "dsu-model-download"}) as client:
+    limit = expected.limit
+    http, pace = client(timeout, min_rate, cancelled)
+    ranges = True  # False once the server encodes the transfer: its ranges are of the encoding, not the file
+    with http:
         while True:
             if cancelled():
                 raise DSUError("cancelled", "the download was cancelled; nothing was kept")
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            received = 0
+            headers = {"Range": f"bytes={have}-"} if have and ranges else {}
+            received, total = 0, None
+            pace.restart()
             try:
-                with client.stream("GET", url, headers=headers) as response:
+                with http.stream("GET", url, headers=headers) as response:
                     status = response.status_code
                     if status == 416 and have and (expected.size in (None, have)):
                         return digest  # the part already holds the whole file
@@ -187,39 +388,99 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                     if status >= 400:
                         raise DSUError("download_failed", f"{url} answered HTTP {status}"
                                        + (" (not found: the catalog may be out of date)" if status == 404 else ""))
+                    encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+                    if encoded:
+                        ranges = False
+                        if status == 206:
+                            raise httpx.RemoteProtocolError("a range of an encoded transfer; starting over")
                     resumed = status == 206 and _range_start(response) == have
-                    if not resumed:  # the server sent the whole file again
+                    if not resumed:  # the server sent the whole file again (or ranges of an encoding)
                         digest, have = hashlib.sha256(), 0
-                    total = _total(response, have)
+                    total = None if encoded else _total(response, have)  # an encoded length is not the file's
                     if expected.size is not None and total is not None and total != expected.size:
                         raise DSUError("checksum_mismatch", f"{url} offers {total} bytes, not the "
                                                             f"{expected.size} the catalog says; nothing was kept")
-                    with open(part, "ab" if resumed else "wb") as out:
-                        for block in response.iter_bytes():  # as it arrives: a drop loses nothing received
+                    if limit is not None and total is not None and total > limit:
+                        raise _too_big(url, expected)
+                    _room(part, total, have)
+                    try:
+                        out = open(part, "ab" if resumed else "wb", buffering=0)  # a full disk shows at write
+                    except OSError as e:
+                        raise DSUError("output_not_writable", f"cannot write {part.parent}: {e.strerror}") from None
+                    with out:
+                        for block in response.iter_bytes():  # decoded, as it arrives: a drop loses nothing received
                             if cancelled():
                                 raise DSUError("cancelled", "the download was cancelled; nothing was kept")
-                            out.write(block)
+                            if limit is not None and have + len(block) > limit:
+                                raise _too_big(url, expected)
+                            try:
+                                view = memoryview(block)
+                                while view:
+                                    view = view[out.write(view):]
+                            except OSError as e:
+                                if e.errno in FULL_DISK:
+                                    raise _full_disk(part, have, total, e) from None
+                                raise DSUError("output_not_writable", f"cannot write {part}: {e.strerror}") from None
                             digest.update(block)
                             have += len(block)
                             received += len(block)
-                            if expected.size is not None and have > expected.size:
-                                raise DSUError("checksum_mismatch", f"{url} sent more than the {expected.size} "
-                                                                    "bytes the catalog says; nothing was kept")
                             now = time.monotonic()
                             if on_progress is not None and now - last_report >= REPORT_EVERY:
                                 last_report = now
                                 on_progress(have, total, (have - start_bytes) / max(now - started, 1e-6))
+                        try:
+                            os.fsync(out.fileno())
+                        except OSError as e:  # a full disk can show only when the data is written back
+                            if e.errno in FULL_DISK:
+                                raise _full_disk(part, have, total, e) from None
+                            raise
                 if on_progress is not None:
                     on_progress(have, total, (have - start_bytes) / max(time.monotonic() - started, 1e-6))
                 return digest
             except httpx.HTTPError as e:  # dropped connection, timeout, refused, transient status
+                gai = unresolved(e)
+                if gai is not None:  # retrying will not make a name resolve
+                    raise no_host(url, gai) from None
                 failures = 0 if received >= CHUNK else failures + 1  # a trickle is no progress
+                why = f"{type(e).__name__}: {e or 'no detail'}"
                 if failures > retries:
                     what = "timed out" if isinstance(e, httpx.TimeoutException) else "failed"
+                    kept = (f"the {have} bytes received are kept, and the next download of this model resumes "
+                            "from them") if have else "nothing was received"
                     raise DSUError("download_failed", f"downloading {url} {what} {retries + 1} times in a row "
-                                   f"({type(e).__name__}: {e or 'no detail'}); {have} bytes are kept to resume: "
-                                   "run the same command again") from None
-                time.sleep(min(backoff * 2 ** max(failures - 1, 0), 10.0))
+                                   f"({why}); {kept}") from None
+                wait = min(backoff * 2 ** max(failures - 1, 0), 10.0)
+                if on_retry is not None:
+                    on_retry(failures, retries, why, wait)
+                time.sleep(wait)
+
+
+def _too_big(url: str, expected: Expected) -> DSUError:
+    if expected.size is not None:
+        return DSUError("checksum_mismatch", f"{url} sent more than the {expected.size} bytes the catalog says; "
+                                             "nothing was kept")
+    error = DSUError("download_failed", f"{url} sent more than {expected.most} bytes, more than any "
+                                        f"{expected.what} can be (the catalog gives no size for it); nothing was "
+                                        "kept. If the publisher's file really is that large, give its `size` in a "
+                                        "catalog (--catalog / $DSU_CATALOG)")
+    error.resumable = False  # the part is what must not grow further
+    return error
+
+
+def _room(part: Path, total: int | None, have: int) -> None:
+    """Refuse before writing when the disk cannot hold what the server says it will send."""
+    if not total:
+        return
+    try:
+        free = shutil.disk_usage(part.parent).free
+    except OSError:
+        return
+    need = total - have
+    if need > free:
+        part.unlink(missing_ok=True)
+        raise DSUError("output_not_writable", f"{part.parent} has {free} bytes free, and the file needs {need} "
+                                              "more; nothing was kept: free some space (or give another "
+                                              "--models-dir) and download again")
 
 
 def _range_start(response) -> int | None:

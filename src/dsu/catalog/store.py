@@ -21,8 +21,14 @@ from .download import FileLock, fetch, mismatch, sha256_of
 
 LOCK_FILE = "dsu-lock.json"
 MSST_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
+# the most bytes a file may have when the catalog gives no size, well above the largest each kind
+# publishes (configs are kilobytes; Demucs members, UVR .pth/.onnx up to a few hundred MB; RoFormer
+# checkpoints up to about 2 GB), so a server that never ends its body stops there, not at a full disk
+MOST_BYTES = {"config": 1 << 20, "demucs": 1 << 30, "vr": 1 << 30, "mdx": 1 << 30, "apollo": 2 << 30,
+              **{t: 4 << 30 for t in MSST_TYPES}}
 
 FileProgress = Callable[[str, int, "int | None", float], None]  # (file path, bytes done, total, bytes/s)
+FileRetry = Callable[[str, int, int, str, float], None]  # (file path, retry, retries allowed, why, seconds)
 
 
 def default_models_dir() -> Path:
@@ -55,9 +61,15 @@ def update_pins(models_dir: Path, change: Callable[[dict], None]) -> None:
         pins = read_pins(models_dir)
         change(pins)
         temp = models_dir / f".{LOCK_FILE}.{os.getpid()}.{secrets.token_hex(3)}.partial"
-        temp.write_text(json.dumps({"version": 1, "files": dict(sorted(pins.items()))}, indent=1) + "\n",
-                        encoding="utf-8")
-        os.replace(temp, models_dir / LOCK_FILE)
+        try:
+            temp.write_text(json.dumps({"version": 1, "files": dict(sorted(pins.items()))}, indent=1) + "\n",
+                            encoding="utf-8")
+            os.replace(temp, models_dir / LOCK_FILE)
+        except OSError as e:
+            temp.unlink(missing_ok=True)
+            raise DSUError("output_not_writable", f"cannot write {models_dir / LOCK_FILE}: {e.strerror}; the "
+                                                  "model's files are in place but their hashes are not pinned: "
+                                                  "free some space and download again") from None
 
 
 # ---- what is installed -------------------------------------------------------------------------------
@@ -127,10 +139,7 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
         return None
     models_dir = Path(request["models_dir"]) if request.get("models_dir") else Path(models_dir or default_models_dir())
     if not installed(entry, models_dir):
-        raise DSUError("model_not_found", f"{name} is a catalog model that is not installed in "
-                                          f"{models_dir}: run "
-                                          f"`{download_command(entry.name, models_dir)}` "
-                                          "(or `dsu separate --download`)")
+        raise not_installed(name, entry, models_dir, "(or `dsu separate --download`)")
     fields = {k: v for k, v in request.items() if k not in ("model", "models_dir", "model_path", "config_path",
                                                            "model_type", "repo")}
     fields.update(request_fields(entry, models_dir))
@@ -149,49 +158,46 @@ def describe(entry: Entry, models_dir: Path) -> dict:
             "purpose": list(entry.purpose), "aliases": list(entry.aliases), "description": entry.description}
 
 
-def installed_files(name: str, models_dir: Path | None) -> tuple[str, str | None]:
-    """(checkpoint, config or None) of an installed catalog model, for commands that take paths."""
-    models_dir = Path(models_dir or default_models_dir())
-    entry = current_catalog().get(name)
-    if not installed(entry, models_dir):
-        raise DSUError("model_not_found", f"{entry.name} is not installed in {models_dir}: run "
-                                          f"`{download_command(entry.name, models_dir)}`")
-    fields = request_fields(entry, models_dir)
-    return fields["model_path"], fields.get("config_path")
+def not_installed(name: str, entry: Entry, models_dir: Path, more: str = "") -> DSUError:
+    """The `model_not_found` of a catalog model missing from the models dir; `.download` is the
+    command that installs it, for front ends that word it their own way."""
+    command = download_command(entry.name, models_dir)
+    error = DSUError("model_not_found", f"{name} is a catalog model that is not installed in {models_dir}: run "
+                                        f"`{command}`" + (f" {more}" if more else ""))
+    error.download = command
+    return error
 
 
 # ---- installing ----------------------------------------------------------------------------------------
 
-def file_check(entry: Entry, spec: FileSpec) -> Callable[[Path], None]:
-    """Open a downloaded file once with its family's reader (weights only, safe YAML), so a file that
-    is not what it claims is refused before it is installed."""
-    suffix = Path(spec.path).suffix.lower()
+def is_config(spec: FileSpec) -> bool:
+    return Path(spec.path).suffix.lower() in (".yaml", ".yml")
 
+
+def file_check(entry: Entry, spec: FileSpec) -> Callable[[Path], None]:
+    """Open a file once with its family's reader (weights only, safe YAML), so a file that is not
+    what it claims is refused before it is installed (or, found in place, replaced)."""
     def check(path: Path) -> None:
         from ..families import apollo, demucs, msst, vr
-        try:
-            if suffix in (".yaml", ".yml"):
-                if entry.type == "demucs":
-                    if demucs.read_bag(path) is None:
-                        raise DSUError("bad_value", "it is not a Demucs bag (no `models` list)")
-                elif entry.type == "apollo":
-                    if apollo.read_config(path) is None:
-                        raise DSUError("bad_value", "it is not an Apollo config")
-                else:
-                    msst.load_config(path)
-            elif entry.type == "demucs":
-                demucs.read_package(path, mmap=True)
-            elif entry.type in MSST_TYPES:
-                msst.read_state_dict(path)
-            elif entry.type == "vr":
-                vr.read_state_dict(path)
+        if is_config(spec):
+            if entry.type == "demucs":
+                if demucs.read_bag(path) is None:
+                    raise DSUError("bad_value", "it is not a Demucs bag (no `models` list)")
             elif entry.type == "apollo":
-                apollo.read_weights(path)
-            elif entry.type == "mdx":
-                _check_onnx(path)
-        except DSUError as e:
-            raise DSUError(e.code, f"{spec.path} was downloaded but cannot be used: {e.message}; nothing "
-                                   "was kept") from None
+                if apollo.read_config(path) is None:
+                    raise DSUError("bad_value", "it is not an Apollo config")
+            else:
+                msst.load_config(path)
+        elif entry.type == "demucs":
+            demucs.read_package(path, mmap=True)
+        elif entry.type in MSST_TYPES:
+            msst.read_state_dict(path)
+        elif entry.type == "vr":
+            vr.read_state_dict(path)
+        elif entry.type == "apollo":
+            apollo.read_weights(path)
+        elif entry.type == "mdx":
+            _check_onnx(path)
     return check
 
 
@@ -211,8 +217,16 @@ class Installed:
     pinned: list[str]
 
 
+def expected_of(entry: Entry, spec: FileSpec, pinned: str | None = None):
+    """What a copy of `spec` must be, bounded by its kind's maximum where the catalog gives no size."""
+    kind = "config" if is_config(spec) else entry.type
+    what = "model config" if kind == "config" else f"{entry.type} model file"
+    return replace(spec.expected(pinned), most=MOST_BYTES[kind], what=what)
+
+
 def install(entry: Entry, models_dir: Path, *, on_progress: FileProgress | None = None,
-            cancelled: Callable[[], bool] | None = None, timeout: float = 30.0, retries: int = 5) -> Installed:
+            on_retry: FileRetry | None = None, cancelled: Callable[[], bool] | None = None,
+            timeout: float = 30.0, retries: int = 5) -> Installed:
     """Download and verify every file of `entry` into `models_dir`; pin the hashes the catalog lacks."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -222,11 +236,12 @@ def install(entry: Entry, models_dir: Path, *, on_progress: FileProgress | None 
         pinned = pins.get(spec.path, {}).get("sha256")
         if pinned and spec.sha256 and pinned != spec.sha256:
             pinned = None  # the catalog's own hash wins over an older pin
-        expected = spec.expected(pinned)
+        expected = expected_of(entry, spec, pinned)
         report = (lambda done, total, speed, p=spec.path: on_progress(p, done, total, speed)) if on_progress else None
+        retry = (lambda n, most, why, wait, p=spec.path: on_retry(p, n, most, why, wait)) if on_retry else None
         try:
             got = fetch(spec.url, file_path(models_dir, spec), expected, check=file_check(entry, spec),
-                        on_progress=report, cancelled=cancelled, timeout=timeout, retries=retries)
+                        on_progress=report, on_retry=retry, cancelled=cancelled, timeout=timeout, retries=retries)
         except DSUError as e:
             if e.code == "checksum_mismatch" and pinned and not spec.sha256:
                 raise DSUError("checksum_mismatch", f"{e.message}. The expected hash was pinned by the first "

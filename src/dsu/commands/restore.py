@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            "(default: the current folder)")
     which = rest.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-path", help="the Apollo checkpoint (.ckpt or .bin)")
-    which.add_argument("-m", "--model", help="an installed catalog Apollo model (`dsu models list --family apollo`)")
+    which.add_argument("-m", "--model", help="an installed Apollo model by name (`dsu models list --family apollo`)")
     rest.add_argument("--models-dir", type=Path, default=None, help="where --model is installed (default: as `dsu models`)")
     rest.add_argument("--config-path", help="its YAML config (model: sr, win, feature_dim, layer)")
     rest.add_argument("--chunk-seconds", type=float, help="chunk length (default: the model's)")
@@ -56,11 +56,16 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     if output.suffix.lower() == ".mp3" and args.bit_depth:
         problems.append(f"--bit-depth {args.bit_depth} with an .mp3 output: mp3 has no bit depth")
     if args.model:
-        from ..catalog import store
+        from .. import jobs
+        from ..catalog import default_models_dir
         from ..errors import DSUError
-        try:
-            args.model_path, installed_config = store.installed_files(args.model, args.models_dir)
-            args.config_path = args.config_path or installed_config
+        try:  # the lookup `dsu separate -m` and `dsu models list` use: the models dir, then the catalog
+            ref = jobs.resolve({"model": args.model, "model_type": "apollo"}, args.models_dir or default_models_dir())
+            if ref.family != "apollo":
+                raise DSUError("bad_value", f"-m {args.model} is a {ref.family} model, not an Apollo: "
+                                            "`dsu models list --family apollo` shows those")
+            args.model_path = ref.files[0]
+            args.config_path = args.config_path or (ref.files[1] if len(ref.files) > 1 else None)
         except DSUError as e:
             problems.append(f"{e.code}: {e.message}")
     if args.model_path and not Path(args.model_path).is_file():

@@ -260,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         except DSUError as e:
             error = e
     else:
-        if error.code == "model_not_found":
-            error = DSUError(error.code, f"{error.message}. DSU does not download models: put {args.model_filename} "
-                                         f"in {args.model_file_dir} (--model_file_dir) or give its path with -m")
+        if error.code == "model_not_found" and getattr(error, "download", None):  # the catalog knows it
+            error = DSUError(error.code, f"{error.message}, or put {args.model_filename} in {args.model_file_dir} "
+                                         "(--model_file_dir)")
+        elif error.code == "model_not_found":
+            error = DSUError(error.code, f"{error.message}. This command does not download models: put "
+                                         f"{args.model_filename} in {args.model_file_dir} (--model_file_dir) or give "
+                                         "its path with -m")
         return common.fail(display, error)
     options, refused = family_options(args, ref.family)
     if refused:

@@ -236,6 +236,39 @@ def _catalogue(models_dir: Path | None) -> dict[str, dict]:
     return read_catalogue(models_dir, ("apollo",))
 
 
+def loose_weights(models_dir: Path | None) -> dict[str, tuple[Path, Path | None]]:
+    """Apollo weights kept loose in the models dir, by file stem -> (weights, its Apollo config or
+    None): every `.bin` (the official release is `pytorch_model.bin`; no other family uses `.bin`), and
+    each `.ckpt` whose name says Apollo or whose config beside it is an Apollo config."""
+    if not models_dir or not Path(models_dir).is_dir():
+        return {}
+    found = (_apollo_weights(f, models_dir) for f in sorted(Path(models_dir).iterdir()))
+    return {f.stem: (f, config) for f, config in filter(None, found)}
+
+
+def _apollo_weights(f: Path, models_dir: Path) -> tuple[Path, Path | None] | None:
+    from .model_folder import config_for
+    if f.suffix.lower() not in (".bin", ".ckpt") or not f.is_file():
+        return None
+    config = config_for(f, models_dir)
+    try:
+        config = config if config is not None and read_config(config) is not None else None
+    except DSUError:
+        config = None
+    return (f, config) if f.suffix.lower() == ".bin" or "apollo" in f.name.lower() or config else None
+
+
+def _loose(models_dir: Path | None, name: str) -> tuple[Path, Path | None] | None:
+    """The loose weights `name` means: the file's stem or its whole name (`pytorch_model.bin`)."""
+    if not models_dir or "/" in name or "\\" in name:
+        return None
+    for candidate in (name, f"{name}.ckpt", f"{name}.bin"):
+        found = _apollo_weights(Path(models_dir) / candidate, Path(models_dir))
+        if found:
+            return found
+    return None
+
+
 def _ref(name: str, checkpoint, config, request: dict) -> ModelRef:
     model = read_config(config) if config else None
     if config and model is None:
@@ -259,7 +292,8 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     name = request.get("model")
     entry = _catalogue(models_dir).get(name) if name else None
     if entry is None:
-        return None
+        loose = _loose(models_dir, str(name)) if name else None
+        return _ref(loose[0].stem, loose[0], loose[1], request) if loose else None
     if not entry.get("checkpoint"):
         raise DSUError("bad_value", f"{CATALOGUE} entry {name!r} has no `checkpoint`")
     files = [models_dir / entry[key] if entry.get(key) else None for key in ("checkpoint", "config")]
@@ -285,8 +319,12 @@ def _load(ref: ModelRef, device: torch.device) -> ApolloSeparator:
 
 
 def _list(models_dir: Path | None) -> list[dict]:
-    return [{"name": name, "family": "apollo", "type": "apollo", "stems": ["restored"]}
-            for name in _catalogue(models_dir)]
+    catalogue = _catalogue(models_dir)
+    named = {Path(e.get("checkpoint") or "").name for e in catalogue.values()}
+    rows = [{"name": name, "family": "apollo", "type": "apollo", "stems": ["restored"]} for name in catalogue]
+    return rows + [{"name": stem, "family": "apollo", "type": "apollo", "stems": ["restored"], "file": f.name,
+                    **({"config": config.name} if config else {})}
+                   for stem, (f, config) in loose_weights(models_dir).items() if f.name not in named]
 
 
 FAMILY = Family(name="apollo", layout="flat", default_bit_depth=16, model_types=("apollo",), extensions=(),

@@ -386,8 +386,10 @@ def _list(models_dir: Path | None) -> list[dict]:
         out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
         listed.add(Path(entry.get("checkpoint") or "").name)
     folders = uvr.model_folders(models_dir, "mdxc") if models_dir and models_dir.is_dir() else []
+    from .apollo import loose_weights
+    apollo = {f for f, _ in loose_weights(models_dir).values()}  # the Apollo family lists those
     for checkpoint in (c for folder in folders for c in sorted(folder.glob("*.ckpt"))):
-        if checkpoint.name not in listed:
+        if checkpoint.name not in listed and checkpoint not in apollo:
             out.append(_describe_checkpoint(checkpoint, models_dir))
     return out
 

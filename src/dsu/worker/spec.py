@@ -435,6 +435,7 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         Field("bytes_done", "integer", "download_model: its bytes so far"),
         Field("bytes_total", "integer", "download_model: its size (null when the server does not say)"),
         Field("speed", "number", "download_model: bytes per second"),
+        Field("retry", "string", "download_model: why the transfer is retried, and when (absent otherwise)"),
         Field("member", "string", "ensemble: the member model running now"))),
     Message("model_downloaded", "answer to download_model: every file is installed and verified", (
         ID, _NAME, Field("models_dir", "string", "absolute"), Field("paths", "string[]", "the model's files, absolute"),
