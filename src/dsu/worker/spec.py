@@ -332,6 +332,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             (ID, *ENSEMBLE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "ensembling", "progress", "cancelling"),
             cancellable=True, family_options=True),
+    Command("set_storage_type", "how model files are read from now on, as the previous DSU's workers took it: "
+                                "`ssd` memory-maps a weight file as it loads (torch's zip format; other files "
+                                "are read whole), `hdd` reads it whole first (DSU's default: fewer random reads)",
+            (ID, Field("type", "string", "the storage the models dir is on", default="ssd", choices=("ssd", "hdd"))),
+            final=("storage_configured",), immediate=True),
     Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
     Command("set_cache_size", "change how many models the cache keeps (0 disables it); evicts the oldest",
             (ID, Field("n", "integer", "models to keep", required=True, minimum=0, maximum=1000,
@@ -464,10 +469,16 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         ID, Field("max_cached_models", "integer", "the new bound"),
         Field("cache_enabled", "boolean", "false when it is 0"),
         Field("max_cache_memory_mb", "number", "the memory bound"))),
+    Message("storage_configured", "answer to set_storage_type", (
+        ID, Field("type", "string", "ssd or hdd"),
+        Field("mmap_enabled", "boolean", "weight files are memory-mapped as they load"),
+        Field("mmap_supported", "boolean", "this torch can map weight files (torch.load's `mmap`)"))),
     Message("exiting", "last line before the worker exits with code 0", (
         ID, Field("reason", "string", "exit (command), eof (stdin closed), signal (SIGTERM/SIGINT)"))),
     Message("error", "the request failed; the worker goes on", (
-        ID, Field("code", "string", "one of the error codes"), Field("message", "string", "what went wrong, what to do"))),
+        ID, Field("code", "string", "one of the error codes"), Field("message", "string", "what went wrong, what to do"),
+        Field("input", "string", "the request's `input` as given, when it had one (a request without `id` "
+                                 "is told apart by it)"))),
 )}
 
 ERRORS: dict[str, str] = {
