@@ -36,11 +36,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return rest
 
 
-def output_file(output: str, input_path: Path) -> Path:
-    """The file `-o` means: itself, or `<track>_restored.wav` inside it when it is a folder."""
+def output_file(output: str, input_path: Path, suffix: str = SUFFIX) -> Path:
+    """The file `-o` means: itself, or `<track><suffix>.wav` inside it when it is a folder."""
     path = Path(output)
     if path.is_dir() or output.endswith(("/", os.sep)):
-        return path / f"{input_path.stem}{SUFFIX}.wav"
+        return path / f"{input_path.stem}{suffix}.wav"
     return path
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the names existing integrations spawn, and the model each uses when a request names none
-DEFAULT_MODELS = {"dsu": "dsp", "dsu-demucs": "htdemucs", "dsu-bsroformer": None, "dsu-audio-separator": None}
+DEFAULT_MODELS = {"dsu": "dsp", "dsu-demucs": "htdemucs", "dsu-bsroformer": None, "dsu-audio-separator": None,
+                  "dsu-denoise": None}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

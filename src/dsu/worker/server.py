@@ -337,6 +337,10 @@ class Server:
         self.last_model = done["model"]
         return "done", done
 
+    def job_denoise(self, job: Job) -> tuple[str, dict]:
+        return "done", jobs.denoise(job.fields, emit=job.reply, progress=self._progress(job),
+                                    cancelled=job.cancel.is_set)
+
     def job_load_model(self, job: Job, status: str = "model_loaded") -> tuple[str, dict]:
         loaded = jobs.load_model(job.fields, default_model=self.config.default_model, **self._context(job))
         self.last_model = loaded["model"]
