@@ -69,13 +69,7 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, prog=prog)
     problems = runner.input_problems([args.input, args.noise_profile])
     output = output_file(args.output, args.input, SUFFIX) if args.output else default_output(args.input)
-    folder = runner.folder_problem(output.parent, "-o/--output")
-    if folder:
-        problems.append(folder)
-    if output.suffix.lower() not in (".wav", ".flac", ".mp3"):
-        problems.append(f"-o {args.output}: name the file .wav, .flac or .mp3, or give a folder (ending in /)")
-    if output.suffix.lower() == ".mp3" and args.bit_depth:
-        problems.append(f"--bit-depth {args.bit_depth} with an .mp3 output: mp3 has no bit depth")
+    problems += runner.output_file_problems(output, args.output, args.bit_depth)
     if problems:
         return runner.report(display, problems)
     request = {"input": str(args.input), "noise_profile": str(args.noise_profile), "output": str(output),
