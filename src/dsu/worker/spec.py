@@ -355,9 +355,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                                 "are read whole), `hdd` reads it whole first (DSU's default: fewer random reads)",
             (ID, Field("type", "string", "the storage the models dir is on", default="ssd", choices=("ssd", "hdd"))),
             final=("storage_configured",), immediate=True),
-    Command("denoise", "reduce noise that follows the music's loudness (hiss, hum) against a recording of it: "
-                       "envelope-matched spectral subtraction, as the previous DSU's dsu-denoise; no model. The "
-                       "noise's spectrum is scaled per frame by the input's level and subtracted",
+    Command("denoise", "reduce noise that follows the music's loudness (hiss that pumps with it) against a "
+                       "recording of it: envelope-matched spectral subtraction, as the previous DSU's "
+                       "dsu-denoise; no model. The noise's spectrum is scaled per frame by the input's level "
+                       "and subtracted. `done` names the one file written",
             (ID, *DENOISE_FIELDS), final=("done",), interim=("denoising", "progress", "cancelling"),
             cancellable=True),
     Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
