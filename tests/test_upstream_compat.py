@@ -92,6 +92,8 @@ def test_runtime_policy_sets_each_worker_names_cache(tmp):
     assert policy_worker(tmp, policy, "--name", "dsu-demucs")[0]["max_cached_models"] == 1
     ready = policy_worker(tmp, policy, "--name", "dsu-bsroformer")[0]
     assert ready["max_cached_models"] == 0 and ready["cache_enabled"] is False
+    audiosep = json.dumps({"audiosep": {"max_cached_models": 4, "mmap": True}})
+    assert policy_worker(tmp, audiosep, "--name", "dsu-audio-separator")[0]["max_cached_models"] == 4
     # the command line wins over the file
     assert policy_worker(tmp, policy, "--name", "dsu-demucs", "--max-cached-models", "2")[0]["max_cached_models"] == 2
 

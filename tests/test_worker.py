@@ -20,7 +20,9 @@ import soundfile as sf
 from dsu.errors import CODES
 from dsu.worker import spec
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# a runtime policy file of the machine's user (~/.dsu/runtime_policy.json) must not change the workers tested
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "DSU_RUNTIME_POLICY_PATH": str(Path(__file__).parent / "no-runtime-policy.json")}
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 
 
