@@ -1,7 +1,7 @@
 """Freeze DSU into one folder that runs with no Python installed:
 
     dist/dsu/
-        dsu, dsu-demucs, dsu-bsroformer, dsu-audio-separator   (one per [project.scripts] entry)
+        dsu, dsu-demucs, dsu-bsroformer, dsu-audio-separator, dsu-denoise   (one per [project.scripts] entry)
         lib/          the interpreter's modules, torch, numpy, ... and dsu, shared by every executable
         configs/      the model configs DSU ships (src/dsu/configs)
         VERSION.txt

@@ -23,7 +23,8 @@ import dsu
 from dsu.runtime import interpreter_argv
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKERS = {"dsu": ["worker"], "dsu-demucs": [], "dsu-bsroformer": [], "dsu-audio-separator": []}
+WORKERS = {"dsu": ["worker"], "dsu-demucs": [], "dsu-bsroformer": [], "dsu-audio-separator": [],
+           "dsu-denoise": []}
 
 
 @pytest.fixture(scope="module")

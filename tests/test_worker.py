@@ -20,7 +20,9 @@ import soundfile as sf
 from dsu.errors import CODES
 from dsu.worker import spec
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# a runtime policy file of the machine's user (~/.dsu/runtime_policy.json) must not change the workers tested
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "DSU_RUNTIME_POLICY_PATH": str(Path(__file__).parent / "no-runtime-policy.json")}
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 
 
@@ -36,11 +38,11 @@ def write_song(path: Path, seconds: float, sr: int = 44100, channels: int = 2) -
 class RawWorker:
     """A worker process, JSON lines both ways; `log` keeps every message read."""
 
-    def __init__(self, tmp: Path, *args: str, argv: list[str] | None = None):
+    def __init__(self, tmp: Path, *args: str, argv: list[str] | None = None, env: dict | None = None):
         self.stderr = open(tmp / f"worker-{time.monotonic_ns()}.stderr", "w+")
         argv = argv or [sys.executable, "-m", "dsu.worker"]
         self.proc = subprocess.Popen([*argv, "--threads", "1", *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=ENV, cwd=tmp)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env or ENV, cwd=tmp)
         self.log: list[dict] = []
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout] + [self.lines.put(b"")],

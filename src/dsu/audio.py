@@ -379,6 +379,15 @@ def write_faults(final: Path) -> Iterator[None]:
         raise tempfiles.write_failure(Path(final), err) from None
 
 
+def output_format(output_path: Path, fmt: str | None) -> str:
+    """`fmt`, else the output's extension (wav when it has none)."""
+    fmt = (fmt or output_path.suffix.lstrip(".") or "wav").lower()
+    if fmt not in FORMATS:
+        raise DSUError("bad_value", f"cannot write {output_path.name}: the format {fmt!r} is not one of "
+                                    f"{', '.join(FORMATS)}; name the output .wav, .flac or .mp3 (or give `format`)")
+    return fmt
+
+
 def partial_name(path: Path) -> Path:
     """A fresh name to write `path` under until it is complete: hidden, not ending in its format,
     unique to this job and naming its process (`dsu.tempfiles`)."""

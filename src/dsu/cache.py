@@ -10,6 +10,7 @@ import torch
 
 from . import families
 from .device import release_cached_memory
+from .packages import mapped_weights
 from .families import ModelRef, Separator
 
 Evicted = Callable[[str], None]  # told the name of each model pushed out
@@ -25,12 +26,15 @@ class Entry:
 class ModelCache:
     """`max_models` = 0 disables caching: every job loads its model and drops it afterwards.
     The newest model always stays, even when it alone is over `max_bytes`: evicting the model a job
-    is about to use would only load it again."""
+    is about to use would only load it again. `mmap`: weight files are memory-mapped as they load
+    (the worker's `set_storage_type` ssd) rather than read whole first (hdd, the default)."""
 
-    def __init__(self, device: torch.device, max_models: int = 2, max_bytes: int | None = None):
+    def __init__(self, device: torch.device, max_models: int = 2, max_bytes: int | None = None,
+                 mmap: bool = False):
         self.device = device
         self.max_models = max_models
         self.max_bytes = max_bytes
+        self.mmap = mmap
         self._entries: OrderedDict[tuple, Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -50,7 +54,8 @@ class ModelCache:
                 return entry.model, True
         if on_load is not None:
             on_load()
-        model = families.load(ref, self.device)
+        with mapped_weights(self.mmap):
+            model = families.load(ref, self.device)
         if self.enabled:
             with self._lock:
                 self._entries[key] = Entry(ref, model, model.nbytes())

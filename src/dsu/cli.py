@@ -15,7 +15,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 # subcommand modules: each has add_parser(subparsers), which sets `run` (args -> exit code)
-SUBCOMMANDS = ("dsu.commands.separate", "dsu.commands.restore", "dsu.catalog.cli", "dsu.ensemble.cli", "dsu.batch.cli",
+SUBCOMMANDS = ("dsu.commands.separate", "dsu.commands.restore", "dsu.commands.denoise", "dsu.catalog.cli", "dsu.ensemble.cli", "dsu.batch.cli",
                "dsu.clean",
                "dsu.commands.completion")
 
@@ -69,6 +69,10 @@ def bsroformer_worker(argv: list[str] | None = None) -> int:
 
 def audio_separator_worker(argv: list[str] | None = None) -> int:
     return _worker("dsu-audio-separator", argv)
+
+
+def denoise_worker(argv: list[str] | None = None) -> int:
+    return _worker("dsu-denoise", argv)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,18 @@ def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: E
     return _done(result, ref, from_cache, started)
 
 
+def denoise(fields: dict, *, emit: Emit, progress: Progress | None = None,
+            cancelled: Cancelled | None = None) -> dict:
+    from .denoise import denoise_file
+    started = time.perf_counter()
+    emit("denoising", input=fields["input"])
+    result = denoise_file(fields["input"], fields["noise_profile"], fields.get("output"),
+                          subtraction_factor=fields["subtraction_factor"], attack_time=fields["attack_time"],
+                          release_time=fields.get("release_time"), mode=fields["mode"],
+                          bit_depth=fields["bit_depth"], progress=progress, cancelled=cancelled)
+    return _result_fields(result, started)
+
+
 def clean(fields: dict) -> dict:
     """Remove what killed DSU processes left: partial files in `dir` (and its subfolders) whose owner
     is gone, older DSU versions' owner-less partials there, the locks of killed downloads, and DSU's
@@ -136,6 +148,9 @@ def clean(fields: dict) -> dict:
 
 def _done(result: JobResult, ref: ModelRef, from_cache: bool, started: float) -> dict[str, Any]:
     """The fields of a job's `done` message; `elapsed` counts from the job's start, model load included."""
+    return {**_result_fields(result, started), "model": ref.name, "model_from_cache": from_cache}
+
+
+def _result_fields(result: JobResult, started: float) -> dict[str, Any]:
     return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": result.output_dir,
-            "files": result.files, "paths": result.paths, "stems": result.stems, "model": ref.name,
-            "model_from_cache": from_cache, **result.extra}
+            "files": result.files, "paths": result.paths, "stems": result.stems, **result.extra}

@@ -8,15 +8,39 @@ in it runs. The load itself then goes through torch's weights-only unpickler wit
 added."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from .errors import DSUError
+
+
+# Whether weight files are memory-mapped (read as the model takes them) rather than read whole first:
+# the worker's `set_storage_type` (ssd: mapped, hdd: read whole, DSU's default) sets it around each
+# model load (`dsu.cache`), so it is per load, not a process-wide switch.
+_MAPPED = contextvars.ContextVar("dsu_mapped_weights", default=False)
+
+
+@contextlib.contextmanager
+def mapped_weights(mapped: bool) -> Iterator[None]:
+    """Weight files loaded inside map their tensors (`torch.load(mmap=True)`) when `mapped`."""
+    token = _MAPPED.set(mapped)
+    try:
+        yield
+    finally:
+        _MAPPED.reset(token)
+
+
+def _mmap(path: Path, wanted: bool | None) -> bool:
+    """Map `path` when asked (None: as `mapped_weights` says) and its format allows: only torch's zip
+    files (torch.save's format since 1.6) can be mapped."""
+    return (_MAPPED.get() if wanted is None else wanted) and zipfile.is_zipfile(path)
 
 
 def _qualified_name(obj) -> str:
@@ -24,9 +48,10 @@ def _qualified_name(obj) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def load_package(path: str | Path, allowed: Iterable, what: str = "model package", mmap: bool = False) -> Any:
+def load_package(path: str | Path, allowed: Iterable, what: str = "model package", mmap: bool | None = None) -> Any:
     """The object pickled in the torch file `path`, which may refer to tensors, plain data and the
-    classes/functions in `allowed`, nothing else. With `mmap`, tensor data is mapped, not read."""
+    classes/functions in `allowed`, nothing else. With `mmap` (None: as `mapped_weights` says),
+    tensor data is mapped, not read."""
     path = Path(path)
     allowed = list(allowed)
     names = {_qualified_name(g) for g in allowed}
@@ -44,7 +69,7 @@ def load_package(path: str | Path, allowed: Iterable, what: str = "model package
                                     "authors published it")
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=_mmap(path, mmap))
     except pickle.UnpicklingError:  # an allowed global used in a way plain data never is
         raise DSUError("bad_value", f"{path.name} does more than a {what} needs (its pickle builds objects "
                                     "it has no reason to); it was refused (nothing in it ran)") from None
@@ -113,8 +138,9 @@ def load_weights_file(path: str | Path, what: str) -> Any:
     hold training metadata (see TRAINING_METADATA), which is read as `Inert`. Any other global
     (`os.system`, a model class, ...) refuses the file unread."""
     path = Path(path)
+    mmap = _mmap(path, None)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         pass  # a global outside torch's plain-data allow list: see whether it is only metadata
     except Exception as e:
@@ -131,6 +157,6 @@ def load_weights_file(path: str | Path, what: str) -> Any:
     try:
         allowed = [VALUE_TYPES[name] if name in VALUE_TYPES else (Inert, name) for name in found]
         with torch.serialization.safe_globals(allowed):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise DSUError("bad_value", f"cannot read {path.name} as {what}: {first_line(e)}") from None

@@ -115,12 +115,13 @@ def _os_error(e: OSError, field: str, path: str) -> DSUError:
 def check_input(path, field: str = "input") -> Path:
     """An existing regular file to read, or the coded error that says what it is instead."""
     text = plain_path(path, field)
+    what = "input file" if field == "input" else f"`{field}` file"
     try:
         st = os.stat(text)
     except FileNotFoundError:
-        raise DSUError("input_not_found", f"input file not found: {text}") from None
+        raise DSUError("input_not_found", f"{what} not found: {text}") from None
     except NotADirectoryError:
-        raise DSUError("input_not_found", f"input file not found: {text} (a part of it is a file, not a folder)") from None
+        raise DSUError("input_not_found", f"{what} not found: {text} (a part of it is a file, not a folder)") from None
     except OSError as e:
         raise _os_error(e, field, text) from None
     if stat.S_ISDIR(st.st_mode):

@@ -96,6 +96,8 @@ class Display:
             self.detail(f"dropped {fields.get('model')} from memory")
         elif status in ("separating", "restoring"):
             self.detail(f"{status} {fields.get('input')} with {fields.get('model')}")
+        elif status == "denoising":
+            self.detail(f"denoising {fields.get('input')}")
 
     def __call__(self, fraction: float) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)

@@ -10,21 +10,12 @@ from pathlib import Path
 from typing import Callable
 
 from . import paths
-from .audio import FORMATS, FileSignal, StemWriter
+from .audio import FileSignal, StemWriter, output_format
 from .errors import DSUError
 from .families import FAMILIES, Separator
 from .separate import JobResult, clean_debris, make_passes, run_into
 
 STEM = "restored"
-
-
-def output_format(output_path: Path, fmt: str | None) -> str:
-    """`fmt`, else the output's extension (wav when it has none)."""
-    fmt = (fmt or output_path.suffix.lstrip(".") or "wav").lower()
-    if fmt not in FORMATS:
-        raise DSUError("bad_value", f"cannot write {output_path.name}: the format {fmt!r} is not one of "
-                                    f"{', '.join(FORMATS)}; name the output .wav, .flac or .mp3 (or give `format`)")
-    return fmt
 
 
 def restore_file(model: Separator, input_path: str | Path, output_path: str | Path, *,

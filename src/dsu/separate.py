@@ -67,11 +67,16 @@ def make_passes(model: Separator, signal, options: dict, cancelled, needed: memo
 
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
-    """The engine's run over `passes` into `writer`, committed when complete; on cancel, running out
-    of memory or any error the partial files are removed (`lower`: what to lower on out of memory;
+    """The engine's run over `passes` into `writer` (see `write_all`)."""
+    return write_all(writer, lambda: engine.run(passes, length, sink, progress, cancelled), lower)
+
+
+def write_all(writer: StemWriter, work: Callable[[], None], lower: str) -> list[Path]:
+    """`work()`, which writes into `writer`, then the files committed; on cancel, running out of
+    memory or any error the partial files are removed (`lower`: what to lower on out of memory;
     a full disk or a removed folder is the writer's own `output_not_writable`)."""
     try:
-        engine.run(passes, length, sink, progress, cancelled)
+        work()
         return writer.commit()
     except engine.Cancelled:
         writer.abort()

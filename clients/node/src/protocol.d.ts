@@ -6,7 +6,7 @@ export declare const ERROR_CODES: readonly ErrorCode[];
 export declare const TIMEOUT_KINDS: Readonly<Record<string, "quick" | "load" | "job">>;
 
 export type ErrorCode = "bad_json" | "unknown_command" | "missing_field" | "bad_value" | "input_not_found" | "unsupported_audio" | "model_not_found" | "config_mismatch" | "cancelled" | "out_of_memory" | "internal" | "output_not_writable" | "checksum_mismatch" | "download_failed";
-export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "ensemble" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "download_model" | "restore";
+export type Command = "ping" | "get_status" | "list_models" | "list_cached" | "cancel" | "load_model" | "preload_model" | "separate" | "apollo" | "ensemble" | "set_storage_type" | "denoise" | "clear_cache" | "set_cache_size" | "exit" | "clean" | "download_model" | "restore";
 
 /** the fields of each command's request, besides `cmd` and `id` */
 export interface CommandFields {
@@ -176,6 +176,28 @@ export interface CommandFields {
     bit_depth?: 16 | 24 | 32;
     /** the options of the model's family (`shifts`, `overlap`, `segment`, ...) */
     [option: string]: unknown;
+  };
+  set_storage_type: {
+    /** the storage the models dir is on */
+    type?: "ssd" | "hdd";
+  };
+  denoise: {
+    /** the audio file to denoise */
+    input: string;
+    /** a recording of the noise alone (any length; averaged to mono and resampled to the input's rate) */
+    noise_profile: string;
+    /** the file to write (wav, flac or mp3 by its extension); default `<input_dir>/<base>_denoised.wav`, as the previous DSU */
+    output?: string;
+    /** how much of the noise estimate is subtracted (0: none, 1: all; more over-subtracts) */
+    subtraction_factor?: number;
+    /** seconds the level the noise follows takes to rise */
+    attack_time?: number;
+    /** seconds it takes to fall (slower pumps less); default: the `mode`'s */
+    release_time?: number;
+    /** the release preset: default 0.1 s (vocals, melodic), drums 0.3 s (kicks, percussion), slow 0.5 s (pads, sustained sounds) */
+    mode?: "default" | "drums" | "slow";
+    /** 16, 24 or 32 (float) */
+    bit_depth?: 16 | 24 | 32;
   };
   clear_cache: Record<never, never>;
   set_cache_size: {
@@ -377,6 +399,15 @@ export interface RestoringMessage {
   model: string | null;
 }
 
+/** a denoise started */
+export interface DenoisingMessage {
+  status: "denoising";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** the input as given */
+  input: string | null;
+}
+
 /** at least once per processed chunk */
 export interface ProgressMessage {
   status: "progress";
@@ -502,6 +533,19 @@ export interface CacheSizeUpdatedMessage {
   max_cache_memory_mb: number | null;
 }
 
+/** answer to set_storage_type */
+export interface StorageConfiguredMessage {
+  status: "storage_configured";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** ssd or hdd */
+  type: string | null;
+  /** weight files are memory-mapped as they load */
+  mmap_enabled: boolean | null;
+  /** this torch can map weight files (torch.load's `mmap`) */
+  mmap_supported: boolean | null;
+}
+
 /** last line before the worker exits with code 0 */
 export interface ExitingMessage {
   status: "exiting";
@@ -520,9 +564,11 @@ export interface ErrorMessage {
   code: string | null;
   /** what went wrong, what to do */
   message: string | null;
+  /** the request's `input` as given, when it had one (a request without `id` is told apart by it) */
+  input: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | DenoisingMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | StorageConfiguredMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {
@@ -536,6 +582,8 @@ export interface FinalMessages {
   separate: DoneMessage;
   apollo: DoneMessage;
   ensemble: DoneMessage;
+  set_storage_type: StorageConfiguredMessage;
+  denoise: DoneMessage;
   clear_cache: CacheClearedMessage;
   set_cache_size: CacheSizeUpdatedMessage;
   exit: ExitingMessage;

@@ -13,6 +13,8 @@ export const FINAL_STATUSES = {
   separate: ["done"],
   apollo: ["done"],
   ensemble: ["done"],
+  set_storage_type: ["storage_configured"],
+  denoise: ["done"],
   clear_cache: ["cache_cleared"],
   set_cache_size: ["cache_size_updated"],
   exit: ["exiting"],
@@ -22,9 +24,9 @@ export const FINAL_STATUSES = {
 };
 
 /** commands the worker queues (a `cancel` drops them): a timed-out one is cancelled there too */
-export const QUEUED = new Set(["load_model", "preload_model", "separate", "apollo", "ensemble", "clear_cache", "set_cache_size", "exit", "clean", "download_model", "restore"]);
+export const QUEUED = new Set(["load_model", "preload_model", "separate", "apollo", "ensemble", "denoise", "clear_cache", "set_cache_size", "exit", "clean", "download_model", "restore"]);
 
 export const ERROR_CODES = ["bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio", "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal", "output_not_writable", "checksum_mismatch", "download_failed"];
 
 /** per command (and alias): which of the client's default timeouts applies (quick, load, job) */
-export const TIMEOUT_KINDS = {"ping": "quick", "get_status": "quick", "list_models": "quick", "list_cached": "quick", "cancel": "quick", "load_model": "load", "preload_model": "load", "separate": "job", "apollo": "job", "ensemble": "job", "clear_cache": "load", "set_cache_size": "load", "exit": "load", "clean": "load", "download_model": "job", "restore": "job"};
+export const TIMEOUT_KINDS = {"ping": "quick", "get_status": "quick", "list_models": "quick", "list_cached": "quick", "cancel": "quick", "load_model": "load", "preload_model": "load", "separate": "job", "apollo": "job", "ensemble": "job", "set_storage_type": "quick", "denoise": "job", "clear_cache": "load", "set_cache_size": "load", "exit": "load", "clean": "load", "download_model": "job", "restore": "job"};

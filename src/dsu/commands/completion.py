@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     comp = subparsers.add_parser("completion", help="print a bash or zsh completion script",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     comp.add_argument("shell", choices=SHELLS)
-    comp.add_argument("--program", choices=("dsu", "dsu-demucs", "dsu-audio-separator", "dsu-bsroformer"),
+    comp.add_argument("--program", choices=("dsu", "dsu-demucs", "dsu-audio-separator", "dsu-bsroformer",
+                                            "dsu-denoise"),
                       default="dsu", help="the command to complete (default: dsu)")
     comp.set_defaults(run=run)
     return comp

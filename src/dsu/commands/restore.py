@@ -36,11 +36,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return rest
 
 
-def output_file(output: str, input_path: Path) -> Path:
-    """The file `-o` means: itself, or `<track>_restored.wav` inside it when it is a folder."""
+def output_file(output: str, input_path: Path, suffix: str = SUFFIX) -> Path:
+    """The file `-o` means: itself, or `<track><suffix>.wav` inside it when it is a folder."""
     path = Path(output)
     if path.is_dir() or output.endswith(("/", os.sep)):
-        return path / f"{input_path.stem}{SUFFIX}.wav"
+        return path / f"{input_path.stem}{suffix}.wav"
     return path
 
 
@@ -48,13 +48,7 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, prog=prog)
     problems = runner.input_problems([args.input])
     output = output_file(args.output, args.input)
-    folder = runner.folder_problem(output.parent, "-o/--output")
-    if folder:
-        problems.append(folder)
-    if output.suffix.lower() not in (".wav", ".flac", ".mp3"):
-        problems.append(f"-o {args.output}: name the file .wav, .flac or .mp3, or give a folder (ending in /)")
-    if output.suffix.lower() == ".mp3" and args.bit_depth:
-        problems.append(f"--bit-depth {args.bit_depth} with an .mp3 output: mp3 has no bit depth")
+    problems += runner.output_file_problems(output, args.output, args.bit_depth)
     if args.model:
         from .. import jobs
         from ..catalog import default_models_dir

@@ -55,6 +55,19 @@ def folder_problem(path: Path, option: str) -> str | None:
     return None
 
 
+def output_file_problems(output: Path, given: str | None, bit_depth: int | None) -> list[str]:
+    """Why the one audio file `-o GIVEN` names (`output`) cannot be written as asked."""
+    out = []
+    folder = folder_problem(output.parent, "-o/--output")
+    if folder:
+        out.append(folder)
+    if output.suffix.lower() not in (".wav", ".flac", ".mp3"):
+        out.append(f"-o {given}: name the file .wav, .flac or .mp3, or give a folder (ending in /)")
+    if output.suffix.lower() == ".mp3" and bit_depth:
+        out.append(f"--bit-depth {bit_depth} with an .mp3 output: mp3 has no bit depth")
+    return out
+
+
 def device_problem(wanted: str) -> str | None:
     """An explicitly asked device that is not there is an error; `auto` falls back quietly."""
     if wanted == "auto" or wanted == "cpu":

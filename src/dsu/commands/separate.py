@@ -44,6 +44,11 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: cuda > mps > cpu; an explicit device that is not there is an error")
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: physical cores)")
+    add_verbosity(parser)
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-q, -v and --json, as every working subcommand takes them."""
     loud = parser.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="errors only")
     loud.add_argument("-v", "--verbose", action="store_true", help="say what is loaded and done")

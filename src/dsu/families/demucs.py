@@ -82,7 +82,7 @@ def quantizer_classes() -> list[type]:
     return [DiffQuantizer, UniformQuantizer]
 
 
-def read_package(path: Path, mmap: bool = False) -> dict:
+def read_package(path: Path, mmap: bool | None = None) -> dict:
     """The package dict, checked for the keys demucs' `serialize_model` writes."""
     package = load_package(path, [*model_classes().values(), Fraction, *quantizer_classes()],
                            "Demucs model package", mmap=mmap)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the names existing integrations spawn, and the model each uses when a request names none
-DEFAULT_MODELS = {"dsu": "dsp", "dsu-demucs": "htdemucs", "dsu-bsroformer": None, "dsu-audio-separator": None}
+DEFAULT_MODELS = {"dsu": "dsp", "dsu-demucs": "htdemucs", "dsu-bsroformer": None, "dsu-audio-separator": None,
+                  "dsu-denoise": None}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -56,8 +57,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser, name: str = "dsu") -> 
                         help="folder models are looked up in by name (default: $DSU_MODELS)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="cuda > mps > cpu for auto")
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: physical cores)")
-    parser.add_argument("--max-cached-models", type=_count, default=2,
-                        help="loaded models kept between jobs; 0 disables the cache (default 2)")
+    parser.add_argument("--max-cached-models", type=_count, default=None,
+                        help="loaded models kept between jobs; 0 disables the cache (default: the runtime "
+                             "policy's, else 2)")
     parser.add_argument("--max-cache-memory", type=parse_size, default=None,
                         help="memory cached models may hold, e.g. 4G (default: half the RAM, 70%% of a GPU's)")
     parser.add_argument("--name", choices=sorted(DEFAULT_MODELS), default=name,
@@ -65,8 +67,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser, name: str = "dsu") -> 
 
 
 def config_from(args: argparse.Namespace) -> WorkerConfig:
+    cached = args.max_cached_models
+    if cached is None:  # the previous DSU's runtime policy file, when there is one
+        from .policy import max_cached_models
+        cached = max_cached_models(args.name)
     return WorkerConfig(name=args.name, models_dir=args.models_dir, device=args.device, threads=args.threads,
-                        max_cached_models=args.max_cached_models, max_cache_memory=args.max_cache_memory)
+                        max_cached_models=WorkerConfig.max_cached_models if cached is None else cached,
+                        max_cache_memory=args.max_cache_memory)
 
 
 def parse_args(argv: list[str] | None = None, name: str = "dsu") -> WorkerConfig:

@@ -2,6 +2,7 @@
 a job thread runs the jobs one at a time in order; the main thread only waits and takes signals."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -37,18 +38,23 @@ def catalog_rows(models_dir) -> list[dict] | None:
 
 
 class Reply:
-    """Messages caused by one request: each carries its `id` when the request had one."""
+    """Messages caused by one request: each carries its `id` when the request had one, and its
+    errors the request's `input`, so a client can tell which file failed even without an `id`."""
 
     def __init__(self, out: ProtocolOut, request: Any):
         self.out = out
         self.has_id = isinstance(request, dict) and "id" in request
         self.id = request["id"] if self.has_id else None
+        given = request.get("input") if isinstance(request, dict) else None
+        self.input = given if isinstance(given, str) else None
 
     def __call__(self, status: str, **fields) -> None:
         message = {"status": status}
         if self.has_id:
             message["id"] = self.id
         message.update(fields)
+        if status == "error" and self.input is not None:
+            message["input"] = self.input
         self.out.send(message)
 
     def error(self, code: str, message: str) -> None:
@@ -192,7 +198,8 @@ class Server:
         try:
             check_encodable(request)
         except BadField as e:  # answered under the request's id, unless the id is what cannot be sent back
-            Reply(self.out, None if e.field == "id" else request).error(e.code, e.message)
+            sendable = {k: v for k, v in request.items() if k != e.field} if isinstance(request, dict) else request
+            Reply(self.out, None if e.field == "id" else sendable).error(e.code, e.message)
             return
         reply = Reply(self.out, request)
         try:
@@ -236,6 +243,11 @@ class Server:
                                        for e in entries],
               count=len(entries), max=self.cache.max_models, bytes=sum(e.nbytes for e in entries),
               max_bytes=self.cache.max_bytes)
+
+    def do_set_storage_type(self, fields: dict, reply: Reply) -> None:
+        self.cache.mmap = fields["type"] == "ssd"
+        reply("storage_configured", type=fields["type"], mmap_enabled=self.cache.mmap,
+              mmap_supported="mmap" in inspect.signature(torch.load).parameters)
 
     def do_cancel(self, fields: dict, reply: Reply) -> None:
         current = self.current
@@ -324,6 +336,10 @@ class Server:
                                      **self._context(job))
         self.last_model = done["model"]
         return "done", done
+
+    def job_denoise(self, job: Job) -> tuple[str, dict]:
+        return "done", jobs.denoise(job.fields, emit=job.reply, progress=self._progress(job),
+                                    cancelled=job.cancel.is_set)
 
     def job_load_model(self, job: Job, status: str = "model_loaded") -> tuple[str, dict]:
         loaded = jobs.load_model(job.fields, default_model=self.config.default_model, **self._context(job))

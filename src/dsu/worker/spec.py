@@ -299,6 +299,24 @@ ENSEMBLE_FIELDS = (
     Field("bit_depth", "integer", "16, 24 or 32 (float; the default)", choices=(16, 24, 32)),
 )
 
+DENOISE_FIELDS = (
+    Field("input", "string", "the audio file to denoise", required=True),
+    Field("noise_profile", "string", "a recording of the noise alone (any length; averaged to mono and "
+                                     "resampled to the input's rate)", required=True, aliases=("noise_path",)),
+    Field("output", "string", "the file to write (wav, flac or mp3 by its extension); default "
+                              "`<input_dir>/<base>_denoised.wav`, as the previous DSU", aliases=("output_path",)),
+    Field("subtraction_factor", "number", "how much of the noise estimate is subtracted (0: none, 1: all; "
+                                          "more over-subtracts)", default=0.9, minimum=0, maximum=4),
+    Field("attack_time", "number", "seconds the level the noise follows takes to rise", default=0.01, minimum=0,
+          maximum=10),
+    Field("release_time", "number", "seconds it takes to fall (slower pumps less); default: the `mode`'s",
+          minimum=0, maximum=10),
+    Field("mode", "string", "the release preset: default 0.1 s (vocals, melodic), drums 0.3 s (kicks, "
+                            "percussion), slow 0.5 s (pads, sustained sounds)", default="default",
+          choices=("default", "drums", "slow")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float)", default=16, choices=(16, 24, 32)),
+)
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("ping", "is the worker alive (answered even while a job runs)", (ID,), final=("pong",), immediate=True),
     Command("get_status", "what the worker is doing: the running job, the queue, the cache", (ID,),
@@ -308,7 +326,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("list_cached", "the loaded models in the cache, least recently used first", (ID,),
             final=("cached_models",), immediate=True),
     Command("cancel", "stop the job whose `id` is given: a queued job of any kind is dropped, a running "
-                      "separate/apollo/ensemble stops at its next chunk (download_model at its next block); "
+                      "separate/apollo/ensemble/denoise stops at its next chunk (download_model at its next block); "
                       "without `id`, the running job. That job "
                       "then answers error `cancelled`",
             (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
@@ -338,6 +356,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             (ID, *ENSEMBLE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "ensembling", "progress", "cancelling"),
             cancellable=True, family_options=True),
+    Command("set_storage_type", "how model files are read from now on, as the previous DSU's workers took it: "
+                                "`ssd` memory-maps a weight file as it loads (torch's zip format; other files "
+                                "are read whole), `hdd` reads it whole first (DSU's default: fewer random reads)",
+            (ID, Field("type", "string", "the storage the models dir is on", default="ssd", choices=("ssd", "hdd"))),
+            final=("storage_configured",), immediate=True),
+    Command("denoise", "reduce noise that follows the music's loudness (hiss that pumps with it) against a "
+                       "recording of it: envelope-matched spectral subtraction, as the previous DSU's "
+                       "dsu-denoise; no model. The noise's spectrum is scaled per frame by the input's level "
+                       "and subtracted. `done` names the one file written",
+            (ID, *DENOISE_FIELDS), final=("done",), interim=("denoising", "progress", "cancelling"),
+            cancellable=True),
     Command("clear_cache", "drop every cached model", (ID,), final=("cache_cleared",)),
     Command("set_cache_size", "change how many models the cache keeps (0 disables it); evicts the oldest",
             (ID, Field("n", "integer", "models to keep", required=True, minimum=0, maximum=1000,
@@ -429,6 +458,7 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
     Message("separating", "a separation started", (ID, Field("input", "string", "the input as given"),
                                                    _NAME)),
     Message("restoring", "a restoration started", (ID, Field("input", "string", "the input as given"), _NAME)),
+    Message("denoising", "a denoise started", (ID, Field("input", "string", "the input as given"))),
     Message("progress", "at least once per processed chunk", (
         ID, Field("progress", "number", "0..1"), Field("percent", "integer", "0..100 (older clients)"),
         Field("file", "string", "download_model: the file being fetched"),
@@ -472,10 +502,16 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         ID, Field("max_cached_models", "integer", "the new bound"),
         Field("cache_enabled", "boolean", "false when it is 0"),
         Field("max_cache_memory_mb", "number", "the memory bound"))),
+    Message("storage_configured", "answer to set_storage_type", (
+        ID, Field("type", "string", "ssd or hdd"),
+        Field("mmap_enabled", "boolean", "weight files are memory-mapped as they load"),
+        Field("mmap_supported", "boolean", "this torch can map weight files (torch.load's `mmap`)"))),
     Message("exiting", "last line before the worker exits with code 0", (
         ID, Field("reason", "string", "exit (command), eof (stdin closed), signal (SIGTERM/SIGINT)"))),
     Message("error", "the request failed; the worker goes on", (
-        ID, Field("code", "string", "one of the error codes"), Field("message", "string", "what went wrong, what to do"))),
+        ID, Field("code", "string", "one of the error codes"), Field("message", "string", "what went wrong, what to do"),
+        Field("input", "string", "the request's `input` as given, when it had one (a request without `id` "
+                                 "is told apart by it)"))),
 )}
 
 ERRORS: dict[str, str] = {
