@@ -180,3 +180,46 @@ def test_msst_refusals(models, tmp_path):
     run = tool("dsu-bsroformer", "--model_type", "bs_roformer", "--config_path", models / "roformer" / "config.yaml",
                "--start_check_point", models / "roformer" / "model.ckpt", "--input_folder", "nowhere", cwd=tmp_path)
     assert run.returncode == 1 and "--input_folder nowhere: no such folder" in run.stderr
+
+
+# ---- bare on a terminal, early-closing readers -----------------------------------------------------
+
+def test_bare_drop_ins_print_usage_on_a_terminal_and_serve_a_pipe(tmp_path):
+    import pty
+    for name in ("dsu-demucs", "dsu-audio-separator"):
+        master, slave = pty.openpty()  # stdin a real terminal, as a user typing the bare name
+        try:
+            code = f"from dsu.cli import {ENTRY[name]} as main; raise SystemExit(main())"
+            run = subprocess.run([sys.executable, "-c", code], stdin=slave, capture_output=True, text=True,
+                                 env=ENV, cwd=tmp_path, timeout=60)
+        finally:
+            os.close(master)
+            os.close(slave)
+        assert run.returncode == 1, (name, run.stdout, run.stderr)  # as demucs and audio-separator exit
+        assert "usage:" in run.stdout + run.stderr and f"{name} --worker" in run.stderr
+        assert '"status"' not in run.stdout  # no worker started
+        run = tool(name, cwd=tmp_path, stdin='{"cmd":"ping","id":1}\n')  # a pipe: the worker, as integrations spawn it
+        assert [json.loads(line)["status"] for line in run.stdout.splitlines()] == ["loading", "ready", "pong", "exiting"]
+
+
+def closed_reader(args, cwd: Path) -> subprocess.CompletedProcess:
+    """`args` with stdout a pipe whose reader has gone, as `... | head -2` once head has its lines."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, *args], stdout=write, stderr=subprocess.PIPE, text=True, env=ENV,
+                              cwd=cwd, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_lists_into_a_closed_pipe_end_quietly(models, tmp_path):
+    listings = [["-m", "dsu.cli", "models", "list"], ["-m", "dsu.cli", "ensemble", "--list-presets"],
+                ["-c", "from dsu.cli import demucs_worker as m; raise SystemExit(m())", "--list-models", "--repo",
+                 str(models)],
+                ["-c", "from dsu.cli import audio_separator_worker as m; raise SystemExit(m())", "--list_models",
+                 "--model_file_dir", str(models)]]
+    for args in listings:
+        run = closed_reader(args, tmp_path)
+        assert run.returncode == 141, (args, run.stderr)  # 128 + SIGPIPE, as coreutils under `head`
+        assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, (args, run.stderr)

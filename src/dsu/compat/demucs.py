@@ -103,7 +103,8 @@ def list_models(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     device, device_problem = _device(args.device)
     problems = _refusals(args) + ([device_problem] if device_problem else [])
     if problems:
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             common.refuse(PROG, [f"{e.code}: {e.message}"])
             return common.EXIT_FAILED
     if not args.tracks:
+        parser.print_usage(sys.stderr)
         print("error: the following arguments are required: tracks", file=sys.stderr)
         return common.EXIT_FAILED
     name = args.sig or args.name
