@@ -222,3 +222,15 @@ def test_default_bit_depth_is_the_one_the_help_states():
     for fam in FAMILIES.values():
         if fam.name != "apollo":  # restores, never separates (its own default: 16)
             assert fam.default_bit_depth == stated[fam.layout], fam.name
+
+
+def test_errors_speak_the_flags_of_the_command_typed(tmp_path):
+    from tiny_models import song
+    song(tmp_path, "song.wav")
+    run = dsu("separate", "song.wav", "-m", "nope", cwd=tmp_path)
+    assert run.returncode == 2 and "`dsu models list` shows what is there" in run.stderr, run.stderr
+    assert "`list_models`" not in run.stderr  # the worker's command, not one a shell runs
+    run = dsu("ensemble", "song.wav", "-o", "out", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr  # a usage error, found before any work
+    assert "give each as -m NAME or --model-path FILE, or a --preset" in run.stderr, run.stderr
+    assert '{"model"' not in run.stderr and "`models`" not in run.stderr

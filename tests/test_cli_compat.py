@@ -223,3 +223,33 @@ def test_lists_into_a_closed_pipe_end_quietly(models, tmp_path):
         run = closed_reader(args, tmp_path)
         assert run.returncode == 141, (args, run.stderr)  # 128 + SIGPIPE, as coreutils under `head`
         assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, (args, run.stderr)
+
+
+def test_drop_in_errors_speak_their_own_flags(models, tmp_path):
+    song(tmp_path, "a.wav")
+    lone = tmp_path / "lone"
+    lone.mkdir()  # a checkpoint audio-separator users name, without the YAML published with it
+    shutil.copy(models / "roformer" / "model.ckpt", lone / "model_bs_roformer_ep_317_sdr_12.9755.ckpt")
+    run = tool("dsu-audio-separator", "a.wav", "-m", "model_bs_roformer_ep_317_sdr_12.9755.ckpt", "--model_file_dir",
+               lone, cwd=tmp_path)
+    assert run.returncode == 1 and "config_path" not in run.stderr, run.stderr  # audio-separator has no such flag
+    assert "put it beside the checkpoint as model_bs_roformer_ep_317_sdr_12.9755.yaml" in run.stderr
+    assert "--model_file_dir" in run.stderr
+    run = tool("dsu-demucs", "a.wav", "-d", "mps", cwd=tmp_path, env={"DSU_MODELS": str(models)})  # never on Linux
+    assert run.returncode == 1 and "-d mps: not available" in run.stderr, run.stderr
+    assert "--device" not in run.stderr and "give -d cpu" in run.stderr  # demucs has -d, and no `auto`
+    run = tool("dsu-demucs", "a.wav", "-n", "nope", cwd=tmp_path, env={"DSU_MODELS": str(models)})
+    assert run.returncode == 1 and "`list_models`" not in run.stderr, run.stderr
+
+
+def test_msst_model_type_from_the_config(models, tmp_path):
+    song(tmp_path / "in", "mix.wav")
+    base = ["--config_path", models / "roformer" / "config.yaml", "--start_check_point", models / "roformer" / "model.ckpt",
+            "--input_folder", "in"]
+    run = tool("dsu-bsroformer", *base, "--store_dir", "out", "--filename_template", "{file_name}_{model_type}/{instr}",
+               cwd=tmp_path)  # no --model_type: the config's keys tell it, as `dsu separate` reads them
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "mix_bs_roformer" / "vocals.wav").is_file()
+    run = tool("dsu-bsroformer", "--model_type", "mdx23c", *base, "--store_dir", "wrong", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "KeyError" not in run.stderr, run.stderr
+    assert "config_mismatch" in run.stderr and "give --model_type bs_roformer, or leave it out" in run.stderr

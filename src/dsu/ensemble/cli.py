@@ -13,8 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+from ..commands.separate import FLAGS as SEPARATE_FLAGS
 from ..worker.spec import ENSEMBLE_ALGORITHMS
 
+# request fields as `dsu ensemble` spells them (dsu.commands.vocabulary)
+FLAGS = {**SEPARATE_FLAGS, "models": "members", "{\"model\": ...}": "-m NAME", "{\"model_path\": ...}": "--model-path FILE",
+         "preset": "--preset", "files": "--files", "output": "-o/--output", "output_dir": "-o/--output",
+         "algorithm": "-a/--algorithm", "weights": "-w/--weights", "name": "--name", "reference": "--reference",
+         "output_names": "--output-names", "stem_map": "--member's `stem_map`"}
 
 
 class _AddMember(argparse.Action):
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                        models=args.members or None, format=args.format, output_names=args.output_names,
                        stems=args.stems.split(",") if args.stems else None)
         label = args.input.name
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1)
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, flags=FLAGS)
     problem = runner.device_problem(args.device)
     if problem:
         return runner.report(display, [problem])
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                             models_dir=args.models_dir, emit=display.emit, progress=lambda f, **_: display(f))
     except DSUError as e:
         display.failed(label, e.code, e.message)
-        return runner.EXIT_FAILED
+        # a request the table or the job refuses before any work is a usage error, as in `dsu separate`
+        return runner.EXIT_USAGE if e.code in runner.USAGE_CODES else runner.EXIT_FAILED
     display.done(done)
     return runner.EXIT_OK

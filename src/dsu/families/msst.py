@@ -113,16 +113,19 @@ def build_model(model_type: str, config: dict) -> torch.nn.Module:
         from ..models.scnet import SCNet as Model
     elif model_type == "mdx23c":
         from ..models.mdx23c import MDX23C
-        return MDX23C.from_config(config)
+        Model = MDX23C.from_config
     else:
         raise DSUError("bad_value", f"model_type {model_type!r} is not an MSST type this build knows: "
                                     f"{', '.join(MODEL_TYPES)}")
     try:
-        return Model(**config["model"])
-    except TypeError as e:  # a key the architecture does not take: the config is not for this type
-        raise DSUError("config_mismatch", f"the config's `model:` section does not fit {model_type}: {e}; "
-                                          "check `model_type` and that the config is the one published "
-                                          "with these weights") from None
+        return Model(config) if model_type == "mdx23c" else Model(**config["model"])
+    except (TypeError, KeyError) as e:  # a key the architecture does not take, or lacks: another type's config
+        implied = type_from_config(config)
+        fix = (f"its keys are {implied}'s: give `model_type` {implied}, or leave it out to take the config's"
+               if implied and implied != model_type else
+               "check `model_type` and that the config is the one published with these weights")
+        what = f"has no {e}" if isinstance(e, KeyError) else f"does not fit ({e})"
+        raise DSUError("config_mismatch", f"the config {what} for {model_type}; {fix}") from None
 
 
 # ---- checkpoint ------------------------------------------------------------------------------------
