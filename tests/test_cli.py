@@ -234,3 +234,20 @@ def test_errors_speak_the_flags_of_the_command_typed(tmp_path):
     assert run.returncode == 2, run.stderr  # a usage error, found before any work
     assert "give each as -m NAME or --model-path FILE, or a --preset" in run.stderr, run.stderr
     assert '{"model"' not in run.stderr and "`models`" not in run.stderr
+
+
+def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
+    """A demucs repo as $DSU_MODELS: bags and single models by signature, as demucs' remote repo holds them."""
+    from tiny_models import song, tiny_htdemucs
+    from dsu import default_model
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for sig in ("5f6f4f76", "e51eebcc"):
+        tiny_htdemucs(repo / f"{sig}.th")
+    (repo / "tuned.yaml").write_text("models: ['e51eebcc', '5f6f4f76']\n")
+    assert default_model.choose(repo, environ={})[0] == "tuned"  # not 5f6f4f76, first by name
+    (repo / "htdemucs_ft.yaml").write_text("models: ['5f6f4f76']\n")
+    assert default_model.choose(repo, environ={})[0] == "htdemucs_ft"  # demucs' ranking of named models
+    song(tmp_path, "song.wav")
+    run = dsu_env("separate", "song.wav", "--threads", "1", cwd=tmp_path, env=quiet_env(DSU_MODELS=str(repo)))
+    assert run.returncode == 0 and "model htdemucs_ft: the best installed 4-stem model" in run.stderr, run.stderr
