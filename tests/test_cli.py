@@ -50,6 +50,12 @@ def test_models_list(tmp_path):
     assert run.returncode == 0
     models = json.loads(run.stdout)  # one JSON array: catalog models and what the models dir holds
     assert {"name": "dsp", "family": "dsp"}.items() <= next(m for m in models if m["name"] == "dsp").items()
+    run = dsu("models", "list", cwd=tmp_path)
+    assert run.returncode == 0
+    header, *rows = run.stdout.splitlines()  # a header row names the columns (JSON has none: the keys do)
+    assert header.split() == ["NAME", "TYPE", "INSTALLED", "SIZE", "SDR", "STEMS"]
+    dsp = next(r for r in rows if r.startswith("dsp "))
+    assert dsp.split()[:3] == ["dsp", "dsp", "installed"] and dsp.index("drums") == header.index("STEMS")
 
 
 def test_worker_subcommand_speaks_the_protocol(tmp_path):
