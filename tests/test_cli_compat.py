@@ -103,8 +103,10 @@ def test_audio_separator_readme_lines(models, tmp_path):
     run = tool("dsu-audio-separator", "audio.wav", "--model_filename", "model_bs_roformer_ep_317_sdr_12.9755.ckpt",
                "--model_file_dir", models, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    # up to the first dot, and the stem as the config spells it (audio-separator names MDXC stems by `instruments`)
-    made = tmp_path / "audio_(vocals)_model_bs_roformer_ep_317_sdr_12.flac"
+    # up to the first dot, and the stems as UVR's copy of this config spells them, which audio-separator
+    # reads (MSST's own says vocals/other): what `audio-separator` itself writes for this checkpoint
+    made = tmp_path / "audio_(Vocals)_model_bs_roformer_ep_317_sdr_12.flac"
+    assert (tmp_path / "audio_(Instrumental)_model_bs_roformer_ep_317_sdr_12.flac").is_file()
     info = sf.info(made)
     assert (info.samplerate, info.subtype) == (44100, "PCM_16")  # the input's bit depth
     # the default model, found through $DSU_MODELS; MP3 at a bitrate; one stem under a custom name

@@ -256,8 +256,8 @@ def test_audio_separator_worker_runs_every_architecture_of_the_folder(folder, so
     out = tmp_path / "out"
     with Worker(["--name", "dsu-audio-separator", "--threads", "1"]) as worker:
         for model, files in [
-            (f"{ROFORMER}.ckpt", [f"song_(vocals)_model_bs_roformer_ep_317_sdr_12.wav",
-                                  f"song_(other)_model_bs_roformer_ep_317_sdr_12.wav"]),
+            (f"{ROFORMER}.ckpt", [f"song_(Vocals)_model_bs_roformer_ep_317_sdr_12.wav",
+                                  f"song_(Instrumental)_model_bs_roformer_ep_317_sdr_12.wav"]),
             ("1_HP-Tiny.pth", ["song_(Instrumental)_1_HP-Tiny.wav", "song_(Vocals)_1_HP-Tiny.wav"]),
             ("UVR-MDX-NET-Tiny.onnx", ["song_(Vocals)_UVR-MDX-NET-Tiny.wav",
                                        "song_(Instrumental)_UVR-MDX-NET-Tiny.wav"]),

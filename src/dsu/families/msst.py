@@ -29,6 +29,7 @@ from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
+from ..outputs import capitalised
 from . import uvr
 from .model_folder import ConfigLoader, config_for, missing_config_message, read_yaml  # noqa: F401
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number
@@ -206,10 +207,13 @@ class MSSTSeparator(Separator):
         self.samplerate = int(config["audio"].get("sample_rate", 44100))
         self.audio_channels = int(config["audio"].get("num_channels", 2))
         self.stems = instruments(config)
-        # python-audio-separator's name for the rest of the mix beside a single-target model's stem:
-        # the config's other instrument, else UVR's counterpart (Vocals -> Instrumental, X -> No X)
+        # python-audio-separator's name for the rest of the mix beside a single-target model's stem, as
+        # UVR's copy of the config names it: the config's other instrument, except a vocals model's
+        # `other` (UVR's copies say Instrumental), else UVR's counterpart (Vocals -> Instrumental, X -> No X)
         named = [str(n) for n in config["training"].get("instruments") or [] if str(n) != self.stems[0]]
-        self.labels = {"instrumental": named[0] if named else uvr.secondary_stem(self.stems[0])}
+        target = capitalised(self.stems[0], "msst")
+        rest = named[0] if named and not (named[0].lower() == "other" and target == "Vocals") else None
+        self.labels = {"instrumental": capitalised(rest, "msst") if rest else uvr.secondary_stem(target)}
         self.chunk_size = chunk_size_of(config)
         self.num_overlap = int(config["inference"].get("num_overlap", 2))
         self.batch_size = int(config["inference"].get("batch_size", 1))
