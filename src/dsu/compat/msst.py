@@ -3,7 +3,8 @@ Music-Source-Separation-Training's `inference.py` command line, run by DSU's MSS
 under the input folder (recursively), stems written as `--filename_template` (default
 `{file_name}/{instr}`, placeholders `{file_name}`, `{instr}`, `{dir_name}`, `{model}`, `{model_type}`,
 `{start_time}`) plus `.wav` (float, or `--pcm_type`) or `.flac` (`--flac_file`; PCM_16 when the type
-is FLOAT, as MSST falls back). A track that cannot be read is said and skipped, as MSST does.
+is FLOAT, as MSST falls back). A track that cannot be read is said and skipped, as MSST does. Without
+`--model_type` the type is the one the config's keys imply (MSST's default, mdx23c, fits few configs).
 
 Not honoured, so refused by name (exit 2): `--draw_spectro`, `--bigshifts` above 1, the LoRA
 checkpoints, several `--device_ids` (one process, one device), a missing `--start_check_point`. Unlike
