@@ -201,7 +201,8 @@ def test_bare_drop_ins_print_usage_on_a_terminal_and_serve_a_pipe(tmp_path):
         assert "usage:" in run.stdout + run.stderr and f"{name} --worker" in run.stderr
         assert '"status"' not in run.stdout  # no worker started
         run = tool(name, cwd=tmp_path, stdin='{"cmd":"ping","id":1}\n')  # a pipe: the worker, as integrations spawn it
-        assert [json.loads(line)["status"] for line in run.stdout.splitlines()] == ["loading", "ready", "pong", "exiting"]
+        statuses = [json.loads(line)["status"] for line in run.stdout.splitlines()]
+        assert statuses == ["loading", "ready", "pong", "exiting"], (name, run.stderr)
 
 
 def closed_reader(args, cwd: Path) -> subprocess.CompletedProcess:
@@ -246,8 +247,8 @@ def test_drop_in_errors_speak_their_own_flags(models, tmp_path):
 
 def test_msst_model_type_from_the_config(models, tmp_path):
     song(tmp_path / "in", "mix.wav")
-    base = ["--config_path", models / "roformer" / "config.yaml", "--start_check_point", models / "roformer" / "model.ckpt",
-            "--input_folder", "in"]
+    roformer = models / "roformer"
+    base = ["--config_path", roformer / "config.yaml", "--start_check_point", roformer / "model.ckpt", "--input_folder", "in"]
     run = tool("dsu-bsroformer", *base, "--store_dir", "out", "--filename_template", "{file_name}_{model_type}/{instr}",
                cwd=tmp_path)  # no --model_type: the config's keys tell it, as `dsu separate` reads them
     assert run.returncode == 0, run.stderr

@@ -9,8 +9,8 @@ A layout is a preset name or a template relative to `output_dir`:
 
 Placeholders: `{track}` (the input's name without extension), `{trackext}` (its extension), `{stem}`
 (the model's spelling), `{Stem}` (python-audio-separator's: UVR's names as they are, the others
-capitalised as UVR spells them, `Vocals`/`Instrumental` for an MSST vocals model), `{model}`, `{ext}`; `/` makes subfolders. The
-`uvr` preset names the model as python-audio-separator does, its file name up to the first dot
+capitalised as UVR spells them, `Vocals`/`Instrumental` for an MSST vocals model), `{model}`, `{ext}`;
+`/` makes subfolders. The `uvr` preset names the model as python-audio-separator does, its file name up to the first dot
 (`model_bs_roformer_ep_317_sdr_12.9755.ckpt` -> `model_bs_roformer_ep_317_sdr_12`)."""
 from __future__ import annotations
 

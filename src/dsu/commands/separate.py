@@ -29,7 +29,7 @@ MODEL_SETTINGS = tuple(f.name for f in MODEL_FIELDS
                        if f.name not in ("model", "model_path", "config_path", "model_type", "repo", "models_dir"))
 REQUEST_OPTIONS = ("layout", "output_names", "sample_rate", "mp3_bitrate", "sanitize", *MODEL_SETTINGS)
 # request fields as `dsu separate` (and `dsu batch`, `dsu restore`) spells them: a flag, else -O FIELD
-FLAGS = {**options_as("-O"), "input": "FILE", "output_dir": "-o/--output-dir", "model": "-m/--model",
+FLAGS = {**options_as("-O {}"), "input": "FILE", "output_dir": "-o/--output-dir", "model": "-m/--model",
          "model_path": "--model-path", "config_path": "--config-path", "model_type": "--model-type",
          "repo": "--repo", "models_dir": "--models-dir", "format": "--format", "bit_depth": "--bit-depth",
          "stems": "--stems", "two_stems": "--two-stems", "sample_rate": "--sample-rate", "layout": "--layout",

@@ -17,8 +17,8 @@ def speak(text: str, flags: dict[str, str] | None) -> str:
     return _FIELD.sub(lambda m: flags.get(m[1], m[0]), text)
 
 
-def options_as(prefix: str, command: str = "separate") -> dict[str, str]:
-    """Every request field of `command` as `prefix FIELD` (`dsu separate -O segment=...`); a CLI's own
-    flags are laid over it."""
+def options_as(template: str, command: str = "separate") -> dict[str, str]:
+    """Every request field of `command` in `template` (`-O {}` for `dsu separate -O sanitize=...`); a
+    CLI's own flags are laid over it."""
     from ..worker import spec
-    return {f.name: f"{prefix} {f.name}" for f in spec.COMMANDS[command].fields}
+    return {f.name: template.format(f.name) for f in spec.COMMANDS[command].fields}

@@ -40,7 +40,7 @@ FLAGS = {"model": "-m/--model_filename", "model_path": "-m/--model_filename", "m
          "input": "an audio file", "list_models": "`dsu-audio-separator --list_models`",
          "segment_size": "--mdx_segment_size", "hop_length": "--mdx_hop_length", "window_size": "--vr_window_size",
          "aggression": "--vr_aggression", "post_process_threshold": "--vr_post_process_threshold",
-         "normalization_threshold": "--normalization", "shifts": "--demucs_shifts",}
+         "normalization_threshold": "--normalization", "shifts": "--demucs_shifts"}
 APOLLO_FLAGS = {**FLAGS, "model_path": "-m/--model_filename", "config_path": "--apollo_config",
                 "chunk_seconds": "--apollo_chunk_seconds", "overlap_seconds": "--apollo_overlap_seconds"}
 

@@ -13,12 +13,16 @@ import json
 import sys
 from pathlib import Path
 
-from ..commands.separate import FLAGS as SEPARATE_FLAGS
+from ..commands.vocabulary import options_as
 from ..worker.spec import ENSEMBLE_ALGORITHMS
 
-# request fields as `dsu ensemble` spells them (dsu.commands.vocabulary)
-FLAGS = {**SEPARATE_FLAGS, "models": "members", "{\"model\": ...}": "-m NAME", "{\"model_path\": ...}": "--model-path FILE",
-         "preset": "--preset", "files": "--files", "output": "-o/--output", "output_dir": "-o/--output",
+# request fields as `dsu ensemble` spells them (dsu.commands.vocabulary): a member's fields in --member JSON
+FLAGS = {**options_as("--member's {}"), "model": "-m/--model", "model_path": "--model-path",
+         "config_path": "--config-path", "model_type": "--model-type", "stems": "--stems", "layout": "--layout",
+         "format": "--format", "bit_depth": "--bit-depth", "device": "--device", "models_dir": "--models-dir",
+         "input": "FILE", "list_models": "`dsu models list`", "models": "members", '{"model": ...}': "-m NAME",
+         '{"model_path": ...}': "--model-path FILE", "preset": "--preset", "files": "--files", "output": "-o/--output",
+         "output_dir": "-o/--output",
          "algorithm": "-a/--algorithm", "weights": "-w/--weights", "name": "--name", "reference": "--reference",
          "output_names": "--output-names", "stem_map": "--member's `stem_map`"}
 
