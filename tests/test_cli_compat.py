@@ -248,7 +248,8 @@ def test_drop_in_errors_speak_their_own_flags(models, tmp_path):
 def test_msst_model_type_from_the_config(models, tmp_path):
     song(tmp_path / "in", "mix.wav")
     roformer = models / "roformer"
-    base = ["--config_path", roformer / "config.yaml", "--start_check_point", roformer / "model.ckpt", "--input_folder", "in"]
+    base = ["--config_path", roformer / "config.yaml", "--start_check_point", roformer / "model.ckpt",
+            "--input_folder", "in"]
     run = tool("dsu-bsroformer", *base, "--store_dir", "out", "--filename_template", "{file_name}_{model_type}/{instr}",
                cwd=tmp_path)  # no --model_type: the config's keys tell it, as `dsu separate` reads them
     assert run.returncode == 0, run.stderr
