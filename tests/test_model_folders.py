@@ -97,7 +97,7 @@ def test_model_path_to_a_checkpoint_finds_its_config(folder):
     ref = families.resolve({"model_path": str(folder / f"{ROFORMER}.ckpt")}, None)
     assert Path(ref.files[1]).name == f"{ROFORMER}.yaml" and ref.option("model_type") == "bs_roformer"
     model = families.load(ref, torch.device("cpu"))
-    assert model.stems == ["vocals"] and model.labels == {"instrumental": "other"}
+    assert model.stems == ["vocals"] and model.labels == {"instrumental": "Instrumental"}  # as UVR's copy names it
 
 
 @pytest.mark.parametrize("config_name", ["{stem}_config.yaml", "config_{stem}.yaml", "{stem}.yml"])

@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     options, refused = family_options(args, ref.family)
     if refused:
         return common.refuse(PROG, refused, FLAGS)
+    from ..outputs import upstream_options
+    options = upstream_options(PROG, model, options)  # the rest of the mix too, as audio-separator writes it
     try:
         problems = common.runner.stem_problems(model, request, options)
     except DSUError as e:
