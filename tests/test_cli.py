@@ -50,6 +50,12 @@ def test_models_list(tmp_path):
     assert run.returncode == 0
     models = json.loads(run.stdout)  # one JSON array: catalog models and what the models dir holds
     assert {"name": "dsp", "family": "dsp"}.items() <= next(m for m in models if m["name"] == "dsp").items()
+    run = dsu("models", "list", cwd=tmp_path)
+    assert run.returncode == 0
+    header, *rows = run.stdout.splitlines()  # a header row names the columns (JSON has none: the keys do)
+    assert header.split() == ["NAME", "TYPE", "INSTALLED", "SIZE", "SDR", "STEMS"]
+    dsp = next(r for r in rows if r.startswith("dsp "))
+    assert dsp.split()[:3] == ["dsp", "dsp", "installed"] and dsp.index("drums") == header.index("STEMS")
 
 
 def test_worker_subcommand_speaks_the_protocol(tmp_path):
@@ -222,3 +228,32 @@ def test_default_bit_depth_is_the_one_the_help_states():
     for fam in FAMILIES.values():
         if fam.name != "apollo":  # restores, never separates (its own default: 16)
             assert fam.default_bit_depth == stated[fam.layout], fam.name
+
+
+def test_errors_speak_the_flags_of_the_command_typed(tmp_path):
+    from tiny_models import song
+    song(tmp_path, "song.wav")
+    run = dsu("separate", "song.wav", "-m", "nope", cwd=tmp_path)
+    assert run.returncode == 2 and "`dsu models list` shows what is there" in run.stderr, run.stderr
+    assert "`list_models`" not in run.stderr  # the worker's command, not one a shell runs
+    run = dsu("ensemble", "song.wav", "-o", "out", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr  # a usage error, found before any work
+    assert "give each as -m NAME or --model-path FILE, or a --preset" in run.stderr, run.stderr
+    assert '{"model"' not in run.stderr and "`models`" not in run.stderr
+
+
+def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
+    """A demucs repo as $DSU_MODELS: bags and single models by signature, as demucs' remote repo holds them."""
+    from tiny_models import song, tiny_htdemucs
+    from dsu import default_model
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for sig in ("5f6f4f76", "e51eebcc"):
+        tiny_htdemucs(repo / f"{sig}.th")
+    (repo / "tuned.yaml").write_text("models: ['e51eebcc', '5f6f4f76']\n")
+    assert default_model.choose(repo, environ={})[0] == "tuned"  # not 5f6f4f76, first by name
+    (repo / "htdemucs_ft.yaml").write_text("models: ['5f6f4f76']\n")
+    assert default_model.choose(repo, environ={})[0] == "htdemucs_ft"  # demucs' ranking of named models
+    song(tmp_path, "song.wav")
+    run = dsu_env("separate", "song.wav", "--threads", "1", cwd=tmp_path, env=quiet_env(DSU_MODELS=str(repo)))
+    assert run.returncode == 0 and "model htdemucs_ft: the best installed 4-stem model" in run.stderr, run.stderr

@@ -103,8 +103,10 @@ def test_audio_separator_readme_lines(models, tmp_path):
     run = tool("dsu-audio-separator", "audio.wav", "--model_filename", "model_bs_roformer_ep_317_sdr_12.9755.ckpt",
                "--model_file_dir", models, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    # up to the first dot, and the stem as the config spells it (audio-separator names MDXC stems by `instruments`)
-    made = tmp_path / "audio_(vocals)_model_bs_roformer_ep_317_sdr_12.flac"
+    # up to the first dot, and the stems as UVR's copy of this config spells them, which audio-separator
+    # reads (MSST's own says vocals/other): what `audio-separator` itself writes for this checkpoint
+    made = tmp_path / "audio_(Vocals)_model_bs_roformer_ep_317_sdr_12.flac"
+    assert (tmp_path / "audio_(Instrumental)_model_bs_roformer_ep_317_sdr_12.flac").is_file()
     info = sf.info(made)
     assert (info.samplerate, info.subtype) == (44100, "PCM_16")  # the input's bit depth
     # the default model, found through $DSU_MODELS; MP3 at a bitrate; one stem under a custom name
@@ -182,3 +184,78 @@ def test_msst_refusals(models, tmp_path):
     run = tool("dsu-bsroformer", "--model_type", "bs_roformer", "--config_path", models / "roformer" / "config.yaml",
                "--start_check_point", models / "roformer" / "model.ckpt", "--input_folder", "nowhere", cwd=tmp_path)
     assert run.returncode == 1 and "--input_folder nowhere: no such folder" in run.stderr
+
+
+# ---- bare on a terminal, early-closing readers -----------------------------------------------------
+
+def test_bare_drop_ins_print_usage_on_a_terminal_and_serve_a_pipe(tmp_path):
+    import pty
+    for name in ("dsu-demucs", "dsu-audio-separator"):
+        master, slave = pty.openpty()  # stdin a real terminal, as a user typing the bare name
+        try:
+            code = f"from dsu.cli import {ENTRY[name]} as main; raise SystemExit(main())"
+            run = subprocess.run([sys.executable, "-c", code], stdin=slave, capture_output=True, text=True,
+                                 env=ENV, cwd=tmp_path, timeout=60)
+        finally:
+            os.close(master)
+            os.close(slave)
+        assert run.returncode == 1, (name, run.stdout, run.stderr)  # as demucs and audio-separator exit
+        assert "usage:" in run.stdout + run.stderr and f"{name} --worker" in run.stderr
+        assert '"status"' not in run.stdout  # no worker started
+        run = tool(name, cwd=tmp_path, stdin='{"cmd":"ping","id":1}\n')  # a pipe: the worker, as integrations spawn it
+        statuses = [json.loads(line)["status"] for line in run.stdout.splitlines()]
+        assert statuses == ["loading", "ready", "pong", "exiting"], (name, run.stderr)
+
+
+def closed_reader(args, cwd: Path) -> subprocess.CompletedProcess:
+    """`args` with stdout a pipe whose reader has gone, as `... | head -2` once head has its lines."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, *args], stdout=write, stderr=subprocess.PIPE, text=True, env=ENV,
+                              cwd=cwd, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_lists_into_a_closed_pipe_end_quietly(models, tmp_path):
+    listings = [["-m", "dsu.cli", "models", "list"], ["-m", "dsu.cli", "ensemble", "--list-presets"],
+                ["-c", "from dsu.cli import demucs_worker as m; raise SystemExit(m())", "--list-models", "--repo",
+                 str(models)],
+                ["-c", "from dsu.cli import audio_separator_worker as m; raise SystemExit(m())", "--list_models",
+                 "--model_file_dir", str(models)]]
+    for args in listings:
+        run = closed_reader(args, tmp_path)
+        assert run.returncode == 141, (args, run.stderr)  # 128 + SIGPIPE, as coreutils under `head`
+        assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, (args, run.stderr)
+
+
+def test_drop_in_errors_speak_their_own_flags(models, tmp_path):
+    song(tmp_path, "a.wav")
+    lone = tmp_path / "lone"
+    lone.mkdir()  # a checkpoint audio-separator users name, without the YAML published with it
+    shutil.copy(models / "roformer" / "model.ckpt", lone / "model_bs_roformer_ep_317_sdr_12.9755.ckpt")
+    run = tool("dsu-audio-separator", "a.wav", "-m", "model_bs_roformer_ep_317_sdr_12.9755.ckpt", "--model_file_dir",
+               lone, cwd=tmp_path)
+    assert run.returncode == 1 and "config_path" not in run.stderr, run.stderr  # audio-separator has no such flag
+    assert "put it beside the checkpoint as model_bs_roformer_ep_317_sdr_12.9755.yaml" in run.stderr
+    assert "--model_file_dir" in run.stderr
+    run = tool("dsu-demucs", "a.wav", "-d", "mps", cwd=tmp_path, env={"DSU_MODELS": str(models)})  # never on Linux
+    assert run.returncode == 1 and "-d mps: not available" in run.stderr, run.stderr
+    assert "--device" not in run.stderr and "give -d cpu" in run.stderr  # demucs has -d, and no `auto`
+    run = tool("dsu-demucs", "a.wav", "-n", "nope", cwd=tmp_path, env={"DSU_MODELS": str(models)})
+    assert run.returncode == 1 and "`list_models`" not in run.stderr, run.stderr
+
+
+def test_msst_model_type_from_the_config(models, tmp_path):
+    song(tmp_path / "in", "mix.wav")
+    roformer = models / "roformer"
+    base = ["--config_path", roformer / "config.yaml", "--start_check_point", roformer / "model.ckpt",
+            "--input_folder", "in"]
+    run = tool("dsu-bsroformer", *base, "--store_dir", "out", "--filename_template", "{file_name}_{model_type}/{instr}",
+               cwd=tmp_path)  # no --model_type: the config's keys tell it, as `dsu separate` reads them
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "mix_bs_roformer" / "vocals.wav").is_file()
+    run = tool("dsu-bsroformer", "--model_type", "mdx23c", *base, "--store_dir", "wrong", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "KeyError" not in run.stderr, run.stderr
+    assert "config_mismatch" in run.stderr and "give --model_type bs_roformer, or leave it out" in run.stderr

@@ -266,9 +266,10 @@ def test_file_ensemble_on_the_command_line(tmp_path):
     padded = np.pad(stereo[:, :5000], ((0, 0), (0, stereo.shape[1] - 5000)))
     np.testing.assert_allclose(mixed, (np.stack([stereo[0], stereo[0]]) + padded) / 2, atol=1e-4)  # 24-bit
 
+    # a usage error (exit 2), as in `dsu separate`
     bad = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", *files[:2], "--weights", "1",
                           "-o", str(tmp_path / "no.wav"), "-q"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "bad_value" in bad.stderr and not (tmp_path / "no.wav").exists()
+    assert bad.returncode == 2 and "bad_value" in bad.stderr and not (tmp_path / "no.wav").exists()
 
 
 def test_presets_are_listed():

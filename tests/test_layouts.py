@@ -70,7 +70,7 @@ EXPECTED = {
     "dsu-audio-separator": {
         "dsp": (".", [f"my song_({s.capitalize()})_dsp.wav" for s in DEMUCS]),
         "demucs": (".", [f"my song_({s.capitalize()})_tiny01.wav" for s in DEMUCS]),
-        "msst": (".", [f"my song_(vocals)_{SHORT}.wav", f"my song_(other)_{SHORT}.wav"]),
+        "msst": (".", [f"my song_(Vocals)_{SHORT}.wav", f"my song_(Instrumental)_{SHORT}.wav"]),
         "vr": (".", ["my song_(Instrumental)_vr_tiny.wav", "my song_(Vocals)_vr_tiny.wav"]),
         "mdx": (".", ["my song_(Vocals)_mdx_tiny.wav", "my song_(Instrumental)_mdx_tiny.wav"]),
     },
@@ -124,11 +124,13 @@ def test_presets_and_aliases():
         "bass": Path("/o/htdemucs/Song/bass.wav")}
     assert stem_paths("audio_separator", Path("/o"), "a.b.c", song, ["no_vocals"], "wav") == {
         "no_vocals": Path("/o/Song_(No Vocals)_a.wav")}
-    # MSST configs' own spelling, UVR's names as they are, a model's label for a derived stem
-    assert stem_paths("uvr", Path("/o"), "m", song, ["Vocals", "vocals", "instrumental"], "wav", family="msst",
-                      labels={"instrumental": "other"}) == {
-        "Vocals": Path("/o/Song_(Vocals)_m.wav"), "vocals": Path("/o/Song_(vocals)_m.wav"),
-        "instrumental": Path("/o/Song_(other)_m.wav")}
+    # MSST configs' names as UVR spells them, UVR's names as they are, a model's label for a derived stem
+    assert stem_paths("uvr", Path("/o"), "m", song, ["drums", "Drum-Bass", "instrumental"], "wav", family="msst",
+                      labels={"instrumental": "No Drum-Bass"}) == {
+        "drums": Path("/o/Song_(Drums)_m.wav"), "Drum-Bass": Path("/o/Song_(Drum-Bass)_m.wav"),
+        "instrumental": Path("/o/Song_(No Drum-Bass)_m.wav")}
+    assert stem_paths("uvr", Path("/o"), "m", song, ["lead_only", "no_Vocals"], "wav", family="vr") == {
+        "lead_only": Path("/o/Song_(lead_only)_m.wav"), "no_Vocals": Path("/o/Song_(No Vocals)_m.wav")}
     assert template_of("{track}-{Stem}") == "{track}-{Stem}.{ext}"  # the extension is added when missing
 
 

@@ -97,7 +97,7 @@ def test_model_path_to_a_checkpoint_finds_its_config(folder):
     ref = families.resolve({"model_path": str(folder / f"{ROFORMER}.ckpt")}, None)
     assert Path(ref.files[1]).name == f"{ROFORMER}.yaml" and ref.option("model_type") == "bs_roformer"
     model = families.load(ref, torch.device("cpu"))
-    assert model.stems == ["vocals"] and model.labels == {"instrumental": "other"}
+    assert model.stems == ["vocals"] and model.labels == {"instrumental": "Instrumental"}  # as UVR's copy names it
 
 
 @pytest.mark.parametrize("config_name", ["{stem}_config.yaml", "config_{stem}.yaml", "{stem}.yml"])
@@ -256,8 +256,8 @@ def test_audio_separator_worker_runs_every_architecture_of_the_folder(folder, so
     out = tmp_path / "out"
     with Worker(["--name", "dsu-audio-separator", "--threads", "1"]) as worker:
         for model, files in [
-            (f"{ROFORMER}.ckpt", [f"song_(vocals)_model_bs_roformer_ep_317_sdr_12.wav",
-                                  f"song_(other)_model_bs_roformer_ep_317_sdr_12.wav"]),
+            (f"{ROFORMER}.ckpt", [f"song_(Vocals)_model_bs_roformer_ep_317_sdr_12.wav",
+                                  f"song_(Instrumental)_model_bs_roformer_ep_317_sdr_12.wav"]),
             ("1_HP-Tiny.pth", ["song_(Instrumental)_1_HP-Tiny.wav", "song_(Vocals)_1_HP-Tiny.wav"]),
             ("UVR-MDX-NET-Tiny.onnx", ["song_(Vocals)_UVR-MDX-NET-Tiny.wav",
                                        "song_(Instrumental)_UVR-MDX-NET-Tiny.wav"]),

@@ -5,13 +5,16 @@ them through the same job code (dsu.jobs): one file or a hundred, the model is l
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import os
 import sys
 
 from . import __version__
 from .worker import config as worker_config
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_PIPE = 141  # 128 + SIGPIPE: what `yes | head -1` leaves for `yes`
 
 
 # subcommand modules: each has add_parser(subparsers), which sets `run` (args -> exit code)
@@ -32,6 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_pipe(entry):
+    """A reader that stops early (`dsu models list | head -2`) ends the command quietly, as
+    well-behaved CLIs end: no BrokenPipeError traceback, exit 141. Every entry point has it, so no
+    command that prints needs its own."""
+    @functools.wraps(entry)
+    def run(*args, **kwargs) -> int:
+        try:
+            code = entry(*args, **kwargs)
+            sys.stdout.flush()  # inside the try: the last lines may only fail here
+            return code
+        except BrokenPipeError:
+            # the interpreter flushes stdout once more at exit; /dev/null under it keeps that quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return EXIT_PIPE
+    return run
+
+
+@_quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
@@ -44,17 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+@_quiet_pipe
 def _worker(name: str, argv: list[str] | None = None) -> int:
     """The named worker, or with arguments other than worker flags (and no --worker) the drop-in
-    command line of the tool it stands in for (dsu.compat)."""
+    command line of the tool it stands in for (dsu.compat). Typed bare on a terminal it is that
+    tool's usage, as demucs and audio-separator print theirs; an integration spawns it with stdin
+    a pipe and gets the worker."""
     argv = sys.argv[1:] if argv is None else argv
-    if not worker_config.is_worker_call(argv):
+    bare_on_terminal = not argv and sys.stdin is not None and sys.stdin.isatty()
+    if bare_on_terminal or not worker_config.is_worker_call(argv):
         from .compat import MAINS
         try:
-            return MAINS[name](argv)
+            code = MAINS[name](argv)
         except KeyboardInterrupt:
             print(f"\n{name}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if bare_on_terminal:
+            print(f"{name}: to run the JSON worker on this terminal instead: {name} --worker "
+                  "(with stdin a pipe, as integrations spawn it, it is the worker without the flag)",
+                  file=sys.stderr)
+        return code
     from .worker import main as worker_main
     return worker_main(argv, name=name)
 

@@ -8,9 +8,9 @@ A layout is a preset name or a template relative to `output_dir`:
     uvr (audio_separator) {track}_({Stem})_{model}.{ext}     python-audio-separator and UVR
 
 Placeholders: `{track}` (the input's name without extension), `{trackext}` (its extension), `{stem}`
-(the model's spelling), `{Stem}` (python-audio-separator's: its capitalised names for Demucs stems, an
-MSST config's own spelling, UVR's names as they are), `{model}`, `{ext}`; `/` makes subfolders. The
-`uvr` preset names the model as python-audio-separator does, its file name up to the first dot
+(the model's spelling), `{Stem}` (python-audio-separator's: UVR's names as they are, the others
+capitalised as UVR spells them, `Vocals`/`Instrumental` for an MSST vocals model), `{model}`, `{ext}`;
+`/` makes subfolders. The `uvr` preset names the model as python-audio-separator does, its file name up to the first dot
 (`model_bs_roformer_ep_317_sdr_12.9755.ckpt` -> `model_bs_roformer_ep_317_sdr_12`)."""
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ PRESETS = {"demucs": "{model}/{track}/{stem}.{ext}", "flat": "{track}/{stem}.{ex
            "uvr": "{track}_({Stem})_{model}.{ext}"}
 PRESET_ALIASES = {"msst": "flat", "audio_separator": "uvr"}
 PLACEHOLDERS = ("track", "trackext", "stem", "Stem", "model", "ext")
+UVR_FAMILIES = ("vr", "mdx")  # their stems are UVR's own names already
 
 # the layout each worker name writes unless a request says otherwise (None: the family's own), as the
 # tool each name stands in for writes it
@@ -66,11 +67,13 @@ def layout_for(requested: str | None, worker: str | None, family_layout: str) ->
 
 
 def capitalised(stem: str, family: str) -> str:
-    """python-audio-separator's spelling of a stem: MSST configs' names as written, UVR's as they are,
-    Demucs' and DSU's lower-case names capitalised (Drums, Bass, ...); `no_x` as UVR's `No X`."""
+    """python-audio-separator's spelling of a stem, UVR's vocabulary: UVR models' names as their
+    tables give them (`lead_only` too); Demucs', DSU's and MSST configs' lower-case names capitalised
+    (Drums, Vocals), as audio-separator's Demucs mapping and UVR's copies of the MSST configs (which
+    audio-separator reads, and names MDXC stems from) spell them; `no_x` as UVR's `No X`."""
     if stem.startswith("no_"):
         return "No " + capitalised(stem[3:], family)
-    if family == "msst" and stem != "instrumental":
+    if family in UVR_FAMILIES:
         return stem
     return stem[:1].upper() + stem[1:]
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .commands.vocabulary import speak
+
 MODES = ("quiet", "normal", "verbose", "json")
 PLAIN_STEP = 0.10      # a plain line at least every 10 % ...
 PLAIN_SECONDS = 10.0   # ... or every 10 s, whichever comes first
@@ -38,9 +40,10 @@ class Display:
     object itself (a `progress(fraction)` callback) as the work advances."""
 
     def __init__(self, mode: str = "normal", total: int = 1, prog: str = "dsu", err: TextIO | None = None,
-                 out: TextIO | None = None, terminal: bool | None = None):
+                 out: TextIO | None = None, terminal: bool | None = None, flags: dict[str, str] | None = None):
         assert mode in MODES, mode
         self.mode, self.total, self.prog = mode, total, prog
+        self.flags = flags  # the command line's words for request fields (dsu.commands.vocabulary)
         self.err = err or sys.stderr
         self.out = out or sys.stdout
         self.terminal = self.err.isatty() if terminal is None else terminal
@@ -66,6 +69,7 @@ class Display:
     def error(self, text: str, code: str = "bad_value", **fields) -> None:
         """One line on stderr (and an `error` event in JSON mode)."""
         self.close_bar()
+        text = speak(text, self.flags)
         if self.mode == "json":
             self._json({"status": "error", "code": code, "message": text, **fields})
         print(f"{self.prog}: {text}", file=self.err, flush=True)
@@ -131,6 +135,7 @@ class Display:
 
     def failed(self, path: str | Path, code: str, message: str) -> None:
         self.close_bar()
+        message = speak(message, self.flags)
         if self.mode == "json":
             self._json({"status": "error", "input": str(path), "code": code, "message": message})
         print(f"{self.prog}: {path}: {code}: {message}", file=self.err, flush=True)

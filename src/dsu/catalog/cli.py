@@ -92,12 +92,14 @@ def list_command(args, catalog, models_dir: Path) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
+    columns = "{:<36} {:<18} {:<9} {:>9} {:<8} {}"
+    print(columns.format("NAME", "TYPE", "INSTALLED", "SIZE", "SDR", "STEMS"))  # a pipe gets it too: `| column -t`
     for r in rows:
         size = f"{r['size'] / 1e6:,.0f} MB" if r.get("size") else "-"
         sdr = r.get("sdr")
         sdr = f"{sdr:.2f}" if isinstance(sdr, (int, float)) else ("per stem" if sdr else "-")
-        print(f"{r['name']:<36} {r.get('type') or r['family']:<18} {'installed' if r['installed'] else '-':<9} "
-              f"{size:>9} SDR {sdr:<8} {', '.join(r.get('stems', []))}")
+        print(columns.format(r["name"], r.get("type") or r["family"], "installed" if r["installed"] else "-", size,
+                             sdr, ", ".join(r.get("stems", []))))
     return 0
 
 

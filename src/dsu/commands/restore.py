@@ -10,9 +10,11 @@ from pathlib import Path
 from ..cache import ModelCache
 from ..progress import Display, mode_from
 from . import runner
-from .separate import FILES, add_common
+from .separate import FILES, FLAGS as SEPARATE_FLAGS, add_common
 
 SUFFIX = "_restored"
+FLAGS = {**SEPARATE_FLAGS, "output": "-o/--output", "chunk_seconds": "--chunk-seconds",
+         "overlap_seconds": "--overlap-seconds", "feature_dim": "--feature-dim", "layer": "--layer"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,7 +47,7 @@ def output_file(output: str, input_path: Path, suffix: str = SUFFIX) -> Path:
 
 
 def run(args: argparse.Namespace, prog: str = "dsu") -> int:
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, prog=prog)
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, prog=prog, flags=FLAGS)
     problems = runner.input_problems([args.input])
     output = output_file(args.output, args.input)
     problems += runner.output_file_problems(output, args.output, args.bit_depth)

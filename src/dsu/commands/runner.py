@@ -10,6 +10,8 @@ from ..errors import DSUError
 from ..progress import Display
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# errors that mean the command line asked for something wrong, found before any work: exit 2
+USAGE_CODES = ("model_not_found", "bad_value", "missing_field")
 
 
 class Usage(Exception):
@@ -68,14 +70,15 @@ def output_file_problems(output: Path, given: str | None, bit_depth: int | None)
     return out
 
 
-def device_problem(wanted: str) -> str | None:
-    """An explicitly asked device that is not there is an error; `auto` falls back quietly."""
+def device_problem(wanted: str, flag: str = "--device", instead: str = "use --device auto (or cpu)") -> str | None:
+    """An explicitly asked device that is not there is an error; `auto` falls back quietly. `flag`
+    and `instead`: how the command line asking says a device, and the choice it has instead."""
     if wanted == "auto" or wanted == "cpu":
         return None
     from .. import device as devices
     chosen, warning = devices.choose_device(wanted)
     if warning:
-        return f"--device {wanted}: not available in this torch build or machine; use --device auto (or cpu)"
+        return f"{flag} {wanted}: not available in this torch build or machine; {instead}"
     return None
 
 

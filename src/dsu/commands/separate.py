@@ -16,6 +16,7 @@ from ..progress import Display, mode_from
 from ..worker.config import _positive
 from ..worker.spec import MODEL_FIELDS
 from . import runner
+from .vocabulary import options_as
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BIT_DEPTH_HELP = ("16, 24 or 32 (float). Default: 16 for the demucs and uvr layouts (Demucs, MDX-Net and VR "
@@ -27,6 +28,12 @@ FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab.FILE, without
 MODEL_SETTINGS = tuple(f.name for f in MODEL_FIELDS
                        if f.name not in ("model", "model_path", "config_path", "model_type", "repo", "models_dir"))
 REQUEST_OPTIONS = ("layout", "output_names", "sample_rate", "mp3_bitrate", "sanitize", *MODEL_SETTINGS)
+# request fields as `dsu separate` (and `dsu batch`, `dsu restore`) spells them: a flag, else -O FIELD
+FLAGS = {**options_as("-O {}"), "input": "FILE", "output_dir": "-o/--output-dir", "model": "-m/--model",
+         "model_path": "--model-path", "config_path": "--config-path", "model_type": "--model-type",
+         "repo": "--repo", "models_dir": "--models-dir", "format": "--format", "bit_depth": "--bit-depth",
+         "stems": "--stems", "two_stems": "--two-stems", "sample_rate": "--sample-rate", "layout": "--layout",
+         "mp3_bitrate": "--mp3-bitrate", "device": "--device", "list_models": "`dsu models list`"}
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -136,7 +143,8 @@ def _argument_problems(args) -> list[str]:
 
 
 def run(args: argparse.Namespace, prog: str = "dsu") -> int:
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.files), prog=prog)
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.files), prog=prog,
+                      flags=FLAGS)
     problems = _argument_problems(args)
     if args.models_dir is None:  # the folder `dsu models download` installs into, once it exists
         from ..catalog import default_models_dir
@@ -172,7 +180,7 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
                                        display=display)
     except DSUError as e:
         display.error(f"{e.code}: {e.message}", e.code)
-        return runner.EXIT_USAGE if e.code in ("model_not_found", "bad_value", "missing_field") else runner.EXIT_FAILED
+        return runner.EXIT_USAGE if e.code in runner.USAGE_CODES else runner.EXIT_FAILED
     options = {k: v for k, v in args.option if k in model.options}
     problems = runner.unknown_options([k for k, _ in args.option], model.options, REQUEST_OPTIONS)
     try:

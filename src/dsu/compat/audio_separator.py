@@ -30,6 +30,19 @@ PROG = "dsu-audio-separator"
 DEFAULT_MODEL = "model_bs_roformer_ep_317_sdr_12.9755.ckpt"
 FORMATS = ("wav", "flac", "mp3")
 UVR_NORMALISED = ("mdx", "vr")
+# request fields as audio-separator's flags say them (dsu.commands.vocabulary); it has no config or
+# architecture flag: the YAML lies beside the model in the model file dir, the YAML's keys tell the type
+FLAGS = {"model": "-m/--model_filename", "model_path": "-m/--model_filename", "models_dir": "--model_file_dir",
+         "config_path": "--model_file_dir a folder holding both",
+         "model_type": "its YAML config beside it (its keys tell the architecture)",
+         "output_dir": "--output_dir", "format": "--output_format", "mp3_bitrate": "--output_bitrate",
+         "sample_rate": "--sample_rate", "stems": "--single_stem", "output_names": "--custom_output_names",
+         "input": "an audio file", "list_models": "`dsu-audio-separator --list_models`",
+         "segment_size": "--mdx_segment_size", "hop_length": "--mdx_hop_length", "window_size": "--vr_window_size",
+         "aggression": "--vr_aggression", "post_process_threshold": "--vr_post_process_threshold",
+         "normalization_threshold": "--normalization", "shifts": "--demucs_shifts"}
+APOLLO_FLAGS = {**FLAGS, "model_path": "-m/--model_filename", "config_path": "--apollo_config",
+                "chunk_seconds": "--apollo_chunk_seconds", "overlap_seconds": "--apollo_overlap_seconds"}
 
 
 def _models_dir_default() -> str:
@@ -228,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     if unavailable:
         problems.append(unavailable)
     if problems:
-        return common.refuse(PROG, problems)
+        return common.refuse(PROG, problems, FLAGS)
     if not args.audio_files:
         parser.print_help()
         return common.EXIT_FAILED
     output_dir = Path(args.output_dir) if args.output_dir else Path.cwd()
-    display = Display(mode_from(args.quiet, args.debug, args.json), total=len(args.audio_files), prog=PROG)
+    display = Display(mode_from(args.quiet, args.debug, args.json), total=len(args.audio_files), prog=PROG,
+                      flags=APOLLO_FLAGS if args.apollo else FLAGS)
     problems = common.runner.input_problems(args.audio_files)
     folder = common.runner.folder_problem(output_dir, "--output_dir")
     if folder:
@@ -270,13 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         return common.fail(display, error)
     options, refused = family_options(args, ref.family)
     if refused:
-        return common.refuse(PROG, refused)
+        return common.refuse(PROG, refused, FLAGS)
+    from ..outputs import upstream_options
+    options = upstream_options(PROG, model, options)  # the rest of the mix too, as audio-separator writes it
     try:
         problems = common.runner.stem_problems(model, request, options)
     except DSUError as e:
         problems = [f"{e.code}: {e.message}"]
     if problems:
-        return common.refuse(PROG, problems)
+        return common.refuse(PROG, problems, FLAGS)
     requests = [{**request, **options, "input": str(f), "bit_depth": input_bit_depth(f, fmt)} for f in args.audio_files]
     return common.run_all(requests, cache, None, display)
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..commands import runner
+from ..commands.vocabulary import speak
 from ..errors import DSUError
 from ..progress import Display
 
@@ -17,9 +18,10 @@ class Refused(Exception):
     """An option of the original tool that DSU does not honour (exit 2, never silently ignored)."""
 
 
-def refuse(prog: str, problems: list[str]) -> int:
+def refuse(prog: str, problems: list[str], flags: dict[str, str] | None = None) -> int:
+    """Each problem on stderr, request fields in the tool's flags (`flags`); exit 2."""
     for p in problems:
-        print(f"{prog}: {p}", file=sys.stderr, flush=True)
+        print(f"{prog}: {speak(p, flags)}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 

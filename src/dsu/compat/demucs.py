@@ -16,6 +16,12 @@ from ..progress import Display, mode_from
 from . import common
 
 PROG = "dsu-demucs"
+# request fields as demucs' flags say them (dsu.commands.vocabulary)
+FLAGS = {"model": "-n/--name", "model_path": "-n/--name", "repo": "--repo", "models_dir": "--models-dir",
+         "output_dir": "-o/--out", "layout": "--filename", "format": "--flac/--mp3", "bit_depth": "--int24/--float32",
+         "stems": "--two-stems", "two_stems": "--two-stems", "mp3_bitrate": "--mp3-bitrate", "shifts": "--shifts",
+         "overlap": "--overlap", "clip_mode": "--clip-mode", "input": "TRACK",
+         "list_models": "`dsu-demucs --list-models`"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,23 +109,26 @@ def list_models(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     device, device_problem = _device(args.device)
     problems = _refusals(args) + ([device_problem] if device_problem else [])
     if problems:
-        return common.refuse(PROG, problems)
+        return common.refuse(PROG, problems, FLAGS)
     if args.list_models:
         try:
             return list_models(args)
         except DSUError as e:
-            common.refuse(PROG, [f"{e.code}: {e.message}"])
+            common.refuse(PROG, [f"{e.code}: {e.message}"], FLAGS)
             return common.EXIT_FAILED
     if not args.tracks:
+        parser.print_usage(sys.stderr)
         print("error: the following arguments are required: tracks", file=sys.stderr)
         return common.EXIT_FAILED
     name = args.sig or args.name
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.tracks), prog=PROG)
-    unavailable = common.runner.device_problem(device)
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.tracks), prog=PROG,
+                      flags=FLAGS)
+    unavailable = common.runner.device_problem(device, "-d", "leave -d out (cuda when there, else cpu) or give -d cpu")
     if unavailable:
         display.error(unavailable)
         return common.EXIT_FAILED

@@ -3,7 +3,8 @@ Music-Source-Separation-Training's `inference.py` command line, run by DSU's MSS
 under the input folder (recursively), stems written as `--filename_template` (default
 `{file_name}/{instr}`, placeholders `{file_name}`, `{instr}`, `{dir_name}`, `{model}`, `{model_type}`,
 `{start_time}`) plus `.wav` (float, or `--pcm_type`) or `.flac` (`--flac_file`; PCM_16 when the type
-is FLOAT, as MSST falls back). A track that cannot be read is said and skipped, as MSST does.
+is FLOAT, as MSST falls back). A track that cannot be read is said and skipped, as MSST does. Without
+`--model_type` the type is the one the config's keys imply (MSST's default, mdx23c, fits few configs).
 
 Not honoured, so refused by name (exit 2): `--draw_spectro`, `--bigshifts` above 1, the LoRA
 checkpoints, several `--device_ids` (one process, one device), a missing `--start_check_point`. Unlike
@@ -24,13 +25,19 @@ PROG = "dsu-bsroformer"
 PLACEHOLDERS = {"file_name": "{track}", "instr": "{stem}"}
 PER_FILE = ("dir_name", "model", "model_type", "start_time")
 PCM_BITS = {"PCM_16": 16, "PCM_24": 24, "FLOAT": 32}
+# request fields as inference.py's flags say them (dsu.commands.vocabulary)
+FLAGS = {"model_path": "--start_check_point", "config_path": "--config_path", "model_type": "--model_type",
+         "input": "a file of --input_folder", "output_dir": "--store_dir", "layout": "--filename_template",
+         "format": "--flac_file", "bit_depth": "--pcm_type", "use_tta": "--use_tta",
+         "extract_instrumental": "--extract_instrumental", "list_models": "`dsu models list`"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(PROG, description="MSST inference.py's command line, run by DSU "
                                                   "(`--worker` for the JSON worker)")
-    p.add_argument("--model_type", type=str, default="mdx23c",
-                   help="One of bs_roformer, mel_band_roformer, scnet, mdx23c, htdemucs, ...")
+    p.add_argument("--model_type", type=str, default=None,
+                   help="One of bs_roformer, mel_band_roformer, scnet, mdx23c (default: the one the config's "
+                        "keys imply; MSST's own default is mdx23c)")
     p.add_argument("--config_path", type=str, help="path to config file")
     p.add_argument("--start_check_point", type=str, default="", help="Initial checkpoint to valid weights")
     p.add_argument("--input_folder", type=str, help="folder with mixtures to process")
@@ -95,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     problems = _refusals(args)
     if problems:
-        return common.refuse(PROG, problems)
+        return common.refuse(PROG, problems, FLAGS)
     started = time.time()
     folder = Path(args.input_folder)
     store = Path(args.store_dir or ".")
-    display = Display(mode_from(args.quiet, False, args.json), prog=PROG)
+    display = Display(mode_from(args.quiet, False, args.json), prog=PROG, flags=FLAGS)
     problems = []
     if not folder.is_dir():
         problems.append(f"--input_folder {folder}: no such folder")
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name = Path(args.start_check_point).stem
     for path in files:
         dir_name = "" if path.parent == folder else path.parent.relative_to(folder).as_posix()
-        values = {"dir_name": dir_name, "model": model_name, "model_type": args.model_type,
+        values = {"dir_name": dir_name, "model": model_name, "model_type": ref.option("model_type"),
                   "start_time": str(int(started))}
         layout = dsu_template(args.filename_template, values)
         display.start(path)

@@ -14,7 +14,18 @@ import math
 import sys
 from pathlib import Path
 
+from ..commands.vocabulary import options_as
 from ..worker.spec import ENSEMBLE_ALGORITHMS, MAX_WEIGHT, number_text
+
+# request fields as `dsu ensemble` spells them (dsu.commands.vocabulary): a member's fields in --member JSON
+FLAGS = {**options_as("--member's {}"), "model": "-m/--model", "model_path": "--model-path",
+         "config_path": "--config-path", "model_type": "--model-type", "stems": "--stems", "layout": "--layout",
+         "format": "--format", "bit_depth": "--bit-depth", "device": "--device", "models_dir": "--models-dir",
+         "input": "FILE", "list_models": "`dsu models list`", "models": "members", '{"model": ...}': "-m NAME",
+         '{"model_path": ...}': "--model-path FILE", "preset": "--preset", "files": "--files", "output": "-o/--output",
+         "output_dir": "-o/--output",
+         "algorithm": "-a/--algorithm", "weights": "-w/--weights", "name": "--name", "reference": "--reference",
+         "output_names": "--output-names", "stem_map": "--member's `stem_map`"}
 
 
 class _AddMember(argparse.Action):
@@ -127,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                        models=args.members or None, format=args.format, output_names=args.output_names,
                        stems=args.stems.split(",") if args.stems else None)
         label = args.input.name
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1)
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, flags=FLAGS)
     problem = runner.device_problem(args.device)
     if problem:
         return runner.report(display, [problem])
@@ -140,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
                             models_dir=args.models_dir, emit=display.emit, progress=lambda f, **_: display(f))
     except DSUError as e:
         display.failed(label, e.code, e.message)
-        return runner.EXIT_FAILED
+        # a request the table or the job refuses before any work is a usage error, as in `dsu separate`
+        return runner.EXIT_USAGE if e.code in runner.USAGE_CODES else runner.EXIT_FAILED
     display.done(done)
     return runner.EXIT_OK

@@ -108,8 +108,8 @@ class Member:
 def _members(models, extra: dict) -> list[Member]:
     if not isinstance(models, list) or len(models) < 2:
         got = len(models) if isinstance(models, list) else "none"
-        raise DSUError("bad_value", f"an ensemble needs at least 2 `models` (got {got}): give a list of "
-                                    "{\"model\": ...} or {\"model_path\": ...} objects, or a `preset`")
+        raise DSUError("bad_value", f"an ensemble needs at least 2 `models` (got {got}): give each as "
+                                    "`{\"model\": ...}` or `{\"model_path\": ...}`, or a `preset`")
     out = []
     for i, m in enumerate(models):
         if isinstance(m, str):

@@ -76,7 +76,7 @@ def resolve(request: dict, models_dir: str | Path | None, default_model: str | N
             return ref
     if path:
         raise DSUError("bad_value", f"cannot tell which kind of model {Path(path).name} is: "
-                                    "give `model_type` (and `config_path` where the model has one)")
+                                    "give `model_type`, with `config_path` where the model has one")
     where = models_dir or "the models dir"
     raise DSUError("model_not_found", f"no model named {request['model']!r} in {where}; "
                                       "`list_models` shows what is there, `dsp` needs no files")

@@ -155,5 +155,5 @@ def _is_config(path: Path) -> bool:
 
 def missing_config_message(checkpoint: Path, models_dir: Path | None = None) -> str:
     names = config_names(checkpoint, models_dir)
-    return (f"{checkpoint.name} needs the YAML config published with it: give `config_path`, or put it beside "
-            f"the checkpoint as {' or '.join(names[:4])}")
+    return (f"{checkpoint.name} needs the YAML config published with it: put it beside the checkpoint as "
+            f"{' or '.join(names[:4])}, or give `config_path`")

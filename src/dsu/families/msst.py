@@ -29,6 +29,7 @@ from ..audio import mono_stats
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
+from ..outputs import capitalised
 from . import uvr
 from .model_folder import ConfigLoader, config_for, missing_config_message, read_yaml  # noqa: F401
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number
@@ -113,16 +114,19 @@ def build_model(model_type: str, config: dict) -> torch.nn.Module:
         from ..models.scnet import SCNet as Model
     elif model_type == "mdx23c":
         from ..models.mdx23c import MDX23C
-        return MDX23C.from_config(config)
+        Model = MDX23C.from_config
     else:
         raise DSUError("bad_value", f"model_type {model_type!r} is not an MSST type this build knows: "
                                     f"{', '.join(MODEL_TYPES)}")
     try:
-        return Model(**config["model"])
-    except TypeError as e:  # a key the architecture does not take: the config is not for this type
-        raise DSUError("config_mismatch", f"the config's `model:` section does not fit {model_type}: {e}; "
-                                          "check `model_type` and that the config is the one published "
-                                          "with these weights") from None
+        return Model(config) if model_type == "mdx23c" else Model(**config["model"])
+    except (TypeError, KeyError) as e:  # a key the architecture does not take, or lacks: another type's config
+        implied = type_from_config(config)
+        fix = (f"its keys are {implied}'s: give `model_type` {implied}, or leave it out to take the config's"
+               if implied and implied != model_type else
+               "check `model_type` and that the config is the one published with these weights")
+        what = f"has no {e}" if isinstance(e, KeyError) else f"does not fit ({e})"
+        raise DSUError("config_mismatch", f"the config {what} for {model_type}; {fix}") from None
 
 
 # ---- checkpoint ------------------------------------------------------------------------------------
@@ -203,10 +207,13 @@ class MSSTSeparator(Separator):
         self.samplerate = int(config["audio"].get("sample_rate", 44100))
         self.audio_channels = int(config["audio"].get("num_channels", 2))
         self.stems = instruments(config)
-        # python-audio-separator's name for the rest of the mix beside a single-target model's stem:
-        # the config's other instrument, else UVR's counterpart (Vocals -> Instrumental, X -> No X)
+        # python-audio-separator's name for the rest of the mix beside a single-target model's stem, as
+        # UVR's copy of the config names it: the config's other instrument, except a vocals model's
+        # `other` (UVR's copies say Instrumental), else UVR's counterpart (Vocals -> Instrumental, X -> No X)
         named = [str(n) for n in config["training"].get("instruments") or [] if str(n) != self.stems[0]]
-        self.labels = {"instrumental": named[0] if named else uvr.secondary_stem(self.stems[0])}
+        target = capitalised(self.stems[0], "msst")
+        rest = named[0] if named and not (named[0].lower() == "other" and target == "Vocals") else None
+        self.labels = {"instrumental": capitalised(rest, "msst") if rest else uvr.secondary_stem(target)}
         self.chunk_size = chunk_size_of(config)
         self.num_overlap = int(config["inference"].get("num_overlap", 2))
         self.batch_size = int(config["inference"].get("batch_size", 1))
