@@ -307,3 +307,77 @@ def test_stuck_worker_is_killed_after_timeout_and_its_file_retried(tmp_path):
     record = lines(tmp_path / "out")[0]
     assert record["attempts"] == 2 and record["status"] == "done"
     _wait_gone(stopped[0], 10)
+
+
+def test_bad_manifest_lines_are_skipped_with_a_warning(tmp_path, capsys):
+    song = tone(tmp_path / "lib" / "song.wav")
+    out = tmp_path / "out"
+    assert run([tmp_path / "lib"], out, DSP, jobs=1, threads=1, progress=False).done == 1
+    good = (out / MANIFEST).read_text()
+    hostile = ["[" * 100000 + "]" * 100000, '{"input": "/x.wav", "size": ' + "9" * 5000 + "}",
+               '{"input": ["a"]}', '{"input": "/y.wav", "status": "done", "outputs": 5}',
+               '{"input": "/z.wav", "options": {"a": 1}, "model_id": [1]}', "17", '"text"']
+    (out / MANIFEST).write_text("\n".join(hostile) + "\n" + good)
+    summary = run([tmp_path / "lib"], out, DSP, jobs=1, threads=1, progress=False)
+    assert (summary.done, summary.skipped) == (0, 1)  # the good line still counts
+    err = capsys.readouterr().err
+    assert "skipped 6 line(s) that are not records" in err and "line 1: not JSON (RecursionError)" in err
+    summary = run([song], out, DSP, jobs=1, threads=1, progress=False, force=True)
+    assert summary.done == 1  # appended after the bad lines, read back next time
+    assert lines_after(out, len(hostile))[-1]["input"] == str(song)
+
+
+def lines_after(out: Path, skip: int) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()[skip:] if line.strip()]
+
+
+def test_bad_inputs_are_failed_files_and_the_others_go_on(tmp_path):
+    lib = tmp_path / "lib"
+    good, deep = tone(lib / "good.wav"), tone(lib / "sub" / "deep.wav", freq=330)
+    latin = os.path.join(os.fsencode(lib), b"caf\xe9.wav")
+    os.rename(tone(lib / "latin.wav", freq=440), latin)
+    os.symlink("loop.wav", lib / "loop.wav")
+    os.symlink("nowhere.wav", lib / "gone.wav")
+    os.mkfifo(lib / "pipe.wav")
+    os.symlink("/dev/zero", lib / "zero.wav")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dsu.cli", "batch", str(lib), "-m", "dsp", "-o", str(out), "--jobs", "1",
+               "--threads", "1", "--stems", "vocals", "-q"]
+    first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr
+    records = {Path(r["input"]).name: r for r in lines(out)}
+    assert set(records) == {"good.wav", "deep.wav", "caf\udce9.wav", "loop.wav", "gone.wav", "pipe.wav", "zero.wav"}
+    assert records["good.wav"]["outputs"] == [str(out / "good" / "vocals.wav")]  # not under OUT/tmp/...
+    assert records["deep.wav"]["outputs"] == [str(out / "sub" / "deep" / "vocals.wav")]
+    for name, code in (("loop.wav", "input_not_found"), ("gone.wav", "input_not_found"),
+                       ("pipe.wav", "bad_value"), ("zero.wav", "bad_value")):
+        assert records[name]["status"] == "failed" and records[name]["error"]["code"] == code, records[name]
+        assert f"{name}: {code}" in first.stderr
+    assert records["caf\udce9.wav"]["input"] == os.fsdecode(latin)  # read back as the same name
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    done = 2 + (records["caf\udce9.wav"]["status"] == "done")
+    assert f"{done} already done, of 7" in again.stderr
+
+
+def test_input_replaced_during_its_job_is_not_recorded_done(tmp_path):
+    song = tone(tmp_path / "lib" / "song.wav", seconds=10)
+    stat = song.stat()
+    replaced = []
+
+    def on_event(event):  # once the job reads it: same size, new content, old mtime put back
+        if event["event"] == "progress" and event["progress"] > 0 and not replaced:
+            replaced.append(True)
+            tone(tmp_path / "new.wav", seconds=10, freq=660).replace(song)
+            os.utime(song, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    events = []
+    summary = run([tmp_path / "lib"], tmp_path / "out", {**DSP, "stems": "vocals"}, jobs=1, threads=1,
+                  progress=False, on_event=lambda e: (events.append(e), on_event(e)))
+    assert replaced and song.stat().st_size == stat.st_size
+    assert [e["code"] for e in events if e["event"] == "retry"] == ["input_changed"]
+    (record,) = lines(tmp_path / "out")
+    assert record["status"] == "done" and record["attempts"] == 2 and record["sha256"] == sha256_of(song)
+    fresh = run([song], tmp_path / "fresh", {**DSP, "stems": "vocals"}, jobs=1, threads=1, progress=False)
+    assert fresh.done == 1  # the stems are the new content's
+    assert np.array_equal(sf.read(record["outputs"][0])[0], sf.read(tmp_path / "fresh" / "song" / "vocals.wav")[0])
