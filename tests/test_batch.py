@@ -381,3 +381,83 @@ def test_input_replaced_during_its_job_is_not_recorded_done(tmp_path):
     fresh = run([song], tmp_path / "fresh", {**DSP, "stems": "vocals"}, jobs=1, threads=1, progress=False)
     assert fresh.done == 1  # the stems are the new content's
     assert np.array_equal(sf.read(record["outputs"][0])[0], sf.read(tmp_path / "fresh" / "song" / "vocals.wav")[0])
+
+
+def _wait_lines(batch: subprocess.Popen, out: Path, count: int, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and batch.poll() is None:
+        if (out / MANIFEST).exists() and len(lines(out)) >= count:
+            return
+        time.sleep(0.05)
+    assert batch.poll() is None, batch.stderr.read().decode()
+    raise AssertionError(f"no {count} manifest lines within {seconds} s")
+
+
+def _interrupted(batch: subprocess.Popen, out: Path, bound: float = 10) -> str:
+    """The batch's stderr once it exited 130 within `bound` seconds; checks what it left."""
+    try:
+        _, err = batch.communicate(timeout=bound)
+    except subprocess.TimeoutExpired:
+        batch.kill()
+        raise AssertionError(f"still running {bound} s after the signal: {batch.communicate()[1].decode()}")
+    err = err.decode()
+    assert batch.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "run the same command again" in err, err
+    for record in lines(out):  # every line a finished file, with its stems whole
+        assert record["status"] == "done"
+        duration = 1 if Path(record["input"]).stem.startswith("s") else 20
+        assert all(sf.info(p).duration == pytest.approx(duration) for p in record["outputs"])
+    recorded = {Path(r["input"]).stem for r in lines(out)}
+    assert {p.parent.name for p in out.rglob("vocals.wav")} == recorded  # no stem of an unrecorded file
+    assert not list(out.rglob("*.partial"))
+    return err
+
+
+def test_ctrl_c_stops_at_once_and_the_rerun_does_the_rest(tmp_path):
+    lib = tmp_path / "lib"
+    files = [tone(lib / f"s{i}.wav", freq=200 + 40 * i) for i in range(2)]
+    files += [tone(lib / f"t{i}.wav", seconds=20, freq=400 + 40 * i) for i in range(3)]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dsu.cli", "batch", str(lib), "-m", "dsp", "-o", str(out), "--jobs", "2",
+               "--threads", "1", "--stems", "vocals"]
+
+    def start():
+        return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+
+    # `kill -INT <batch>`: the driver alone gets it, while both workers are inside a long file
+    batch = start()
+    _wait_lines(batch, out, 2)
+    time.sleep(1)
+    workers = _children(batch.pid)
+    batch.send_signal(signal.SIGINT)
+    err = _interrupted(batch, out)
+    assert "stopping (SIGINT): 2 file(s) in work cancelled" in err and "2 done" in err
+    assert len(lines(out)) == 2
+    for pid in workers:
+        _wait_gone(pid, 10)
+
+    # ^C on a terminal: the whole process group gets it, twice, with one worker that cannot answer
+    batch = start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and batch.poll() is None:  # both workers write a file's stems
+        if len({p.parent for p in out.rglob("*.partial")}) == 2:
+            break
+        time.sleep(0.05)
+    workers = _children(batch.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGSTOP)
+    os.killpg(batch.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(batch.pid, signal.SIGINT)
+    _interrupted(batch, out)
+    for pid in workers:
+        _wait_gone(pid, 10)
+    first = (out / MANIFEST).read_text()
+    assert 2 <= len(lines(out)) < 5
+
+    rerun = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / MANIFEST).read_text().startswith(first)
+    assert Counter(r["input"] for r in lines(out)) == Counter(str(f) for f in files)  # each exactly once
+    assert f"{len(first.splitlines())} file(s) already done" in rerun.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dsu batch: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_FAILED
     except Interrupted as e:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a ^C more finds nothing left to stop: exit 130 still
+            signal.signal(sig, signal.SIG_IGN)
         s = e.summary
         print(f"dsu batch: interrupted ({s.stopped}): {s.done} done, {s.failed} failed, "
               f"{s.total - s.skipped - s.done - s.failed} not done (nothing of theirs recorded), "

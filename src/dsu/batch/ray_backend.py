@@ -129,6 +129,7 @@ class RayPool:
         self.actors: dict = {}  # actor handle -> "actor N (node)"
         self.loading: dict = {}  # ObjectRef of a load call -> actor
         self.pids: dict = {}
+        self.local_pids: dict = {}  # actor -> pid, for the actors on this machine
         self.free: deque = deque()
         self.spawned = 0
         self.model_fields: dict = {}
@@ -153,6 +154,8 @@ class RayPool:
             return answer
         self.actors[actor] = f"{self.actors[actor]} on {answer['node']} pid {answer['pid']}"
         self.pids[actor] = answer["pid"]
+        if answer["node"] == self.ray.util.get_node_ip_address():
+            self.local_pids[actor] = answer["pid"]
         self.free.append(actor)
         return answer
 
@@ -303,5 +306,11 @@ class RayPool:
     def close(self) -> None:
         for actor in list(self.actors):
             self._drop(actor)
+        # `ray.kill` returns before the process is gone; the batch's cleaning after this removes the
+        # partials of dead pids only, so wait (a little) for the ones here
+        from ..tempfiles import alive
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in self.local_pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.owned:
             self.ray.shutdown()
