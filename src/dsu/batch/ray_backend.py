@@ -246,9 +246,11 @@ class RayPool:
                 answer = {"ok": False, "code": "internal", "message": str(e)[:2000]}
             self.free.append(actor)
             if answer["ok"]:
-                finished(task, answer["done"], None, False, where)
+                again = finished(task, answer["done"], None, False, where)  # True: its input changed meanwhile
             else:
-                finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+                again = finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+            if again:
+                pending.appendleft(task)
 
     def _stop(self, stop, running: dict, tokens: dict, finished: Callable) -> None:
         stop.noticed(len(running))
