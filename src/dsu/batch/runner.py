@@ -173,6 +173,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
             request_fields = {**base, **model_fields, "input": str(item.input), "output_dir": str(item.output_dir)}
             try:  # a dangling link, a loop, a pipe, a device: failed, before anything opens it
                 paths.check_input(item.input)
+                _utf8_name(item.input)
                 st = os.stat(item.input)
             except (DSUError, OSError) as e:
                 error = e if isinstance(e, DSUError) else DSUError("input_not_found", f"{item.input}: {e.strerror}")
@@ -284,6 +285,15 @@ def _warn_skipped(manifest: Manifest) -> None:
                                                    if len(manifest.problems) > 3 else "")
         _say(f"dsu batch: warning: {manifest.path}: skipped {len(manifest.problems)} line(s) that are not "
              f"records ({shown}); their files are done again")
+
+
+def _utf8_name(path: Path) -> None:
+    """Workers take JSON text, which holds no file name that is not UTF-8 (Latin-1 `caf\xe9.wav`)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DSUError("bad_value", f"{path}: the file name is not UTF-8, and DSU's workers take UTF-8 names "
+                                    "only; rename it (e.g. `convmv -f latin1 -t utf-8 --notest FILE`)") from None
 
 
 def _identity(path: Path) -> tuple | None:
