@@ -451,7 +451,7 @@ def test_ctrl_c_stops_at_once_and_the_rerun_does_the_rest(tmp_path):
     os.killpg(batch.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(batch.pid, signal.SIGINT)
-    _interrupted(batch, out)
+    assert "second signal: killing the workers" in _interrupted(batch, out)
     for pid in workers:
         _wait_gone(pid, 10)
     first = (out / MANIFEST).read_text()

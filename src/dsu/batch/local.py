@@ -17,7 +17,6 @@ from .child import PARENT_ENV
 # a worker that died, hung or would not start: the file is worth one more try on a fresh worker
 RETRYABLE = frozenset({"worker_exited", "start_failed", "timeout", "closed"})
 POLL = 0.1  # seconds between looks at the batch's stop (a signal handler only counts signals)
-CANCEL_GRACE = 5.0  # seconds a stopping batch waits for its workers to cancel before killing them
 
 
 def worker_argv(args: list[str]) -> list[str]:
@@ -99,7 +98,7 @@ class LocalPool:
 
     def _stop(self, stop) -> None:
         """No file more; the ones in work cancelled (each worker removes its partials), their
-        workers killed after CANCEL_GRACE or at a second signal."""
+        workers killed after the stop's grace or at a second signal."""
         with self._dispatch:
             self.stopping = True
             requests = list(self.requests.values())
@@ -111,10 +110,9 @@ class LocalPool:
         stop.noticed(len(requests))
         for request in requests:
             request.cancel()
-        deadline = time.monotonic() + CANCEL_GRACE
         killed = False
         while self.requests:
-            if not killed and (stop.signals > 1 or time.monotonic() > deadline):
+            if not killed and stop.must_kill():
                 self.kill()  # what they leave is partials of dead pids: the batch's cleaning removes them
                 killed = True
             time.sleep(POLL / 2)

@@ -21,7 +21,6 @@ from ..errors import DSUError
 
 POLL = 1.0  # seconds between progress questions to the actors in work
 STOP_POLL = 0.2  # seconds between looks at the batch's stop
-CANCEL_GRACE = 5.0  # seconds a stopping batch waits for its actors to cancel before killing them
 
 
 class SeparatorActor:
@@ -185,7 +184,7 @@ class RayPool:
 
     def run(self, tasks: list, finished: Callable, stop=None) -> None:
         """Every task to its end, or until `stop` (see runner._Stop) counts a signal: then no file
-        more, the calls in work cancelled, their actors killed after CANCEL_GRACE or at a second."""
+        more, the calls in work cancelled, their actors killed after the stop's grace or at a second."""
         pending = deque(tasks)
         running: dict = {}  # ObjectRef -> (actor, task)
         deadlines: dict = {}  # ObjectRef -> when its actor is taken for stuck (with --timeout)
@@ -256,12 +255,12 @@ class RayPool:
         stop.noticed(len(running))
         for ref, (actor, _) in running.items():
             actor.cancel.remote(tokens[ref])
-        deadline = time.monotonic() + CANCEL_GRACE
+        killed = False
         while running:
-            if stop.signals > 1 or time.monotonic() > deadline:
+            if not killed and stop.must_kill():
                 for actor, _ in running.values():
                     self._drop(actor)  # the batch's cleaning removes what it leaves, where it can tell
-                deadline = float("inf")
+                killed = True
             ready, _ = self.ray.wait(list(running), num_returns=1, timeout=STOP_POLL)
             for ref in ready:
                 actor, task = running.pop(ref)

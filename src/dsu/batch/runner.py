@@ -60,7 +60,6 @@ class Summary:
     failures: list[dict] = field(default_factory=list)
     backend: str = ""
     workers: int = 0
-
     stopped: str = ""  # the signal that stopped the batch
 
     @property
@@ -82,9 +81,12 @@ class _Stop:
     counts (it may interrupt a thread holding any lock), and the backend, looking every few tenths
     of a second, stops the files in work at the first and kills their workers at the second."""
 
+    grace = 5.0  # seconds the files in work get to cancel before their workers are killed
+
     def __init__(self, say: Callable[[str], None]):
         self.signals, self.name, self.say = 0, "", say
         self.raising = True
+        self.since = 0.0
         self._old: dict = {}
 
     def _handle(self, signum, frame) -> None:
@@ -95,13 +97,30 @@ class _Stop:
 
     def noticed(self, in_work: int) -> None:
         """Called by the backend once it stops dispatching."""
+        self.since = time.monotonic()
         self.say(f"dsu batch: stopping ({self.name}): {in_work} file(s) in work cancelled, not recorded; "
                  "^C again to kill the workers at once")
 
-    def __enter__(self) -> "_Stop":
+    def must_kill(self) -> bool:
+        """Whether the backend, stopping since `noticed`, kills its workers now: at a second signal,
+        or when they did not cancel within `grace` seconds. Says which."""
+        if self.signals > 1:
+            self.say("dsu batch: second signal: killing the workers")
+        elif time.monotonic() - self.since > self.grace:
+            self.say(f"dsu batch: the workers did not cancel within {self.grace:g} s: killing them")
+        else:
+            return False
+        return True
+
+    def install(self) -> None:
+        """Take the signals (again: `ray.init` sets a SIGTERM handler of its own)."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
+                old = signal.signal(sig, self._handle)
+                self._old.setdefault(sig, old)
+
+    def __enter__(self) -> "_Stop":
+        self.install()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -252,6 +271,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                 backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
                                    ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)
                 summary.backend, summary.workers = backend.kind, backend.size
+                stop.install()
                 stop.raising = False  # the backend looks at `stop` from here on, and stops what it started
                 try:
                     info = backend.start(model_fields, stop)
