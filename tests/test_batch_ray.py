@@ -119,11 +119,13 @@ def test_sigint_cancels_the_actors_files_and_the_rerun_does_the_rest(cluster, tm
             threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
 
     request = {"model": "dsp", "stems": ["vocals"]}
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as stopped:
         run([tmp_path / "lib"], tmp_path / "out", request, ray="auto", ray_actors=2, progress=False,
             on_event=on_event)
     assert sent and time.monotonic() - sent[0] < 10
     assert stopped.value.summary.stopped == "SIGINT"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # given back
     records = lines(tmp_path / "out")
     assert all(r["status"] == "done" and sf.info(r["outputs"][0]).duration == pytest.approx(r["duration"])
                for r in records)
