@@ -307,3 +307,158 @@ def test_stuck_worker_is_killed_after_timeout_and_its_file_retried(tmp_path):
     record = lines(tmp_path / "out")[0]
     assert record["attempts"] == 2 and record["status"] == "done"
     _wait_gone(stopped[0], 10)
+
+
+def test_bad_manifest_lines_are_skipped_with_a_warning(tmp_path, capsys):
+    song = tone(tmp_path / "lib" / "song.wav")
+    out = tmp_path / "out"
+    assert run([tmp_path / "lib"], out, DSP, jobs=1, threads=1, progress=False).done == 1
+    good = (out / MANIFEST).read_text()
+    hostile = ["[" * 100000 + "]" * 100000, '{"input": "/x.wav", "size": ' + "9" * 5000 + "}",
+               '{"input": ["a"]}', '{"input": "/y.wav", "status": "done", "outputs": 5}',
+               '{"input": "/z.wav", "options": {"a": 1}, "model_id": [1]}', "17", '"text"']
+    (out / MANIFEST).write_text("\n".join(hostile) + "\n" + good)
+    summary = run([tmp_path / "lib"], out, DSP, jobs=1, threads=1, progress=False)
+    assert (summary.done, summary.skipped) == (0, 1)  # the good line still counts
+    err = capsys.readouterr().err
+    assert "skipped 6 line(s) that are not records" in err and "line 1: not JSON (RecursionError)" in err
+    summary = run([song], out, DSP, jobs=1, threads=1, progress=False, force=True)
+    assert summary.done == 1  # appended after the bad lines, read back next time
+    assert lines_after(out, len(hostile))[-1]["input"] == str(song)
+
+
+def lines_after(out: Path, skip: int) -> list[dict]:
+    return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()[skip:] if line.strip()]
+
+
+def test_bad_inputs_are_failed_files_and_the_others_go_on(tmp_path):
+    lib = tmp_path / "lib"
+    good, deep = tone(lib / "good.wav"), tone(lib / "sub" / "deep.wav", freq=330)
+    latin = os.path.join(os.fsencode(lib), b"caf\xe9.wav")
+    os.rename(tone(lib / "latin.wav", freq=440), latin)
+    os.symlink("loop.wav", lib / "loop.wav")
+    os.symlink("nowhere.wav", lib / "gone.wav")
+    os.mkfifo(lib / "pipe.wav")
+    os.symlink("/dev/zero", lib / "zero.wav")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dsu.cli", "batch", str(lib), "-m", "dsp", "-o", str(out), "--jobs", "1",
+               "--threads", "1", "--stems", "vocals", "-q"]
+    first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr
+    records = {Path(r["input"]).name: r for r in lines(out)}
+    assert set(records) == {"good.wav", "deep.wav", "caf\udce9.wav", "loop.wav", "gone.wav", "pipe.wav", "zero.wav"}
+    assert records["good.wav"]["outputs"] == [str(out / "good" / "vocals.wav")]  # not under OUT/tmp/...
+    assert records["deep.wav"]["outputs"] == [str(out / "sub" / "deep" / "vocals.wav")]
+    for name, code in (("loop.wav", "input_not_found"), ("gone.wav", "input_not_found"),
+                       ("pipe.wav", "bad_value"), ("zero.wav", "bad_value")):
+        assert records[name]["status"] == "failed" and records[name]["error"]["code"] == code, records[name]
+        assert f"{name}: {code}" in first.stderr
+    latin_record = records["caf\udce9.wav"]
+    assert latin_record["input"] == os.fsdecode(latin)  # read back as the same name
+    assert latin_record["error"]["code"] == "bad_value" and "not UTF-8" in latin_record["error"]["message"]
+    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    assert "2 already done, of 7" in again.stderr
+
+
+def test_input_replaced_during_its_job_is_not_recorded_done(tmp_path):
+    song = tone(tmp_path / "lib" / "song.wav", seconds=10)
+    stat = song.stat()
+    replaced = []
+
+    def on_event(event):  # once the job reads it: same size, new content, old mtime put back
+        if event["event"] == "progress" and event["progress"] > 0 and not replaced:
+            replaced.append(True)
+            tone(tmp_path / "new.wav", seconds=10, freq=660).replace(song)
+            os.utime(song, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    events = []
+    summary = run([tmp_path / "lib"], tmp_path / "out", {**DSP, "stems": "vocals"}, jobs=1, threads=1,
+                  progress=False, on_event=lambda e: (events.append(e), on_event(e)))
+    assert replaced and song.stat().st_size == stat.st_size
+    assert [e["code"] for e in events if e["event"] == "retry"] == ["input_changed"]
+    (record,) = lines(tmp_path / "out")
+    assert record["status"] == "done" and record["attempts"] == 2 and record["sha256"] == sha256_of(song)
+    fresh = run([song], tmp_path / "fresh", {**DSP, "stems": "vocals"}, jobs=1, threads=1, progress=False)
+    assert fresh.done == 1  # the stems are the new content's
+    assert np.array_equal(sf.read(record["outputs"][0])[0], sf.read(tmp_path / "fresh" / "song" / "vocals.wav")[0])
+
+
+def _wait_lines(batch: subprocess.Popen, out: Path, count: int, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and batch.poll() is None:
+        if (out / MANIFEST).exists() and len(lines(out)) >= count:
+            return
+        time.sleep(0.05)
+    assert batch.poll() is None, batch.stderr.read().decode()
+    raise AssertionError(f"no {count} manifest lines within {seconds} s")
+
+
+def _interrupted(batch: subprocess.Popen, out: Path, bound: float = 10) -> str:
+    """The batch's stderr once it exited 130 within `bound` seconds; checks what it left."""
+    try:
+        _, err = batch.communicate(timeout=bound)
+    except subprocess.TimeoutExpired:
+        batch.kill()
+        raise AssertionError(f"still running {bound} s after the signal: {batch.communicate()[1].decode()}")
+    err = err.decode()
+    assert batch.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "run the same command again" in err, err
+    for record in lines(out):  # every line a finished file, with its stems whole
+        assert record["status"] == "done"
+        duration = 1 if Path(record["input"]).stem.startswith("s") else 20
+        assert all(sf.info(p).duration == pytest.approx(duration) for p in record["outputs"])
+    recorded = {Path(r["input"]).stem for r in lines(out)}
+    assert {p.parent.name for p in out.rglob("vocals.wav")} == recorded  # no stem of an unrecorded file
+    assert not list(out.rglob("*.partial"))
+    return err
+
+
+def test_ctrl_c_stops_at_once_and_the_rerun_does_the_rest(tmp_path):
+    lib = tmp_path / "lib"
+    files = [tone(lib / f"s{i}.wav", freq=200 + 40 * i) for i in range(2)]
+    files += [tone(lib / f"t{i}.wav", seconds=20, freq=400 + 40 * i) for i in range(3)]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dsu.cli", "batch", str(lib), "-m", "dsp", "-o", str(out), "--jobs", "2",
+               "--threads", "1", "--stems", "vocals"]
+
+    def start():
+        return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+
+    # `kill -INT <batch>`: the driver alone gets it, while both workers are inside a long file
+    batch = start()
+    _wait_lines(batch, out, 2)
+    time.sleep(1)
+    workers = _children(batch.pid)
+    batch.send_signal(signal.SIGINT)
+    err = _interrupted(batch, out)
+    assert "stopping (SIGINT): 2 file(s) in work cancelled" in err and "2 done" in err
+    assert len(lines(out)) == 2
+    for pid in workers:
+        _wait_gone(pid, 10)
+
+    # ^C on a terminal: the whole process group gets it, twice, with one worker that cannot answer
+    batch = start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and batch.poll() is None:  # both workers write a file's stems
+        if len({p.parent for p in out.rglob("*.partial")}) == 2:
+            break
+        time.sleep(0.05)
+    workers = _children(batch.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGSTOP)
+    os.killpg(batch.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(batch.pid, signal.SIGINT)
+    assert "second signal: killing the workers" in _interrupted(batch, out)
+    for pid in workers:
+        _wait_gone(pid, 10)
+    first = (out / MANIFEST).read_text()
+    assert 2 <= len(lines(out)) < 5
+
+    rerun = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / MANIFEST).read_text().startswith(first)
+    assert Counter(r["input"] for r in lines(out)) == Counter(str(f) for f in files)  # each exactly once
+    assert f"{len(first.splitlines())} file(s) already done" in rerun.stderr

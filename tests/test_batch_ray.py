@@ -102,3 +102,35 @@ def test_stuck_actor_is_killed_after_timeout_and_its_file_retried(cluster, tmp_p
     assert records["stuck.wav"]["attempts"] == 2 and records["other.wav"]["attempts"] == 1
     assert [e["code"] for e in events if e["event"] == "retry"] == ["timeout"]
     _wait_gone(stopped[0], 30)
+
+
+def test_sigint_cancels_the_actors_files_and_the_rerun_does_the_rest(cluster, tmp_path):
+    import time
+    from dsu.batch.runner import Interrupted
+
+    files = [tone(tmp_path / "lib" / f"s{i}.wav", seconds=1, freq=200 + 50 * i) for i in range(2)]
+    files += [tone(tmp_path / "lib" / f"t{i}.wav", seconds=30, freq=400 + 50 * i) for i in range(2)]
+    sent: list[float] = []
+
+    def on_event(event):  # a SIGINT to this process once an actor is inside a long file
+        if event["event"] == "progress" and Path(event["input"]).stem.startswith("t") and event["progress"] > 0 \
+                and not sent:
+            sent.append(time.monotonic())
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    request = {"model": "dsp", "stems": ["vocals"]}
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        run([tmp_path / "lib"], tmp_path / "out", request, ray="auto", ray_actors=2, progress=False,
+            on_event=on_event)
+    assert sent and time.monotonic() - sent[0] < 10
+    assert stopped.value.summary.stopped == "SIGINT"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # given back
+    records = lines(tmp_path / "out")
+    assert all(r["status"] == "done" and sf.info(r["outputs"][0]).duration == pytest.approx(r["duration"])
+               for r in records)
+    assert len(records) < 4 and not list((tmp_path / "out").rglob("*.partial"))
+    assert {p.parent.name for p in (tmp_path / "out").rglob("vocals.wav")} == {Path(r["input"]).stem for r in records}
+    again = run([tmp_path / "lib"], tmp_path / "out", request, ray="auto", ray_actors=2, progress=False)
+    assert (again.done, again.skipped) == (4 - len(records), len(records))
+    assert Counter(r["input"] for r in lines(tmp_path / "out")) == Counter(str(f) for f in files)

@@ -121,16 +121,18 @@ class Worker:
     """A worker subprocess. `argv` replaces the command line (e.g. a frozen `dsu-demucs`);
     `args` are added to the default one. Its stderr goes to ours unless `stderr` says otherwise.
     `timeout`: the default deadline of `request` (None: none); `timeouts`: silence limits by command
-    kind, merged into DEFAULT_TIMEOUTS (a kind set to None: no limit)."""
+    kind, merged into DEFAULT_TIMEOUTS (a kind set to None: no limit). `new_session`: start it in a
+    session of its own, so a terminal's ^C reaches only the caller, which decides (POSIX)."""
 
     def __init__(self, args: list[str] | None = None, *, argv: list[str] | None = None,
                  env: dict | None = None, cwd: str | None = None, stderr: Any = None,
                  ready_timeout: float = 120.0, timeout: float | None = None, restart: bool = True,
-                 timeouts: dict[str, float | None] | None = None):
+                 timeouts: dict[str, float | None] | None = None, new_session: bool = False):
         self.argv = list(argv) if argv is not None else default_argv() + list(args or [])
         self.env, self.cwd, self.stderr = env, cwd, stderr
         self.ready_timeout, self.timeout, self.restart = ready_timeout, timeout, restart
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        self.new_session = new_session
         self._inflight: dict[str, Request] = {}  # sent to the running process and not answered, in order
         self._watching = False
         self.proc: subprocess.Popen | None = None
@@ -157,7 +159,8 @@ class Worker:
             self._ready = queue.Queue()
             env = {**os.environ, **(self.env or {})}
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                         env=env, cwd=self.cwd, bufsize=0)
+                                         env=env, cwd=self.cwd, bufsize=0,
+                                         start_new_session=self.new_session and os.name == "posix")
             self.starts += 1
             threading.Thread(target=self._read, args=(self.proc, self._ready), daemon=True,
                              name="dsu-client-reader").start()

@@ -3,6 +3,6 @@
     from dsu.batch import run
     summary = run(["music/"], "stems/", {"model": "dsp"}, jobs=2)
 """
-from .runner import Summary, run
+from .runner import Interrupted, Summary, run
 
-__all__ = ["run", "Summary"]
+__all__ = ["run", "Summary", "Interrupted"]

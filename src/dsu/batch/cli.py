@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from . import run as run_batch
+    from .runner import Interrupted
 
     request = model_request(args)
     try:
@@ -70,8 +72,16 @@ def run(args: argparse.Namespace) -> int:
     except DSUError as e:
         print(f"dsu batch: {e.code}: {e.message}", file=sys.stderr)
         return EXIT_FAILED
+    except Interrupted as e:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a ^C more finds nothing left to stop: exit 130 still
+            signal.signal(sig, signal.SIG_IGN)
+        s = e.summary
+        print(f"dsu batch: interrupted ({s.stopped}): {s.done} done, {s.failed} failed, "
+              f"{s.total - s.skipped - s.done - s.failed} not done (nothing of theirs recorded), "
+              f"{s.skipped} already done, of {s.total}; run the same command again to do the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("\ndsu batch: interrupted; run the same command again to go on", file=sys.stderr)
+        print("\ndsu batch: interrupted before any file started; run the same command again", file=sys.stderr)
         return EXIT_INTERRUPTED
     for failure in summary.failures:
         print(f"dsu batch: {failure['input']}: {failure['code']}: {failure['message']}", file=sys.stderr)

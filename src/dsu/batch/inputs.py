@@ -19,8 +19,9 @@ LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".m3u", ".m3u8"})
 
 @dataclass(frozen=True)
 class Item:
-    """One input file and the folder its stems are written under (the input's folder relative to
-    the inputs' common root, mirrored under the batch's output folder)."""
+    """One input file, by the absolute name it was found under (a symlink stays where it is in the
+    tree, not where it points), and the folder its stems are written under (the input's folder
+    relative to the inputs' common root, mirrored under the batch's output folder)."""
     input: Path
     output_dir: Path
     label: str = ""  # the input relative to the inputs' common root, for messages
@@ -31,18 +32,29 @@ class Item:
 
 
 def expand(sources: list[str | os.PathLike], exclude: Path | None = None) -> list[Path]:
-    """Absolute audio files, in the order given (folders and globs sorted), each once. Files under
-    `exclude` (the batch's output folder) are left out of folders and globs, so stems written by an
-    earlier run are never taken as inputs."""
+    """Absolute audio file names, in the order given (folders and globs sorted), each file once
+    (two names of one file: the first). Files under `exclude` (the batch's output folder) are left
+    out of folders and globs, so stems written by an earlier run are never taken as inputs. Names
+    are not opened here: a dangling link, a loop, a pipe or a device named like audio is listed, and
+    the batch records it as failed."""
     found: list[Path] = []
     for source in sources:
         found.extend(_expand_one(str(source), exclude, lists=True))
     seen, unique = set(), []
     for path in found:
-        if path not in seen:
-            seen.add(path)
+        if real(path) not in seen:
+            seen.add(real(path))
             unique.append(path)
     return unique
+
+
+def real(path: Path) -> Path:
+    """Where `path` points; a loop or a dangling link gives what it can without raising."""
+    return Path(os.path.realpath(path))
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
 
 
 def _expand_one(source: str, exclude: Path | None, lists: bool, base: Path | None = None) -> list[Path]:
@@ -54,14 +66,16 @@ def _expand_one(source: str, exclude: Path | None, lists: bool, base: Path | Non
     if path.is_file():
         if lists and path.suffix.lower() in LIST_EXTENSIONS:
             return [f for entry in read_list(path) for f in _expand_one(entry, exclude, False, path.parent)]
-        return [path.resolve()]
+        return [_absolute(path)]
+    if os.path.lexists(path) and path.suffix.lower() in AUDIO_EXTENSIONS:
+        return [_absolute(path)]  # a broken link, a pipe, a device: failed when its turn comes
     if glob.has_magic(str(path)):
         matched = sorted(glob.glob(str(path), recursive=True))
         files = []
         for m in matched:
             p = Path(m)
             files.extend(_audio_in(p, exclude) if p.is_dir() else
-                         [p.resolve()] if p.suffix.lower() in AUDIO_EXTENSIONS and not _under(p, exclude) else [])
+                         [_absolute(p)] if p.suffix.lower() in AUDIO_EXTENSIONS and not _under(p, exclude) else [])
         if not files:
             raise DSUError("input_not_found", f"no audio file matches {source}")
         return files
@@ -72,13 +86,13 @@ def _audio_in(folder: Path, exclude: Path | None) -> list[Path]:
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _under(Path(root, d), exclude))
-        files.extend(Path(root, n).resolve() for n in sorted(names)
+        files.extend(_absolute(Path(root, n)) for n in sorted(names)
                      if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_EXTENSIONS)
     return files
 
 
 def _under(path: Path, folder: Path | None) -> bool:
-    return folder is not None and path.resolve().is_relative_to(folder)
+    return folder is not None and real(path).is_relative_to(folder)
 
 
 def read_list(path: Path) -> list[str]:

@@ -6,6 +6,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from typing import Callable
 
 from ..client import Worker, WorkerError, default_argv
@@ -15,6 +16,7 @@ from .child import PARENT_ENV
 
 # a worker that died, hung or would not start: the file is worth one more try on a fresh worker
 RETRYABLE = frozenset({"worker_exited", "start_failed", "timeout", "closed"})
+POLL = 0.1  # seconds between looks at the batch's stop (a signal handler only counts signals)
 
 
 def worker_argv(args: list[str]) -> list[str]:
@@ -26,7 +28,8 @@ def worker_argv(args: list[str]) -> list[str]:
 class LocalPool:
     """`finished(task, done, error, retryable) -> bool` is called once per attempt, from the slot
     that ran it, and says whether to queue the task again; `started(task, where, pid)` and
-    `progress(task, fraction)` are for the display."""
+    `progress(task, fraction)` are for the display. Workers run in sessions of their own: a
+    terminal's ^C reaches the batch alone, which stops them (`run`'s `stop`)."""
 
     kind = "local"
 
@@ -45,13 +48,16 @@ class LocalPool:
         self.crash: BaseException | None = None  # a bug or a full disk in `finished`: the batch stops
         self._all_done = threading.Condition()
         self.finished: Callable = None
+        self.stopping = False
+        self.requests: dict[int, object] = {}  # slot -> its job's client Request, while one runs
+        self._dispatch = threading.Lock()  # a job is sent, or the batch stops: never both at once
 
-    def start(self, model_fields: dict) -> dict:
+    def start(self, model_fields: dict, stop=None) -> dict:
         """Start every worker and load the model in each; the first `model_loaded` reply (model,
-        family, stems). Raises when no worker could load it."""
+        family, stems). Raises when no worker could load it, KeyboardInterrupt on a `stop`."""
         for slot in range(self.jobs):
             worker = Worker(argv=worker_argv(self.worker_args), env={PARENT_ENV: str(os.getpid())},
-                            stderr=self.stderr, restart=True)
+                            stderr=self.stderr, restart=True, new_session=True)
             self.workers.append(worker)
             thread = threading.Thread(target=self._slot, args=(slot, worker, model_fields),
                                       name=f"dsu-batch-slot-{slot}", daemon=True)
@@ -59,7 +65,14 @@ class LocalPool:
             thread.start()
         failures = []
         while True:
-            ok, value = self.loaded.get()
+            try:
+                ok, value = self.loaded.get(timeout=POLL)
+            except queue.Empty:
+                if stop is not None and stop.signals:
+                    self.stopping = True
+                    self.kill()
+                    raise KeyboardInterrupt from None
+                continue
             if ok:
                 return value
             failures.append(value)
@@ -67,18 +80,47 @@ class LocalPool:
                 error = failures[0]
                 raise DSUError(error.code if error.code in CODES else "internal", error.message)
 
-    def run(self, tasks: list, finished: Callable) -> None:
-        """Run every task; returns when each has a final result."""
+    def run(self, tasks: list, finished: Callable, stop=None) -> None:
+        """Run every task; returns when each has a final result, or once `stop` (see runner._Stop)
+        counts a signal and the files in work were cancelled (or their workers killed)."""
         self.finished = finished
         with self._all_done:
             self._left = len(tasks)
         for task in tasks:
             self.tasks.put(task)
         with self._all_done:
-            while self._left and self.crash is None:
-                self._all_done.wait()
+            while self._left and self.crash is None and not (stop is not None and stop.signals):
+                self._all_done.wait(POLL)
         if self.crash is not None:
             raise self.crash
+        if self._left:
+            self._stop(stop)
+
+    def _stop(self, stop) -> None:
+        """No file more; the ones in work cancelled (each worker removes its partials), their
+        workers killed after the stop's grace or at a second signal."""
+        with self._dispatch:
+            self.stopping = True
+            requests = list(self.requests.values())
+        while True:
+            try:
+                self.tasks.get_nowait()
+            except queue.Empty:
+                break
+        stop.noticed(len(requests))
+        for request in requests:
+            request.cancel()
+        killed = False
+        while self.requests:
+            if not killed and stop.must_kill():
+                self.kill()  # what they leave is partials of dead pids: the batch's cleaning removes them
+                killed = True
+            time.sleep(POLL / 2)
+
+    def kill(self) -> None:
+        for worker in self.workers:
+            if worker.alive():
+                worker.proc.kill()
 
     def close(self) -> None:
         for _ in self.threads:
@@ -99,8 +141,8 @@ class LocalPool:
             return
         where = f"worker {slot + 1}"
         try:
-            while (task := self.tasks.get()) is not None:
-                self._attempt(task, worker, where)
+            while (task := self.tasks.get()) is not None and not self.stopping:
+                self._attempt(task, worker, where, slot)
         except BaseException as e:
             with self._all_done:
                 self.crash = e
@@ -108,20 +150,25 @@ class LocalPool:
         finally:
             worker.close()
 
-    def _attempt(self, task, worker: Worker, where: str) -> None:
+    def _attempt(self, task, worker: Worker, where: str, slot: int) -> None:
         try:
             if not worker.alive():
                 worker.start()
             self.started(task, where, worker.pid)
-            done = worker.separate(**task.request, timeout=self.timeout,
-                                   on_progress=lambda f: self.progress(task, f))
+            with self._dispatch:
+                if self.stopping:
+                    return
+                request = self.requests[slot] = worker.submit("separate", **task.request)
+            done = request.result(self.timeout, on_progress=lambda f: self.progress(task, f))
             again = self.finished(task, done, None, False, where)
         except WorkerError as e:
             if e.code == "timeout" and worker.alive():  # stuck: a fresh worker takes the next file
                 worker.proc.kill()
                 worker.proc.wait()
             again = self.finished(task, None, e, e.code in RETRYABLE, where)
-        if again:
+        finally:
+            self.requests.pop(slot, None)
+        if again and not self.stopping:
             self.tasks.put(task)
             return
         with self._all_done:

@@ -1,6 +1,7 @@
 """The batch manifest `OUT/dsu-batch.jsonl`: one JSON line per finished file, appended and fsynced
 after the file's stems were renamed into place, never rewritten. A rerun reads it to skip what is
-done; a line torn by a crash is skipped and the next append starts on a line of its own.
+done; a line torn by a crash, or any line that is not a record (hand-edited, damaged, hostile), is
+skipped with a warning and the next append starts on a line of its own.
 
 A lock file beside it (`.dsu-batch.lock`, held with flock) keeps two batches from writing one folder."""
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Manifest:
         self.path = folder / NAME
         folder.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(folder / LOCK_NAME)
+        self.problems: list[str] = []  # "line N: why", for lines skipped on reading
         self.records, self.torn = self._read()
         new = not self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -47,14 +49,19 @@ class Manifest:
             return [], 0
         records, torn = [], 0
         with open(self.path, "rb") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    torn += line.strip() != b""
-                    continue
-                if isinstance(record, dict) and "input" in record:
+                    why = _not_a_record(record)
+                except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge ints
+                    why = f"not JSON ({type(e).__name__})"
+                if why is None:
                     records.append(record)
+                else:
+                    torn += 1
+                    self.problems.append(f"line {number}: {why}")
         return records, torn
 
     def _ends_with_newline(self) -> bool:
@@ -64,7 +71,10 @@ class Manifest:
 
     def append(self, record: dict) -> None:
         """One line in one write, on disk before this returns."""
-        data = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        # a file name that is not UTF-8 (Latin-1 `caf\xe9.wav`) holds lone surrogates: they go out as
+        # JSON escapes (`\udce9`), which read back as the same name
+        text = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+        data = text.encode("utf-8", "backslashreplace")
         os.write(self._fd, data)
         os.fsync(self._fd)
         self.records.append(record)
@@ -84,6 +94,29 @@ class Manifest:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# the fields a rerun reads, and the types it can use (a record is what `_record` in runner.py writes)
+_FIELDS = {"input": (str,), "status": (str,), "size": (int, type(None)), "mtime_ns": (int, type(None)),
+           "sha256": (str, type(None)), "outputs": (list,), "output_dir": (str, type(None))}
+
+
+def _not_a_record(record) -> str | None:
+    """Why a parsed line cannot be a record (None: it can)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if "input" not in record:
+        return "no `input`"
+    for name, types in _FIELDS.items():
+        if name in record and not isinstance(record[name], types):
+            return f"`{name}` is a {type(record[name]).__name__}"
+    if not all(isinstance(p, str) for p in record.get("outputs", [])):
+        return "`outputs` holds something other than paths"
+    try:
+        record_key(record)
+    except (ValueError, RecursionError, TypeError) as e:
+        return f"`model_id` or `options` cannot be compared ({type(e).__name__})"
+    return None
 
 
 def record_key(record: dict) -> tuple:

@@ -71,6 +71,11 @@ class Display:
         self.bar.set_postfix_str(f"{self.rate():.1f} audio-min/min" + (f" | {now}" if now else "")
                                  + (f" +{more}" if more > 0 else ""), refresh=True)
 
+    def note(self, text: str) -> None:
+        """A line of its own, even with the display off (a stop, a warning)."""
+        with self._lock:
+            self._say(text)
+
     def _say(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text, file=self.stream)

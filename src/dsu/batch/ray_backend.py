@@ -20,6 +20,7 @@ from ..errors import DSUError
 
 
 POLL = 1.0  # seconds between progress questions to the actors in work
+STOP_POLL = 0.2  # seconds between looks at the batch's stop
 
 
 class SeparatorActor:
@@ -34,6 +35,7 @@ class SeparatorActor:
         self.cache = ModelCache(self.device, max_models=1)
         self.models_dir = Path(models_dir) if models_dir else None
         self.fraction = 0.0  # of the file in work, read by `progress` from the actor's second thread
+        self.cancelled: set = set()  # tokens of the calls `cancel` stopped (from the second thread)
 
     def load(self, model_fields: dict) -> dict:
         from .. import jobs
@@ -47,7 +49,7 @@ class SeparatorActor:
             return {"ok": False, "code": e.code, "message": e.message}
         return {"ok": True, "pid": os.getpid(), "node": ray.util.get_node_ip_address(), **loaded}
 
-    def separate(self, request: dict) -> dict:
+    def separate(self, request: dict, token: int = 0) -> dict:
         from .. import device as devices, jobs
         from ..worker import spec
         devices.set_threads(self.threads)  # torch's intra-op setting may be per calling thread
@@ -55,9 +57,17 @@ class SeparatorActor:
         try:
             fields, extra = spec.validate(spec.COMMANDS["separate"], request)
             return {"ok": True, "done": jobs.separate(fields, extra, cache=self.cache, models_dir=self.models_dir,
-                                                      default_model=None, emit=_quiet, progress=self._report)}
+                                                      default_model=None, emit=_quiet, progress=self._report,
+                                                      cancelled=lambda: token in self.cancelled)}
         except DSUError as e:
             return {"ok": False, "code": e.code, "message": e.message}
+        finally:
+            self.cancelled.discard(token)
+
+    def cancel(self, token: int) -> None:
+        """Stop call `token` at its next chunk (its partials removed by the job); one not started yet
+        stops before it begins."""
+        self.cancelled.add(token)
 
 
     def _report(self, fraction: float) -> None:
@@ -118,6 +128,7 @@ class RayPool:
         self.actors: dict = {}  # actor handle -> "actor N (node)"
         self.loading: dict = {}  # ObjectRef of a load call -> actor
         self.pids: dict = {}
+        self.local_pids: dict = {}  # actor -> pid, for the actors on this machine
         self.free: deque = deque()
         self.spawned = 0
         self.model_fields: dict = {}
@@ -142,6 +153,8 @@ class RayPool:
             return answer
         self.actors[actor] = f"{self.actors[actor]} on {answer['node']} pid {answer['pid']}"
         self.pids[actor] = answer["pid"]
+        if answer["node"] == self.ray.util.get_node_ip_address():
+            self.local_pids[actor] = answer["pid"]
         self.free.append(actor)
         return answer
 
@@ -152,29 +165,41 @@ class RayPool:
         except Exception:
             pass
 
-    def start(self, model_fields: dict) -> dict:
+    def start(self, model_fields: dict, stop=None) -> dict:
         self.model_fields = model_fields
         for _ in range(self.size):
             self._spawn()
         failures = []
         while self.loading:
-            ready, _ = self.ray.wait(list(self.loading), num_returns=1)
+            ready, _ = self.ray.wait(list(self.loading), num_returns=1, timeout=STOP_POLL)
+            if stop is not None and stop.signals:
+                raise KeyboardInterrupt  # `close` kills the actors
+            if not ready:
+                continue
             answer = self._loaded(ready[0])
             if answer["ok"]:
                 return {k: v for k, v in answer.items() if k not in ("ok", "pid", "node")}
             failures.append(answer)
         raise DSUError(failures[0]["code"], failures[0]["message"])
 
-    def run(self, tasks: list, finished: Callable) -> None:
+    def run(self, tasks: list, finished: Callable, stop=None) -> None:
+        """Every task to its end, or until `stop` (see runner._Stop) counts a signal: then no file
+        more, the calls in work cancelled, their actors killed after the stop's grace or at a second."""
         pending = deque(tasks)
         running: dict = {}  # ObjectRef -> (actor, task)
         deadlines: dict = {}  # ObjectRef -> when its actor is taken for stuck (with --timeout)
+        tokens: dict = {}  # ObjectRef -> the token its `cancel` names
+        asked_at = 0.0
         while pending or running:
+            if stop is not None and stop.signals:
+                self._stop(stop, running, tokens, finished)
+                return
             while pending and self.free:
                 actor, task = self.free.popleft(), pending.popleft()
                 self.started(task, self.actors[actor], self.pids.get(actor))
-                ref = actor.separate.remote(task.request)
-                running[ref] = (actor, task)
+                token = len(tokens) + 1
+                ref = actor.separate.remote(task.request, token)
+                running[ref], tokens[ref] = (actor, task), token
                 if self.timeout:
                     deadlines[ref] = time.monotonic() + self.timeout
             if not running and not self.loading:
@@ -182,10 +207,14 @@ class RayPool:
                     self._spawn()  # every actor died: a new one, or an error saying why
                     continue
             wait = max(0.0, min(deadlines.values()) - time.monotonic()) if deadlines else None
+            if stop is not None:
+                wait = STOP_POLL if wait is None else min(wait, STOP_POLL)
             if self.progress is not None and running:
                 wait = POLL if wait is None else min(wait, POLL)
             ready, _ = self.ray.wait([*running, *self.loading], num_returns=1, timeout=wait)
-            self._poll(running)
+            if time.monotonic() - asked_at >= POLL:
+                asked_at = time.monotonic()
+                self._poll(running)
             if not ready:  # a deadline passed, or it is time to ask for progress
                 now = time.monotonic()
                 for ref in [r for r, when in deadlines.items() if when <= now]:
@@ -216,9 +245,36 @@ class RayPool:
                 answer = {"ok": False, "code": "internal", "message": str(e)[:2000]}
             self.free.append(actor)
             if answer["ok"]:
-                finished(task, answer["done"], None, False, where)
+                again = finished(task, answer["done"], None, False, where)  # True: its input changed meanwhile
             else:
-                finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+                again = finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
+            if again:
+                pending.appendleft(task)
+
+    def _stop(self, stop, running: dict, tokens: dict, finished: Callable) -> None:
+        stop.noticed(len(running))
+        for ref, (actor, _) in running.items():
+            actor.cancel.remote(tokens[ref])
+        killed = False
+        while running:
+            if not killed and stop.must_kill():
+                for actor, _ in running.values():
+                    self._drop(actor)  # the batch's cleaning removes what it leaves, where it can tell
+                killed = True
+            ready, _ = self.ray.wait(list(running), num_returns=1, timeout=STOP_POLL)
+            for ref in ready:
+                actor, task = running.pop(ref)
+                where = self.actors.get(actor, "an actor")
+                try:
+                    answer = self.ray.get(ref)
+                except self.ray.exceptions.RayError as e:
+                    finished(task, None, WorkerError("worker_exited", f"the Ray actor ({where}) was stopped: "
+                                                                      f"{type(e).__name__}"), True, where)
+                    continue
+                if answer["ok"]:
+                    finished(task, answer["done"], None, False, where)
+                else:
+                    finished(task, None, WorkerError(answer["code"], answer["message"]), False, where)
 
     def _poll(self, running: dict) -> None:
         """Report the progress answers that arrived, and ask again where none is outstanding."""
@@ -251,5 +307,11 @@ class RayPool:
     def close(self) -> None:
         for actor in list(self.actors):
             self._drop(actor)
+        # `ray.kill` returns before the process is gone; the batch's cleaning after this removes the
+        # partials of dead pids only, so wait (a little) for the ones here
+        from ..tempfiles import alive
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in self.local_pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.owned:
             self.ray.shutdown()

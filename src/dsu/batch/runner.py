@@ -3,34 +3,44 @@
 The driver expands the inputs, finds output collisions, skips what the manifest says is done, hands
 the rest to a backend and writes one manifest line per file after the backend reports the file's
 stems committed. Backends run the existing separate job (worker processes or `dsu.jobs`) and are told
-nothing of manifests."""
+nothing of manifests.
+
+A SIGINT or SIGTERM stops the batch: no file more, the files in work cancelled (a second signal
+kills their workers), nothing of theirs recorded; `run` then raises `Interrupted`."""
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__
+from .. import __version__, paths
+from ..client import WorkerError
 from ..errors import DSUError
 from . import inputs as batch_inputs
 from .manifest import Manifest, canonical, is_done, now, sha256_of
 from .progress import Display
 
 LOG_NAME = "dsu-batch.log"  # the workers' stderr
+CHANGED = "input_changed"  # the code of a file that changed while it was separated (retried like a dead worker)
 
 
 @dataclass
 class Task:
     item: batch_inputs.Item
     request: dict
-    size: int
-    mtime_ns: int
+    size: int | None
+    mtime_ns: int | None
     duration: float | None = None
     attempts: int = 0
     first_start: float | None = None
+    sha256: str | None = None
+    identity: tuple | None = None  # the input's stat as its job started (see `_identity`)
+    stale: list = field(default_factory=list)  # stems written from content the input no longer has
 
     @property
     def name(self) -> str:
@@ -50,10 +60,72 @@ class Summary:
     failures: list[dict] = field(default_factory=list)
     backend: str = ""
     workers: int = 0
+    stopped: str = ""  # the signal that stopped the batch
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.interrupted == 0
+        return self.failed == 0 and self.interrupted == 0 and not self.stopped
+
+
+class Interrupted(KeyboardInterrupt):
+    """The batch was stopped by a signal; `summary` says what was done before."""
+
+    def __init__(self, summary: Summary):
+        super().__init__(summary.stopped)
+        self.summary = summary
+
+
+class _Stop:
+    """SIGINT and SIGTERM while a batch runs (in the main thread; elsewhere nothing is installed).
+    Before any file is in work a signal raises KeyboardInterrupt at once; after, the handler only
+    counts (it may interrupt a thread holding any lock), and the backend, looking every few tenths
+    of a second, stops the files in work at the first and kills their workers at the second."""
+
+    grace = 5.0  # seconds the files in work get to cancel before their workers are killed
+
+    def __init__(self, say: Callable[[str], None]):
+        self.signals, self.name, self.say = 0, "", say
+        self.raising = True
+        self.since = 0.0
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signals += 1
+        self.name = self.name or signal.Signals(signum).name
+        if self.raising:
+            raise KeyboardInterrupt
+
+    def noticed(self, in_work: int) -> None:
+        """Called by the backend once it stops dispatching."""
+        self.since = time.monotonic()
+        self.say(f"dsu batch: stopping ({self.name}): {in_work} file(s) in work cancelled, not recorded; "
+                 "^C again to kill the workers at once")
+
+    def must_kill(self) -> bool:
+        """Whether the backend, stopping since `noticed`, kills its workers now: at a second signal,
+        or when they did not cancel within `grace` seconds. Says which."""
+        if self.signals > 1:
+            self.say("dsu batch: second signal: killing the workers")
+        elif time.monotonic() - self.since > self.grace:
+            self.say(f"dsu batch: the workers did not cancel within {self.grace:g} s: killing them")
+        else:
+            return False
+        return True
+
+    def install(self) -> None:
+        """Take the signals (again: `ray.init` sets a SIGTERM handler of its own)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.signal(sig, self._handle)
+                self._old.setdefault(sig, old)
+
+    def __enter__(self) -> "_Stop":
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def layout_supported() -> bool:
@@ -110,25 +182,35 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         model_fields["models_dir"] = str(models_dir)
 
     summary = Summary(total=len(items))
-    with Manifest(out) as manifest:
+    show = None
+    with Manifest(out) as manifest, _Stop(lambda text: show.note(text) if show else _say(text)) as stop:
         summary.manifest = str(manifest.path)
+        _warn_skipped(manifest)
         latest = manifest.latest()
-        tasks = []
+        tasks, refused = [], []
         for item in items:
-            st = item.input.stat()
+            request_fields = {**base, **model_fields, "input": str(item.input), "output_dir": str(item.output_dir)}
+            try:  # a dangling link, a loop, a pipe, a device: failed, before anything opens it
+                paths.check_input(item.input)
+                _utf8_name(item.input)
+                st = os.stat(item.input)
+            except (DSUError, OSError) as e:
+                error = e if isinstance(e, DSUError) else DSUError("input_not_found", f"{item.input}: {e.strerror}")
+                refused.append((Task(item, request_fields, None, None), WorkerError(error.code, error.message)))
+                continue
             key = (str(item.input), canonical(model_id), canonical(options))
-            record = latest.get(key)
+            # a manifest of a DSU that named inputs by where their links point
+            record = latest.get(key) or latest.get((str(batch_inputs.real(item.input)), *key[1:]))
             if not force and record is not None and record.get("output_dir") == str(item.output_dir) and \
                     is_done(record, st.st_size, st.st_mtime_ns, lambda p=item.input: sha256_of(p)):
                 summary.skipped += 1
                 continue
-            request_fields = {**base, **model_fields, "input": str(item.input), "output_dir": str(item.output_dir)}
             tasks.append(Task(item, request_fields, st.st_size, st.st_mtime_ns, _duration(item.input)))
-        if not tasks:
+        if not tasks and not refused:
             summary.elapsed = time.monotonic() - started
             return summary
 
-        show = Display(len(tasks), summary.skipped, progress if progress is not None else True)
+        show = Display(len(tasks) + len(refused), summary.skipped, progress if progress is not None else True)
         lock = threading.Lock()
 
         def emit(event: dict) -> None:
@@ -138,6 +220,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         def started_task(task: Task, where: str, pid: int | None) -> None:
             if task.first_start is None:
                 task.first_start = time.monotonic()
+            _fingerprint(task)
             show.started(task.name)
             emit({"event": "start", "input": str(task.item.input), "where": where, "pid": pid,
                   "attempt": task.attempts + 1})
@@ -149,10 +232,15 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
 
         def finished(task: Task, done: dict | None, error, retryable: bool, where: str = "") -> bool:
             """Called once per attempt; True: run the task again."""
-            digest = sha256_of(task.item.input) if done is not None else None
-            if error is not None and error.code == "cancelled":
-                # the batch never cancels: a Ctrl-C reached the workers too; the file is simply not done
-                summary.interrupted += 1
+            if done is not None and task.identity is not None and _identity(task.item.input) != task.identity:
+                task.stale, done, retryable = done["paths"], None, True  # stems of content the input no longer has
+                error = WorkerError(CHANGED, f"{task.item.input} changed while it was separated; "
+                                             "its stems were of the old content")
+            if error is not None and (error.code == "cancelled" or (stop.signals and retryable)):
+                # cancelled by this batch's stop (or killed by it), or by a signal to the worker alone:
+                # the file is simply not done
+                with lock:
+                    summary.interrupted += 1
                 return False
             with lock:
                 task.attempts += 1
@@ -160,7 +248,9 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                     emit({"event": "retry", "input": str(task.item.input), "code": error.code,
                           "message": error.message, "where": where})
                     return True
-                record = _record(task, done, error, digest, model_id, options, where, started_wall=task.first_start)
+                if error is not None and error.code == CHANGED:
+                    _remove_stale(task)
+                record = _record(task, done, error, model_id, options, where, started_wall=task.first_start)
                 manifest.append(record)
                 if done is not None:
                     summary.done += 1
@@ -174,20 +264,89 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                 emit({"event": "finished", "record": record})
                 return False
 
-        backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
-                           ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)
-        summary.backend, summary.workers = backend.kind, backend.size
         try:
-            info = backend.start(model_fields)
-            written = _written_stems(info["stems"], fields)
-            batch_inputs.check_collisions(items, layout, info["model"], fields["format"], written, ref.family)
-            backend.run(tasks, finished)
+            for task, error in refused:
+                finished(task, None, error, False, "driver")
+            if tasks:
+                backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
+                                   ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)
+                summary.backend, summary.workers = backend.kind, backend.size
+                stop.install()
+                stop.raising = False  # the backend looks at `stop` from here on, and stops what it started
+                try:
+                    info = backend.start(model_fields, stop)
+                    written = _written_stems(info["stems"], fields)
+                    batch_inputs.check_collisions(items, layout, info["model"], fields["format"], written, ref.family)
+                    if stop.signals:
+                        raise KeyboardInterrupt
+                    backend.run(tasks, finished, stop)
+                finally:
+                    backend.close()
+                    _clean_debris(out)
+        except KeyboardInterrupt:
+            stop.signals = stop.signals or 1
         finally:
-            backend.close()
             show.close()
-            _clean_debris(out)
     summary.elapsed = time.monotonic() - started
+    if stop.signals:
+        summary.stopped = stop.name or "SIGINT"
+        raise Interrupted(summary)
     return summary
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _warn_skipped(manifest: Manifest) -> None:
+    """A manifest's unreadable lines are skipped: say so (their files are done again)."""
+    if manifest.problems:
+        shown = "; ".join(manifest.problems[:3]) + (f"; and {len(manifest.problems) - 3} more"
+                                                   if len(manifest.problems) > 3 else "")
+        _say(f"dsu batch: warning: {manifest.path}: skipped {len(manifest.problems)} line(s) that are not "
+             f"records ({shown}); their files are done again")
+
+
+def _utf8_name(path: Path) -> None:
+    """Workers take JSON text, which holds no file name that is not UTF-8 (Latin-1 `caf\xe9.wav`)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DSUError("bad_value", f"{path}: the file name is not UTF-8, and DSU's workers take UTF-8 names "
+                                    "only; rename it (e.g. `convmv -f latin1 -t utf-8 --notest FILE`)") from None
+
+
+def _identity(path: Path) -> tuple | None:
+    """What changes whenever a file's content does (a rewrite, a rename over it; utime sets ctime too)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _fingerprint(task: Task) -> None:
+    """The input's size, mtime, sha256 and identity as its job starts: the record says what was
+    separated, and `finished` compares the identity after the job."""
+    before = _identity(task.item.input)
+    try:
+        task.sha256 = sha256_of(task.item.input)
+    except OSError:
+        task.sha256 = None
+    after = _identity(task.item.input)
+    # changed while hashed: no identity matches it, and the job is not taken for done
+    task.identity = before if before == after and before is not None else ("changing",)
+    if after is not None:
+        task.size, task.mtime_ns = after[2], after[3]
+
+
+def _remove_stale(task: Task) -> None:
+    """The stems a job wrote from an input that then changed: they would pass for the new content's."""
+    for path in task.stale:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _backend(ray, jobs, threads, device, models_dir, count, ref, out, ray_actors, ray_cpus, ray_gpus,
@@ -268,9 +427,9 @@ def _duration(path: Path) -> float | None:
         return None
 
 
-def _record(task: Task, done: dict | None, error, digest: str | None, model_id: dict, options: dict,
-            where: str, started_wall: float | None) -> dict:
-    record = {"input": str(task.item.input), "size": task.size, "mtime_ns": task.mtime_ns, "sha256": digest,
+def _record(task: Task, done: dict | None, error, model_id: dict, options: dict, where: str,
+            started_wall: float | None) -> dict:
+    record = {"input": str(task.item.input), "size": task.size, "mtime_ns": task.mtime_ns, "sha256": task.sha256,
               "duration": task.duration, "model": model_id["name"], "model_id": model_id, "options": options,
               "output_dir": str(task.item.output_dir), "attempts": task.attempts, "where": where,
               "finished_at": now(), "dsu_version": __version__,
