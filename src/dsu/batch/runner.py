@@ -192,7 +192,6 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
             request_fields = {**base, **model_fields, "input": str(item.input), "output_dir": str(item.output_dir)}
             try:  # a dangling link, a loop, a pipe, a device: failed, before anything opens it
                 paths.check_input(item.input)
-                _utf8_name(item.input)
                 st = os.stat(item.input)
             except (DSUError, OSError) as e:
                 error = e if isinstance(e, DSUError) else DSUError("input_not_found", f"{item.input}: {e.strerror}")
@@ -307,15 +306,6 @@ def _warn_skipped(manifest: Manifest) -> None:
              f"records ({shown}); their files are done again")
 
 
-def _utf8_name(path: Path) -> None:
-    """Workers take JSON text, which holds no file name that is not UTF-8 (Latin-1 `caf\xe9.wav`)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        raise DSUError("bad_value", f"{path}: the file name is not UTF-8, and DSU's workers take UTF-8 names "
-                                    "only; rename it (e.g. `convmv -f latin1 -t utf-8 --notest FILE`)") from None
-
-
 def _identity(path: Path) -> tuple | None:
     """What changes whenever a file's content does (a rewrite, a rename over it; utime sets ctime too)."""
     try:
@@ -422,7 +412,7 @@ def _written_stems(stems: list[str], fields: dict) -> list[str]:
 def _duration(path: Path) -> float | None:
     try:
         import soundfile
-        return soundfile.info(str(path)).duration
+        return soundfile.info(paths.native(path)).duration
     except Exception:  # a format libsndfile does not read: the worker decodes it through ffmpeg
         return None
 
