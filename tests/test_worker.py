@@ -36,11 +36,11 @@ def write_song(path: Path, seconds: float, sr: int = 44100, channels: int = 2) -
 class RawWorker:
     """A worker process, JSON lines both ways; `log` keeps every message read."""
 
-    def __init__(self, tmp: Path, *args: str, argv: list[str] | None = None):
+    def __init__(self, tmp: Path, *args: str, argv: list[str] | None = None, env: dict | None = None):
         self.stderr = open(tmp / f"worker-{time.monotonic_ns()}.stderr", "w+")
         argv = argv or [sys.executable, "-m", "dsu.worker"]
         self.proc = subprocess.Popen([*argv, "--threads", "1", *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=ENV, cwd=tmp)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env or ENV, cwd=tmp)
         self.log: list[dict] = []
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout] + [self.lines.put(b"")],

@@ -2,7 +2,6 @@
 model cuts a signal into engine passes. Families know nothing of JSON or of the worker."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .. import untrusted
 from ..engine import Pass, Signal
 from ..errors import DSUError
 
@@ -134,10 +134,7 @@ def read_catalogue(models_dir: Path | None, types) -> dict[str, dict]:
     path = models_dir / CATALOGUE if models_dir else None
     if path is None or not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DSUError("bad_value", f"cannot read {path}: {e}") from None
+    data = untrusted.read_json(path, "the model list")
     if isinstance(data, dict) and isinstance(data.get("models"), list):
         data = data["models"]
     if isinstance(data, list):

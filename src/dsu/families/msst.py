@@ -368,7 +368,8 @@ def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
     checkpoint, config_path = ref.files
     config = load_config(config_path)
     model_type = ref.option("model_type")
-    model = build_model(model_type, config)
+    model = memory.build(lambda: build_model(model_type, config), device,
+                         f"the {model_type} {Path(config_path).name} describes")
     load_weights(model, read_state_dict(checkpoint))
     return MSSTSeparator(ref.name, model_type, config, model, device)
 
