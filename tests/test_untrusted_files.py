@@ -20,14 +20,18 @@ QUICK = 10.0  # seconds: a quick command waits for nothing slow, so this is far 
 GiB = 1 << 30
 
 
+INTERIM = {"loading_model", "separating", "progress", "cache_evicted"}
+
+
 def answer(worker: RawWorker, id, timeout: float = QUICK) -> dict:
-    """The final message (answer or error) of request `id`, read within `timeout` seconds."""
+    """The final message (answer or error) of request `id` (ids are unique in these tests), already
+    read or read within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    interim = {"loading_model", "separating", "progress", "cache_evicted"}
     while True:
-        message = worker.read(timeout=max(0.05, deadline - time.monotonic()))
-        if message.get("id") == id and message["status"] not in interim:
-            return message
+        for message in worker.log:
+            if message.get("id") == id and message["status"] not in INTERIM:
+                return message
+        worker.read(timeout=max(0.05, deadline - time.monotonic()))
 
 
 def started(tmp: Path, *args: str, **env: str) -> RawWorker:
@@ -37,8 +41,9 @@ def started(tmp: Path, *args: str, **env: str) -> RawWorker:
 
 
 def assert_pings(worker: RawWorker) -> None:
-    worker.send(cmd="ping", id="ping")
-    assert answer(worker, "ping")["status"] == "pong"
+    id = f"ping-{time.monotonic_ns()}"
+    worker.send(cmd="ping", id=id)
+    assert answer(worker, id)["status"] == "pong"
 
 
 def bomb(levels: int = 9, width: int = 10) -> str:
@@ -61,9 +66,10 @@ def msst_config(**values) -> str:
 
 # ---- FIFOs and devices -----------------------------------------------------------------------------------
 
-def test_a_fifo_as_the_catalog_wedges_neither_the_reader_nor_a_job(tmp_path):
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_special_file_as_the_catalog_wedges_neither_the_reader_nor_a_job(tmp_path, kind):
     fifo = tmp_path / "catalog.json"
-    os.mkfifo(fifo)
+    os.mkfifo(fifo) if kind == "fifo" else fifo.symlink_to(kind)
     song = write_song(tmp_path / "song.wav", 0.5)
     with started(tmp_path, DSU_CATALOG=str(fifo)) as w:
         w.send(cmd="list_models", id="list")
@@ -108,6 +114,9 @@ def test_deeply_nested_json_documents_are_coded_errors(tmp_path):
     msst = tmp_path / "msst"
     msst.mkdir()
     (msst / "models.json").write_text(deep)
+    typed = tmp_path / "typed"
+    typed.mkdir()
+    (typed / "models.json").write_text(json.dumps({"m": {"type": "bs_roformer", "checkpoint": "m.ckpt", "config": 5}}))
     song = write_song(tmp_path / "song.wav", 0.5)
     with started(tmp_path, "--models-dir", str(uvr), DSU_CATALOG=str(tmp_path / "catalog.json")) as w:
         w.send(cmd="list_models", id="list")
@@ -119,6 +128,10 @@ def test_deeply_nested_json_documents_are_coded_errors(tmp_path):
             w.send(cmd="separate", id=id, input=str(song), output_dir=str(tmp_path / "out"), model="nope", **where)
             error = answer(w, id)
             assert error["code"] == "bad_value" and id in error["message"] and "nests deeper" in error["message"], error
+        w.send(cmd="separate", id="typed", input=str(song), output_dir=str(tmp_path / "out"), model="m",
+               models_dir=str(typed))
+        error = answer(w, "typed")
+        assert error["code"] == "bad_value" and "`config` of 'm' must be a file path" in error["message"], error
 
 
 def test_a_huge_models_json_does_not_hold_the_reader(tmp_path):

@@ -13,9 +13,9 @@ from typing import Any
 
 from .errors import DSUError
 
-MiB, GiB = 1 << 20, 1 << 30
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 JSON_BYTES = 16 * MiB        # catalogs, models.json, UVR model data and download lists: the published ones are < 1 MiB
-YAML_BYTES = 1 * MiB         # MSST/Apollo configs and Demucs bags: a few KiB
+YAML_BYTES = 256 * KiB       # MSST/Apollo configs and Demucs bags: a few KiB (PyYAML reads ~100 KiB/s)
 CHECKPOINT_BYTES = 16 * GiB  # weights files: the largest published separation models are about 2 GiB
 MAX_DEPTH = 64               # nesting of a JSON document: catalogs nest 5 levels
 
@@ -23,7 +23,7 @@ _FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 def _size(n: int) -> str:
-    return f"{n / GiB:.0f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+    return f"{n / GiB:.0f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB" if n >= MiB else f"{n / KiB:.0f} KiB"
 
 
 def _open(path, what: str, limit: int) -> tuple[int, os.stat_result]:

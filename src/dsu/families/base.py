@@ -2,6 +2,7 @@
 model cuts a signal into engine passes. Families know nothing of JSON or of the worker."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,7 +139,16 @@ def read_catalogue(models_dir: Path | None, types) -> dict[str, dict]:
     if isinstance(data, dict) and isinstance(data.get("models"), list):
         data = data["models"]
     if isinstance(data, list):
-        data = {e.get("name"): e for e in data if isinstance(e, dict) and e.get("name")}
+        data = {e["name"]: e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"]}
     if not isinstance(data, dict):
         raise DSUError("bad_value", f"{path} must map model names to {{type, config, checkpoint, stems}}")
-    return {str(k): v for k, v in data.items() if isinstance(v, dict) and v.get("type") in types}
+    found = {k: v for k, v in data.items() if isinstance(v, dict) and v.get("type") in types}
+    for name, entry in found.items():
+        for key in ("checkpoint", "config"):
+            if entry.get(key) is not None and not (isinstance(entry[key], str) and "\0" not in entry[key]):
+                raise DSUError("bad_value", f"{path}: `{key}` of {name!r} must be a file path (relative to the "
+                                            "models dir), not " + json.dumps(entry[key])[:40])
+        stems = entry.get("stems")
+        if stems is not None and not (isinstance(stems, list) and all(isinstance(s, str) for s in stems)):
+            raise DSUError("bad_value", f"{path}: `stems` of {name!r} must be a list of stem names")
+    return found

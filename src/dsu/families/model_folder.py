@@ -39,13 +39,19 @@ class ConfigLoader(yaml.SafeLoader):
     """YAML as MSST writes it: the safe subset plus `!!python/tuple`, nothing that builds objects, and
     aliases that add at most MAX_ALIAS_VALUES values and nest at most untrusted.MAX_DEPTH levels."""
 
+    def fetch_more_tokens(self):
+        super().fetch_more_tokens()
+        # as soon as the scanner sees it: its look-ahead costs the square of the flow nesting
+        if self.flow_level > untrusted.MAX_DEPTH or len(self.indents) > untrusted.MAX_DEPTH:
+            raise Refused(f"it nests deeper than {untrusted.MAX_DEPTH} levels")
+
     def compose_document(self):
         node = super().compose_document()
         values, distinct, depth = expansion(node)
         if values - distinct > MAX_ALIAS_VALUES:
             raise Refused(f"its aliases (*name) expand it to {values} values, {values - distinct} more than it "
                           f"holds; DSU refuses YAML whose aliases add more than {MAX_ALIAS_VALUES} (an alias bomb)")
-        if depth > untrusted.MAX_DEPTH:
+        if depth > untrusted.MAX_DEPTH:  # through aliases
             raise Refused(f"it nests deeper than {untrusted.MAX_DEPTH} levels")
         return node
 

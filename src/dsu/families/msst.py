@@ -377,13 +377,16 @@ def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
 def _list(models_dir: Path | None) -> list[dict]:
     out = []
     listed = set()
+    config_stems: dict[str, list[str]] = {}  # entries may share a config: read each once
     for name, entry in _catalogue(models_dir).items():
         stems = entry.get("stems")
         if not stems and entry.get("config") and (models_dir / entry["config"]).is_file():
-            try:
-                stems = instruments(load_config(models_dir / entry["config"]))
-            except DSUError:
-                stems = []
+            if entry["config"] not in config_stems:
+                try:
+                    config_stems[entry["config"]] = instruments(load_config(models_dir / entry["config"]))
+                except DSUError:
+                    config_stems[entry["config"]] = []
+            stems = config_stems[entry["config"]]
         out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
         listed.add(Path(entry.get("checkpoint") or "").name)
     folders = uvr.model_folders(models_dir, "mdxc") if models_dir and models_dir.is_dir() else []
