@@ -188,6 +188,12 @@ def test_a_config_too_big_to_build_is_refused_before_anything_is_allocated(tmp_p
         assert error["code"] == "out_of_memory" and "big.yaml" in error["message"], error
         assert "GiB" in error["message"] and "weights" in error["message"], error
         assert peak_rss(w.proc.pid) < 4 * GiB
+        deep = tmp_path / "deep.yaml"
+        deep.write_text(msst_config(dim=4, depth=10_000_000))  # small layers, but ten million of them
+        w.send(cmd="separate", id="deep", input=str(song), output_dir=str(tmp_path / "out"),
+               model_path=str(FIXTURES / "bs_roformer" / "model.ckpt"), config_path=str(deep), model_type="bs_roformer")
+        error = answer(w, "deep", 60)
+        assert error["code"] == "bad_value" and "layers" in error["message"], error
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.wav"))
 
 

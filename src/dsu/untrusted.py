@@ -103,11 +103,11 @@ def read_json(path, what: str, limit: int = JSON_BYTES) -> Any:
 
 def depth_within(value: Any, most: int) -> bool:
     """Whether lists and objects in `value` nest at most `most` levels. Iterative: no depth exhausts the stack."""
-    stack = [(value, 1)]
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > most:
-                return False
-            stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
+        if depth > most:
+            return False
+        stack += [(x, depth + 1) for x in (item.values() if isinstance(item, dict) else item)
+                  if isinstance(x, (dict, list))]
     return True

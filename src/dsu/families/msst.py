@@ -18,6 +18,7 @@ then optional normalisation by the mix's mean/std, test-time augmentation (chann
 `extract_instrumental` as in MSST's `inference.py`."""
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -379,16 +380,17 @@ def _list(models_dir: Path | None) -> list[dict]:
     listed = set()
     config_stems: dict[str, list[str]] = {}  # entries may share a config: read each once
     for name, entry in _catalogue(models_dir).items():
-        stems = entry.get("stems")
-        if not stems and entry.get("config") and (models_dir / entry["config"]).is_file():
-            if entry["config"] not in config_stems:
+        stems, config = entry.get("stems"), entry.get("config")
+        if not stems and config:
+            if config not in config_stems:
                 try:
-                    config_stems[entry["config"]] = instruments(load_config(models_dir / entry["config"]))
+                    path = models_dir / config
+                    config_stems[config] = instruments(load_config(path)) if path.is_file() else []
                 except DSUError:
-                    config_stems[entry["config"]] = []
-            stems = config_stems[entry["config"]]
+                    config_stems[config] = []
+            stems = config_stems[config]
         out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
-        listed.add(Path(entry.get("checkpoint") or "").name)
+        listed.add(os.path.basename(entry.get("checkpoint") or ""))
     folders = uvr.model_folders(models_dir, "mdxc") if models_dir and models_dir.is_dir() else []
     for checkpoint in (c for folder in folders for c in sorted(folder.glob("*.ckpt"))):
         if checkpoint.name not in listed:
