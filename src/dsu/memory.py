@@ -5,7 +5,9 @@ growing the worker until the system kills it."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -79,3 +81,75 @@ def span_bytes(sources: int, channels: int, samples: int) -> int:
     """An overlap-add accumulator: the weighted sums of every source and channel over `samples`,
     plus the weights, held while chunks overlap (the engine keeps up to twice a chunk)."""
     return (sources * channels + 1) * 2 * samples * FLOAT
+
+
+# ---- the weights a model's config describes -----------------------------------------------------------
+
+MAX_MODULES = 20_000  # submodules of one model: the shipped configs build at most 2906 (a BS-RoFormer)
+
+
+class _Stop(BaseException):
+    """Raised inside a meta build to end it early (a BaseException: model code that catches Exception
+    does not swallow it); `reason` is why."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def weight_bytes(factory: Callable[[], torch.nn.Module], what: str, most: int | None = None) -> int | None:
+    """Bytes of the parameters and buffers of the module `factory()` builds, counted by building it on
+    torch's meta device, which allocates nothing; as soon as more than `most` bytes are registered the
+    build stops and that running count is returned. None when the module cannot be built on the meta
+    device (the real build then says what is wrong). A config that builds more than MAX_MODULES
+    modules is `bad_value`, before it can take minutes."""
+    builder = threading.get_ident()
+    counts = {"bytes": 0, "modules": 0}
+
+    def on_tensor(module, name, tensor):
+        if threading.get_ident() == builder and tensor is not None:
+            counts["bytes"] += tensor.numel() * tensor.element_size()
+            if most is not None and counts["bytes"] > most:
+                raise _Stop("bytes")
+
+    def on_module(module, name, submodule):
+        if threading.get_ident() == builder:
+            counts["modules"] += 1
+            if counts["modules"] > MAX_MODULES:
+                raise _Stop("modules")
+
+    hooks = [register(on_tensor) for register in (torch.nn.modules.module.register_module_parameter_registration_hook,
+                                                  torch.nn.modules.module.register_module_buffer_registration_hook)]
+    hooks.append(torch.nn.modules.module.register_module_module_registration_hook(on_module))
+    try:
+        with torch.device("meta"):
+            module = factory()
+    except _Stop as stop:
+        if stop.reason == "bytes":
+            return counts["bytes"]
+        raise DSUError("bad_value", f"{what} has more than {MAX_MODULES} layers and modules, far more than "
+                                    "any published model: check the config") from None
+    except Exception:  # not buildable on the meta device, or not at all: the real build says which
+        return None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def build(factory: Callable[[], torch.nn.Module], device: torch.device, what: str) -> torch.nn.Module:
+    """`factory()`, built once its weights are known to fit: `out_of_memory` before anything is
+    allocated otherwise. The host holds them twice while a checkpoint loads into them, an
+    accelerator once more."""
+    host, free = available_host(), available_device(device)
+    most = min(n for n in (host and host // 2, free, 1 << 62) if n is not None)
+    weights = weight_bytes(factory, what, most)  # a count cut short is still past what fits
+    if weights is not None:
+        if host is not None and 2 * weights > host:
+            raise DSUError("out_of_memory", f"{what} would need at least {_size(2 * weights)} of memory to load "
+                                            f"its weights but {_size(host)} is available: check that the config "
+                                            "is the one published with the weights, or use a smaller model")
+        if free is not None and weights > free:
+            raise DSUError("out_of_memory", f"{what} would need at least {_size(weights)} of {device.type} memory "
+                                            f"for its weights but {_size(free)} is free: check that the config "
+                                            "is the one published with the weights, or use --device cpu")
+    return factory()

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from . import untrusted
 from .errors import DSUError
 
 
@@ -53,6 +54,7 @@ def load_package(path: str | Path, allowed: Iterable, what: str = "model package
     classes/functions in `allowed`, nothing else. With `mmap` (None: as `mapped_weights` says),
     tensor data is mapped, not read."""
     path = Path(path)
+    untrusted.check(path, f"the {what}")
     allowed = list(allowed)
     names = {_qualified_name(g) for g in allowed}
     if not zipfile.is_zipfile(path):
@@ -80,6 +82,7 @@ def load_package(path: str | Path, allowed: Iterable, what: str = "model package
 def verify_checksum(path: str | Path, prefix: str) -> None:
     """Raise unless the file's sha256 starts with `prefix` (the `-<sha8>` of demucs file names)."""
     path = Path(path)
+    untrusted.check(path, "the model file")
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -138,6 +141,7 @@ def load_weights_file(path: str | Path, what: str) -> Any:
     hold training metadata (see TRAINING_METADATA), which is read as `Inert`. Any other global
     (`os.system`, a model class, ...) refuses the file unread."""
     path = Path(path)
+    untrusted.check(path, what)
     mmap = _mmap(path, None)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import untrusted
 from ..errors import DSUError
 from .download import Expected
 
@@ -273,10 +274,7 @@ def read(source: str | Path, cancelled=None) -> Catalog:
         except ValueError as e:
             raise DSUError("bad_value", f"cannot read the catalog at {source}: {e}") from None
     else:
-        try:
-            data = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DSUError("bad_value", f"cannot read the catalog {source}: {e}") from None
+        data = untrusted.read_json(source, "the catalog")
     return parse(data, source)
 
 

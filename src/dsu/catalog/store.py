@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from .. import untrusted
 from ..errors import DSUError
 from . import catalog as catalogs
 from .catalog import Catalog, Entry, FileSpec
@@ -47,9 +48,9 @@ def read_pins(models_dir: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DSUError("bad_value", f"cannot read {path}: {e}; fix or delete it (it only holds hashes)") from None
+        data = untrusted.read_json(path, "the lock file")
+    except DSUError as e:
+        raise DSUError(e.code, f"{e.message}; fix or delete it (it only holds hashes)") from None
     files = data.get("files") if isinstance(data, dict) else None
     return {k: v for k, v in (files or {}).items() if isinstance(v, dict)}
 

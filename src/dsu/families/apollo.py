@@ -26,12 +26,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 from .. import memory
 from ..engine import Chunk, Pass, Signal
-from ..errors import DSUError, listed, one_line, missing_keys_message, state_differences
+from ..errors import DSUError, listed, missing_keys_message, state_differences
 from ..packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
 
@@ -45,12 +44,8 @@ GENERATOR = "audio_model."
 
 def read_config(path: str | Path) -> dict | None:
     """The YAML's `model:` section when it describes an Apollo, else None."""
-    from .msst import ConfigLoader  # the same safe YAML subset MSST configs use
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.load(f, Loader=ConfigLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DSUError("bad_value", f"cannot read the config {Path(path).name}: {one_line(e)}") from None
+    from .model_folder import read_yaml  # the same safe YAML subset MSST configs use
+    config = read_yaml(path)
     model = config.get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict) or not {"feature_dim", "layer"} <= set(model):
         return None
@@ -311,7 +306,7 @@ def _load(ref: ModelRef, device: torch.device) -> ApolloSeparator:
     sources = dict(ref.option("sources") or ())
     values = {**DEFAULTS, **shape_architecture(state), **given}
     try:
-        model = Apollo(**values)
+        model = memory.build(lambda: Apollo(**values), device, f"an Apollo with {values}")
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         raise DSUError("config_mismatch", f"cannot build an Apollo with {values}: {e}") from None
     load_weights(model, state, checkpoint, given, sources)

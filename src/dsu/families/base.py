@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .. import untrusted
 from ..engine import Pass, Signal
 from ..errors import DSUError
 
@@ -134,14 +135,20 @@ def read_catalogue(models_dir: Path | None, types) -> dict[str, dict]:
     path = models_dir / CATALOGUE if models_dir else None
     if path is None or not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DSUError("bad_value", f"cannot read {path}: {e}") from None
+    data = untrusted.read_json(path, "the model list")
     if isinstance(data, dict) and isinstance(data.get("models"), list):
         data = data["models"]
     if isinstance(data, list):
-        data = {e.get("name"): e for e in data if isinstance(e, dict) and e.get("name")}
+        data = {e["name"]: e for e in data if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"]}
     if not isinstance(data, dict):
         raise DSUError("bad_value", f"{path} must map model names to {{type, config, checkpoint, stems}}")
-    return {str(k): v for k, v in data.items() if isinstance(v, dict) and v.get("type") in types}
+    found = {k: v for k, v in data.items() if isinstance(v, dict) and v.get("type") in types}
+    for name, entry in found.items():
+        for key in ("checkpoint", "config"):
+            if entry.get(key) is not None and not (isinstance(entry[key], str) and "\0" not in entry[key]):
+                raise DSUError("bad_value", f"{path}: `{key}` of {name!r} must be a file path (relative to the "
+                                            "models dir), not " + json.dumps(entry[key])[:40])
+        stems = entry.get("stems")
+        if stems is not None and not (isinstance(stems, list) and all(isinstance(s, str) for s in stems)):
+            raise DSUError("bad_value", f"{path}: `stems` of {name!r} must be a list of stem names")
+    return found

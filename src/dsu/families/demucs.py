@@ -100,8 +100,9 @@ def package_sources(package: dict) -> list[str]:
     return [str(s) for s in kwargs.get("sources", args[0] if args else [])]
 
 
-def load_model(path: Path) -> torch.nn.Module:
-    """A package file as the module demucs' `load_model` builds, after checking its sha8 suffix."""
+def load_model(path: Path, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+    """A package file as the module demucs' `load_model` builds, after checking its sha8 suffix and
+    that the module its arguments describe fits in memory (for `device`)."""
     sha = signature(path)[1]
     if sha:
         verify_checksum(path, sha)
@@ -112,7 +113,7 @@ def load_model(path: Path) -> torch.nn.Module:
     for key in [k for k in kwargs if k not in accepted]:  # as demucs: parameters older code had are dropped
         del kwargs[key]
     try:
-        model = klass(*args, **kwargs)
+        model = memory.build(lambda: klass(*args, **kwargs), device, f"the {klass.__name__} of {path.name}")
     except (TypeError, ValueError, AssertionError) as e:
         raise DSUError("config_mismatch", f"{path.name}: its arguments do not build a {klass.__name__}: {e}") from None
     state = package["state"]
@@ -358,7 +359,7 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
 
 def _load(ref: ModelRef, device: torch.device) -> DemucsSeparator:
     if not ref.option("bag"):
-        return DemucsSeparator(ref.name, [load_model(Path(ref.files[0]))], device=device)
+        return DemucsSeparator(ref.name, [load_model(Path(ref.files[0]), device)], device=device)
     bag_file, *members = (Path(f) for f in ref.files)
     bag = read_bag(bag_file)
     if bag is None:
@@ -366,7 +367,7 @@ def _load(ref: ModelRef, device: torch.device) -> DemucsSeparator:
     segment = bag.get("segment")
     if segment is not None and (not isinstance(segment, (int, float)) or segment <= 0):
         raise DSUError("bad_value", f"{bag_file.name}: `segment` must be a positive number of seconds")
-    return DemucsSeparator(ref.name, [load_model(p) for p in members], bag.get("weights"), segment, device)
+    return DemucsSeparator(ref.name, [load_model(p, device) for p in members], bag.get("weights"), segment, device)
 
 
 def _describe(path: Path) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .. import untrusted
 from ..errors import DSUError
 from . import uvr
 
@@ -25,8 +26,34 @@ CHECKS = "download_checks.json"  # UVR's download lists, which python-audio-sepa
 CONFIG_FOLDERS = (".", "model_data/mdx_c_configs", "mdx_c_configs", "MDX_Net_Models/model_data/mdx_c_configs")
 
 
+# values aliases may add to a document: a config repeats a tuple or two, an alias bomb ("billion
+# laughs") expands a few hundred bytes into billions of values that every walk over the config pays for
+MAX_ALIAS_VALUES = 10_000
+
+
+class Refused(yaml.YAMLError):
+    """A document DSU will not construct (its aliases expand too far, or into themselves)."""
+
+
 class ConfigLoader(yaml.SafeLoader):
-    """YAML as MSST writes it: the safe subset plus `!!python/tuple`, nothing that builds objects."""
+    """YAML as MSST writes it: the safe subset plus `!!python/tuple`, nothing that builds objects, and
+    aliases that add at most MAX_ALIAS_VALUES values and nest at most untrusted.MAX_DEPTH levels."""
+
+    def fetch_more_tokens(self):
+        super().fetch_more_tokens()
+        # as soon as the scanner sees it: its look-ahead costs the square of the flow nesting
+        if self.flow_level > untrusted.MAX_DEPTH or len(self.indents) > untrusted.MAX_DEPTH:
+            raise Refused(f"it nests deeper than {untrusted.MAX_DEPTH} levels")
+
+    def compose_document(self):
+        node = super().compose_document()
+        values, distinct, depth = expansion(node)
+        if values - distinct > MAX_ALIAS_VALUES:
+            raise Refused(f"its aliases (*name) expand it to {values} values, {values - distinct} more than it "
+                          f"holds; DSU refuses YAML whose aliases add more than {MAX_ALIAS_VALUES} (an alias bomb)")
+        if depth > untrusted.MAX_DEPTH:  # through aliases
+            raise Refused(f"it nests deeper than {untrusted.MAX_DEPTH} levels")
+        return node
 
 
 ConfigLoader.add_constructor(
@@ -34,16 +61,45 @@ ConfigLoader.add_constructor(
     lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 
 
+def expansion(root: yaml.Node) -> tuple[int, int, int]:
+    """(values, distinct nodes, depth) of a composed document once every alias is replaced by what it
+    names, each node counted once however many aliases name it, so an alias bomb costs its size in
+    nodes, not its expansion. `Refused` for an alias inside what it names."""
+    done: dict[int, tuple[int, int]] = {}  # node id -> (values, depth) once expanded
+    open_: set[int] = set()                # nodes whose expansion is under way: their descendants are being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_counted = stack.pop()
+        children = _children(node)
+        if children_counted:
+            done[id(node)] = (1 + sum(done[id(c)][0] for c in children),
+                              1 + max((done[id(c)][1] for c in children), default=0))
+            open_.discard(id(node))
+        elif id(node) in open_:
+            raise Refused("an alias (*name) refers to a value that holds it")
+        elif id(node) not in done:
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+    return done[id(root)][0], len(done), done[id(root)][1]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content, or an error saying in words why it cannot be read."""
     name = Path(path).name
+    text = untrusted.read_text(path, "the YAML file", untrusted.YAML_BYTES)
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=ConfigLoader)
-    except UnicodeDecodeError:
-        raise DSUError("bad_value", f"{name} is not a text file, so not a YAML config") from None
-    except OSError as e:
-        raise DSUError("bad_value", f"cannot read {name}: {e.strerror or e}") from None
+        return yaml.load(text, Loader=ConfigLoader)
+    except Refused as e:
+        raise DSUError("bad_value", f"{name} was not read: {e}") from None
+    except RecursionError:
+        raise DSUError("bad_value", f"{name} was not read: it nests deeper than {untrusted.MAX_DEPTH} levels") from None
     except yaml.constructor.ConstructorError as e:
         tag = getattr(e, "problem", "") or ""
         raise DSUError("bad_value", f"{name} uses a YAML tag that builds Python objects ({tag.split(' ')[-1]}); "
@@ -107,8 +163,8 @@ def _folder_pairs(folder: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        return pairs_in(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
+        return pairs_in(untrusted.read_json(path, "UVR's download list"))
+    except DSUError:
         return {}  # UVR's own bookkeeping file: a damaged copy only loses these hints
 
 

@@ -18,6 +18,7 @@ then optional normalisation by the mix's mean/std, test-time augmentation (chann
 `extract_instrumental` as in MSST's `inference.py`."""
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -375,7 +376,8 @@ def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
     checkpoint, config_path = ref.files
     config = load_config(config_path)
     model_type = ref.option("model_type")
-    model = build_model(model_type, config)
+    model = memory.build(lambda: build_model(model_type, config), device,
+                         f"the {model_type} {Path(config_path).name} describes")
     load_weights(model, read_state_dict(checkpoint))
     return MSSTSeparator(ref.name, model_type, config, model, device)
 
@@ -383,15 +385,19 @@ def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
 def _list(models_dir: Path | None) -> list[dict]:
     out = []
     listed = set()
+    config_stems: dict[str, list[str]] = {}  # entries may share a config: read each once
     for name, entry in _catalogue(models_dir).items():
-        stems = entry.get("stems")
-        if not stems and entry.get("config") and (models_dir / entry["config"]).is_file():
-            try:
-                stems = instruments(load_config(models_dir / entry["config"]))
-            except DSUError:
-                stems = []
+        stems, config = entry.get("stems"), entry.get("config")
+        if not stems and config:
+            if config not in config_stems:
+                try:
+                    path = models_dir / config
+                    config_stems[config] = instruments(load_config(path)) if path.is_file() else []
+                except DSUError:
+                    config_stems[config] = []
+            stems = config_stems[config]
         out.append({"name": name, "family": "msst", "type": entry["type"], "stems": list(stems or [])})
-        listed.add(Path(entry.get("checkpoint") or "").name)
+        listed.add(os.path.basename(entry.get("checkpoint") or ""))
     folders = uvr.model_folders(models_dir, "mdxc") if models_dir and models_dir.is_dir() else []
     from .apollo import loose_weights
     apollo = {f for f, _ in loose_weights(models_dir).values()}  # the Apollo family lists those

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from .. import untrusted
 from ..errors import DSUError
 
 HASHED_TAIL = 10_000 * 1024  # UVR hashes only the last 10,240,000 bytes of a file at least that big
@@ -22,7 +22,7 @@ PAIRS = {"Vocals": "Instrumental", "Instrumental": "Vocals", "lead_only": "backi
 
 def model_hash(path: str | Path) -> str:
     """UVR's identity of a model file: the md5 of its last 10,240,000 bytes, or of all of it when smaller."""
-    st = os.stat(path)
+    st = untrusted.check(path, "the model file")
     return _hash(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
@@ -130,12 +130,9 @@ def read_model_data_file(path: Path) -> dict[str, dict]:
 def _read_model_data(path: str, size: int, mtime_ns: int) -> dict[str, dict]:
     name = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DSUError("bad_value", f"{name} is not UVR model data: it is not UTF-8 text") from None
-    except ValueError as e:
-        raise DSUError("bad_value", f"{name} is not UVR model data: not valid JSON (line {getattr(e, 'lineno', '?')}); "
-                                    "fix or remove it") from None
+        data = untrusted.read_json(path, "the UVR model data")
+    except DSUError as e:
+        raise DSUError(e.code, f"{e.message}; fix or remove it") from None
     if not isinstance(data, dict):
         raise DSUError("bad_value", f"{name} is not UVR model data: it must be an object of file hashes "
                                     "(md5) to settings; fix or remove it")

@@ -115,6 +115,8 @@ class Server:
         self.config = config
         self.out = out
         self.queue = JobQueue()
+        self.side = JobQueue()               # quick commands that read files, run off the reader thread
+        self.side_done = threading.Event()
         self.current: Job | None = None
         self.last_model: str | None = None
         self.stopping: str | None = None     # why the worker is stopping: signal, stdout closed
@@ -142,6 +144,7 @@ class Server:
     def start(self) -> None:
         threading.Thread(target=self._read, name="dsu-reader", daemon=True).start()
         threading.Thread(target=self._run_jobs, name="dsu-jobs", daemon=True).start()
+        threading.Thread(target=self._run_side, name="dsu-side", daemon=True).start()
 
     def terminate(self, reason: str) -> None:
         """Stop soon: drop the queue, cancel the running job at its next chunk. Safe in a signal handler
@@ -232,9 +235,26 @@ class Server:
               cache_size=len(self.cache.entries()), max_cache_size=self.cache.max_models, threads=self.threads)
 
     def do_list_models(self, fields: dict, reply: Reply) -> None:
+        self.side.put((reply, lambda: self._list_models(reply)))  # scans the models dir and reads the catalog
+
+    def _list_models(self, reply: Reply) -> None:
         details = families.list_models(self.config.models_dir)
         reply("models", models=[m["name"] for m in details], details=details,
               catalog=catalog_rows(self.config.models_dir))
+
+    def _run_side(self) -> None:
+        """Quick commands that read files others wrote (the models dir, the catalog), one at a time on
+        their own thread: however slow those files are, `ping`, `cancel` and `exit` are answered."""
+        while (task := self.side.get()) is not END:
+            reply, work = task
+            try:
+                work()
+            except DSUError as e:
+                reply.error(e.code, e.message)
+            except BaseException as e:  # a bug: this answer fails, not the thread
+                traceback.print_exc(file=sys.stderr)
+                reply.error("internal", f"{type(e).__name__}: {e} (see the worker's stderr)")
+        self.side_done.set()
 
     def do_list_cached(self, fields: dict, reply: Reply) -> None:
         entries = self.cache.entries()
@@ -287,6 +307,9 @@ class Server:
             finally:
                 self.current = None  # before the answer: a `cancel` that follows it must not find the job
             job.reply(status, **fields)
+        self.side.put(END)
+        while not self.stopping and not self.side_done.wait(0.5):
+            pass  # what was asked before the end is answered before `exiting`, unless a signal stops the worker
         self.finished.set()
 
     def run(self, job: Job) -> tuple[str, dict]:
