@@ -240,6 +240,15 @@ def test_errors_speak_the_flags_of_the_command_typed(tmp_path):
     assert run.returncode == 2, run.stderr  # a usage error, found before any work
     assert "give each as -m NAME or --model-path FILE, or a --preset" in run.stderr, run.stderr
     assert '{"model"' not in run.stderr and "`models`" not in run.stderr
+    run = dsu("batch", "song.wav", "-m", "nope", "-o", "out", "-q", cwd=tmp_path)
+    assert run.returncode == 1 and "`dsu models list` shows" in run.stderr and "`list_models`" not in run.stderr
+    for folder in ("a", "b"):  # stems go under batched/a and batched/b
+        song(tmp_path / "crate" / folder, "song.wav")
+    (tmp_path / "batched").mkdir()
+    (tmp_path / "batched" / "a").write_text("a file where the track's folder goes")
+    run = dsu("batch", "crate", "-m", "dsp", "-o", "batched", "-q", "--jobs", "1", cwd=tmp_path)
+    assert run.returncode == 1 and "output_not_writable: -o/--output-dir " in run.stderr, run.stderr
+    assert "`output_dir`" not in run.stderr
 
 
 def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
