@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,15 @@ def test_errors_speak_the_flags_of_the_command_typed(tmp_path):
     assert run.returncode == 2, run.stderr  # a usage error, found before any work
     assert "give each as -m NAME or --model-path FILE, or a --preset" in run.stderr, run.stderr
     assert '{"model"' not in run.stderr and "`models`" not in run.stderr
+    run = dsu("batch", "song.wav", "-m", "nope", "-o", "out", "-q", cwd=tmp_path)
+    assert run.returncode == 1 and "`dsu models list` shows" in run.stderr and "`list_models`" not in run.stderr
+    for folder in ("a", "b"):  # stems go under batched/a and batched/b
+        song(tmp_path / "crate" / folder, "song.wav")
+    (tmp_path / "batched").mkdir()
+    (tmp_path / "batched" / "a").write_text("a file where the track's folder goes")
+    run = dsu("batch", "crate", "-m", "dsp", "-o", "batched", "-q", "--jobs", "1", cwd=tmp_path)
+    assert run.returncode == 1 and "output_not_writable: -o/--output-dir " in run.stderr, run.stderr
+    assert "`output_dir`" not in run.stderr
 
 
 def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
@@ -257,3 +267,28 @@ def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
     song(tmp_path, "song.wav")
     run = dsu_env("separate", "song.wav", "--threads", "1", cwd=tmp_path, env=quiet_env(DSU_MODELS=str(repo)))
     assert run.returncode == 0 and "model htdemucs_ft: the best installed 4-stem model" in run.stderr, run.stderr
+
+
+def test_names_that_are_not_utf8_print_under_a_strict_locale(tmp_path):
+    """Linux file names are bytes; a CLI prints a Latin-1 `caf\\xe9.wav` as those bytes, even where
+    Python's streams are strict UTF-8 (a locale such as en_US.UTF-8; PYTHONIOENCODING forces it here)."""
+    from tiny_models import song
+    from dsu import tempfiles
+    name = os.fsdecode(b"caf\xe9.wav")
+    os.replace(song(tmp_path), tmp_path / name)  # soundfile itself cannot open such a name
+    env = {**ENV, "PYTHONIOENCODING": "utf-8:strict"}
+    run = subprocess.run([*DSU, "separate", name, "-m", "dsp", "-o", "out"], capture_output=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert run.returncode == 0 and b"Error" not in run.stderr, run.stderr.decode(errors="replace")
+    written = run.stdout.split()
+    assert len(written) == 4 and all(p.startswith(os.fsencode(tmp_path / "out") + b"/caf\xe9/") for p in written)
+    assert all(os.path.isfile(p) for p in written) and b"caf\xe9.wav: 4 files" in run.stderr
+    partial = tmp_path / "out" / os.fsdecode(b".caf\xe9.wav.1-ab.partial")  # what a killed job on another host left
+    partial.write_bytes(b"RIFF")
+    t = time.time() - tempfiles.UNCHECKABLE_AGE - 60
+    os.utime(partial, (t, t))
+    run = subprocess.run([*DSU, "clean", "out"], capture_output=True, env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == [b"out/.caf\xe9.wav.1-ab.partial"], run.stderr
+    run = subprocess.run([*DSU, "separate", os.fsdecode(b"gon\xe9.wav"), "-m", "dsp"], capture_output=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert run.returncode == 2 and b"gon\xe9.wav: no such file" in run.stderr, run.stderr

@@ -17,7 +17,7 @@ from tiny_models import song, tiny_apollo, tiny_htdemucs
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ENTRY = {"dsu-demucs": "demucs_worker", "dsu-audio-separator": "audio_separator_worker",
-         "dsu-bsroformer": "bsroformer_worker"}
+         "dsu-bsroformer": "bsroformer_worker", "dsu-denoise": "denoise_worker"}
 
 
 def tool(name: str, *args, cwd: Path, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -190,7 +190,7 @@ def test_msst_refusals(models, tmp_path):
 
 def test_bare_drop_ins_print_usage_on_a_terminal_and_serve_a_pipe(tmp_path):
     import pty
-    for name in ("dsu-demucs", "dsu-audio-separator"):
+    for name in ("dsu-demucs", "dsu-audio-separator", "dsu-denoise"):
         master, slave = pty.openpty()  # stdin a real terminal, as a user typing the bare name
         try:
             code = f"from dsu.cli import {ENTRY[name]} as main; raise SystemExit(main())"

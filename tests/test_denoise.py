@@ -63,6 +63,24 @@ def test_the_dsu_denoise_worker_writes_beside_the_input_as_before(tmp, audio):
         check_denoised(tmp / "noisy_denoised.wav", audio)
 
 
+def test_dsu_denoise_answers_what_integrations_of_the_previous_one_send(tmp, audio):
+    """The previous dsu-denoise answered `load_model` without a model (it has none) and took `mode`
+    and `type` in any case: integrations send them so."""
+    with RawWorker(tmp, argv=DENOISE_WORKER) as w:
+        w.read(), w.read()
+        loaded = w.ask(cmd="load_model", id="l")
+        assert loaded == {"status": "model_loaded", "id": "l", "model": "envelope_matched", "family": "denoise",
+                          "stems": ["denoised"], "cached": True}
+        assert w.ask(cmd="load_model", id="dsp", model="dsp")["family"] == "dsp"  # a named model still loads
+        assert w.ask(cmd="set_storage_type", id="s", type="HDD")["type"] == "hdd"
+        done = w.ask(cmd="denoise", id="d", input=str(audio["noisy"]), noise_profile=str(audio["noise"]),
+                     output=str(tmp / "upper.wav"), mode="Drums")
+        assert done["paths"] == [str(tmp / "upper.wav")]
+    with RawWorker(tmp, "--name", "dsu-bsroformer") as w:  # a worker that needs a model still says so
+        w.read(), w.read()
+        assert w.error(cmd="load_model", id="m")["code"] == "missing_field"
+
+
 def test_every_worker_denoises_with_the_previous_fields_and_checks_them(tmp, audio):
     with RawWorker(tmp, "--name", "dsu-demucs") as w:
         assert w.read()["status"] == "loading" and w.read()["status"] == "ready"
@@ -113,6 +131,10 @@ def test_dsu_denoise_command_line(tmp, audio, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["denoise", str(audio["noisy"]), "-n", str(audio["noise"]), "--subtraction-factor", "nan"])
     assert exit.value.code == 2 and "--subtraction-factor" in capsys.readouterr().err
+    assert cli.main(["denoise", str(audio["noisy"]), "-n", str(audio["noise"]), "-o", str(audio["noise"]),
+                     "--mode", "SLOW"]) == 1
+    err = capsys.readouterr().err  # the job's words for its fields, in this command line's flags
+    assert "is the -n/--noise-profile" in err and "`noise_profile`" not in err, err
 
 
 def test_dsu_denoise_keeps_the_previous_command_line(tmp, audio, capsys):
@@ -121,3 +143,6 @@ def test_dsu_denoise_keeps_the_previous_command_line(tmp, audio, capsys):
     check_denoised(out, audio)
     assert cli.denoise_worker([str(audio["noisy"])]) == 1  # too few arguments: its help, exit 1, as before
     assert "NOISE_PROFILE" in capsys.readouterr().err
+    assert cli.denoise_worker([str(audio["noisy"]), str(audio["noise"]), str(audio["noisy"])]) == 1
+    err = capsys.readouterr().err
+    assert "is the AUDIO" in err and "`input`" not in err, err

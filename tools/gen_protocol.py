@@ -47,7 +47,7 @@ def _field_rows(fields, with_defaults: bool) -> list[str]:
         if not with_defaults:
             rows.append(f"| {name} | {_cell(f.type)} | {_cell(f.doc)} |")
             continue
-        accepted = ", ".join(_code(c) for c in f.choices)
+        accepted = ", ".join(_code(c) for c in f.choices) + (" (any case)" if f.any_case else "")
         if f.type == "integer|string" and f.choices and f.minimum is None and f.maximum is None:
             accepted += ", or a number"
         if f.minimum is not None or f.maximum is not None:

@@ -35,12 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_pipe(entry):
-    """A reader that stops early (`dsu models list | head -2`) ends the command quietly, as
-    well-behaved CLIs end: no BrokenPipeError traceback, exit 141. Every entry point has it, so no
-    command that prints needs its own."""
+def _entry_point(entry):
+    """What every entry point needs, so no command that prints needs its own: a file name that is
+    not UTF-8 (`caf\xe9.wav`, which Python holds as `\udce9`) prints as its bytes, even where the
+    locale makes Python's streams strict UTF-8; and a reader that stops early (`dsu models list |
+    head -2`) ends the command quietly, as well-behaved CLIs end: no BrokenPipeError traceback, exit 141."""
     @functools.wraps(entry)
     def run(*args, **kwargs) -> int:
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):  # a TextIOWrapper (not a caller's replacement)
+                stream.reconfigure(errors="surrogateescape")
         try:
             code = entry(*args, **kwargs)
             sys.stdout.flush()  # inside the try: the last lines may only fail here
@@ -54,7 +58,7 @@ def _quiet_pipe(entry):
     return run
 
 
-@_quiet_pipe
+@_entry_point
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-@_quiet_pipe
+@_entry_point
 def _worker(name: str, argv: list[str] | None = None) -> int:
     """The named worker, or with arguments other than worker flags (and no --worker) the drop-in
     command line of the tool it stands in for (dsu.compat). Typed bare on a terminal it is that

@@ -35,6 +35,7 @@ FLOOR = 0.05              # the least of a bin's magnitude kept: no bin is empti
 BLOCK_FRAMES = 256
 RELEASE_SECONDS = {"default": 0.1, "drums": 0.3, "slow": 0.5}  # `mode` presets: drums/slow pump less
 SUFFIX = "_denoised"
+METHOD = "envelope_matched"  # the model name the previous DSU's dsu-denoise answered load_model with
 STEM = "denoised"
 
 Progress = Callable[[float], None]

@@ -133,6 +133,12 @@ def denoise(fields: dict, *, emit: Emit, progress: Progress | None = None,
     return _result_fields(result, started)
 
 
+def denoiser() -> dict:
+    """The denoiser as `load_model` describes a model: it needs no file and is always loaded."""
+    from .denoise import METHOD, STEM
+    return {"model": METHOD, "family": "denoise", "stems": [STEM], "cached": True}
+
+
 def clean(fields: dict) -> dict:
     """Remove what killed DSU processes left: partial files in `dir` (and its subfolders) whose owner
     is gone, older DSU versions' owner-less partials there, the locks of killed downloads, and DSU's

@@ -6,10 +6,13 @@ import signal
 import sys
 from pathlib import Path
 
-from ..commands.separate import add_model_arguments, add_stem_arguments, model_request
+from ..commands.separate import FLAGS as SEPARATE_FLAGS, add_model_arguments, add_stem_arguments, model_request
+from ..commands.vocabulary import speak
 from ..errors import DSUError
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+# request fields as `dsu batch` spells them (dsu.commands.vocabulary); the rest as `dsu separate`
+FLAGS = {**SEPARATE_FLAGS, "input": "INPUT", "layout": "--filename/--layout", "mp3_bitrate": "-O mp3_bitrate"}
 
 
 def _positive(kind):
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                             ray_gpus=args.ray_gpus, timeout=args.timeout,
                             progress=not args.quiet)
     except DSUError as e:
-        print(f"dsu batch: {e.code}: {e.message}", file=sys.stderr)
+        print(f"dsu batch: {e.code}: {speak(e.message, FLAGS)}", file=sys.stderr)
         return EXIT_FAILED
     except Interrupted as e:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a ^C more finds nothing left to stop: exit 130 still
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print("\ndsu batch: interrupted before any file started; run the same command again", file=sys.stderr)
         return EXIT_INTERRUPTED
     for failure in summary.failures:
-        print(f"dsu batch: {failure['input']}: {failure['code']}: {failure['message']}", file=sys.stderr)
+        print(f"dsu batch: {failure['input']}: {failure['code']}: {speak(failure['message'], FLAGS)}", file=sys.stderr)
     rate = summary.audio_seconds / summary.elapsed if summary.elapsed else 0.0
     print(f"dsu batch: {summary.done} done, {summary.failed} failed, {summary.skipped} already done, "
           f"of {summary.total}, in {summary.elapsed:.1f} s ({rate:.1f} audio-min/min, {summary.backend or '-'} "

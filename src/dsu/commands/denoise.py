@@ -15,6 +15,10 @@ from .restore import output_file
 from .separate import FILES, add_verbosity
 
 FIELDS = {f.name: f for f in spec.DENOISE_FIELDS}
+# the request fields as `dsu denoise` spells them (dsu.commands.vocabulary)
+FLAGS = {"input": "FILE", "noise_profile": "-n/--noise-profile", "output": "-o/--output", "mode": "--mode",
+         "subtraction_factor": "--subtraction-factor", "attack_time": "--attack-time",
+         "release_time": "--release-time", "bit_depth": "--bit-depth"}
 
 
 def _bounded(name: str):
@@ -56,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     den.add_argument("-o", "--output", default=None,
                      help="the denoised file (.wav, .flac, .mp3), or a folder for <track>_denoised.wav "
                           "(default: <track>_denoised.wav beside the input)")
-    den.add_argument("--mode", choices=FIELDS["mode"].choices, default="default",
+    den.add_argument("--mode", type=str.lower, choices=FIELDS["mode"].choices, default="default",
                      help="release preset: default 0.1 s (vocals, melodic), drums 0.3 s (kicks, percussion), "
                           "slow 0.5 s (pads, sustained sounds)")
     add_arguments(den)
@@ -64,9 +68,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return den
 
 
-def run(args: argparse.Namespace, prog: str = "dsu") -> int:
+def run(args: argparse.Namespace, prog: str = "dsu", flags: dict[str, str] = FLAGS) -> int:
     from ..denoise import SUFFIX, default_output
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, prog=prog)
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=1, prog=prog, flags=flags)
     problems = runner.input_problems([args.input, args.noise_profile])
     output = output_file(args.output, args.input, SUFFIX) if args.output else default_output(args.input)
     problems += runner.output_file_problems(output, args.output, args.bit_depth)

@@ -11,6 +11,8 @@ from pathlib import Path
 from ..commands import denoise
 
 PROG = "dsu-denoise"
+FLAGS = {**denoise.FLAGS, "input": "AUDIO", "noise_profile": "NOISE_PROFILE", "output": "OUTPUT",
+         "mode": "--drums/--slow"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise_profile is None:
         parser.print_help(sys.stderr)
         return 1
-    return denoise.run(args, prog=PROG)
+    return denoise.run(args, prog=PROG, flags=FLAGS)

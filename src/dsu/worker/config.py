@@ -11,6 +11,9 @@ from pathlib import Path
 # the names existing integrations spawn, and the model each uses when a request names none
 DEFAULT_MODELS = {"dsu": "dsp", "dsu-demucs": "htdemucs", "dsu-bsroformer": None, "dsu-audio-separator": None,
                   "dsu-denoise": None}
+# workers whose own job needs no model: `load_model` naming none answers with theirs, as the previous
+# DSU's dsu-denoise did (integrations send it at start-up)
+MODEL_FREE = frozenset({"dsu-denoise"})
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -26,6 +29,10 @@ class WorkerConfig:
     @property
     def default_model(self) -> str | None:
         return DEFAULT_MODELS.get(self.name)
+
+    @property
+    def needs_model(self) -> bool:
+        return self.name not in MODEL_FREE
 
 
 def parse_size(text: str) -> int:

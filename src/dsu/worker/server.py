@@ -365,6 +365,8 @@ class Server:
                                     cancelled=job.cancel.is_set)
 
     def job_load_model(self, job: Job, status: str = "model_loaded") -> tuple[str, dict]:
+        if not self.config.needs_model and not (job.fields.get("model") or job.fields.get("model_path")):
+            return status, jobs.denoiser()
         loaded = jobs.load_model(job.fields, default_model=self.config.default_model, **self._context(job))
         self.last_model = loaded["model"]
         return status, loaded

@@ -74,6 +74,7 @@ class Field:
     minimum: float | None = None
     aliases: tuple[str, ...] = ()  # other names accepted for the same field (older clients)
     maximum: float | None = None   # integers without one stop at C_INT_MAX
+    any_case: bool = False         # a string choice matches in any case (the previous DSU lower-cased it)
 
     def __post_init__(self):
         assert self.type in TYPES, self.type
@@ -86,6 +87,8 @@ class Field:
             raise DSUError("bad_value", f"`{name}` of {cmd} must be {described}, not {shown(value)}")
         if self.type == "integer" and isinstance(value, float):
             value = int(value)
+        if self.any_case and isinstance(value, str) and value.lower() in self.choices:
+            value = value.lower()
         for text in [value] if isinstance(value, str) else value if isinstance(value, list) else ():
             if isinstance(text, str):
                 check_name(text, name, cmd)
@@ -313,7 +316,7 @@ DENOISE_FIELDS = (
           minimum=0, maximum=10),
     Field("mode", "string", "the release preset: default 0.1 s (vocals, melodic), drums 0.3 s (kicks, "
                             "percussion), slow 0.5 s (pads, sustained sounds)", default="default",
-          choices=("default", "drums", "slow")),
+          choices=("default", "drums", "slow"), any_case=True),
     Field("bit_depth", "integer", "16, 24 or 32 (float)", default=16, choices=(16, 24, 32)),
 )
 
@@ -330,7 +333,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                       "without `id`, the running job. That job "
                       "then answers error `cancelled`",
             (Field("id", "any", "the `id` of the job to stop"),), final=("cancelling",), immediate=True),
-    Command("load_model", "load a model into the cache (or find it there)", (ID, *MODEL_FIELDS),
+    Command("load_model", "load a model into the cache (or find it there). dsu-denoise, whose `denoise` needs no "
+                          "model, answers one naming none with model `envelope_matched` (family `denoise`, stem "
+                          "`denoised`), as the previous DSU's did", (ID, *MODEL_FIELDS),
             final=("model_loaded",), interim=("loading_model", "cache_evicted")),
     Command("preload_model", "like load_model, for warming the cache ahead of jobs", (ID, *MODEL_FIELDS),
             final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
@@ -359,7 +364,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("set_storage_type", "how model files are read from now on, as the previous DSU's workers took it: "
                                 "`ssd` memory-maps a weight file as it loads (torch's zip format; other files "
                                 "are read whole), `hdd` reads it whole first (DSU's default: fewer random reads)",
-            (ID, Field("type", "string", "the storage the models dir is on", default="ssd", choices=("ssd", "hdd"))),
+            (ID, Field("type", "string", "the storage the models dir is on", default="ssd", choices=("ssd", "hdd"),
+                   any_case=True)),
             final=("storage_configured",), immediate=True),
     Command("denoise", "reduce noise that follows the music's loudness (hiss that pumps with it) against a "
                        "recording of it: envelope-matched spectral subtraction, as the previous DSU's "
