@@ -257,3 +257,15 @@ def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
     song(tmp_path, "song.wav")
     run = dsu_env("separate", "song.wav", "--threads", "1", cwd=tmp_path, env=quiet_env(DSU_MODELS=str(repo)))
     assert run.returncode == 0 and "model htdemucs_ft: the best installed 4-stem model" in run.stderr, run.stderr
+
+
+def test_a_model_option_out_of_range_is_named_as_the_flag_typed(tmp_path):
+    """Family options (`shifts`, `segment`, ...) given as -O or a --member field are said that way."""
+    from tiny_models import song
+    song(tmp_path, "song.wav")
+    for option, said in (("segment=-3", "-O segment of separate must be at least 0.01"),
+                         ("shifts=-1", "-O shifts of separate must be at least 0")):
+        run = dsu("separate", "song.wav", "-m", "dsp", "-O", option, cwd=tmp_path)
+        assert run.returncode == 2 and said in run.stderr and "`" not in run.stderr, run.stderr
+    run = dsu("ensemble", "song.wav", "-m", "dsp", "--member", '{"model": "dsp", "segment": -3}', "-o", "e", cwd=tmp_path)
+    assert "--member's segment" in run.stderr and "`segment`" not in run.stderr, run.stderr

@@ -245,6 +245,8 @@ def test_drop_in_errors_speak_their_own_flags(models, tmp_path):
     assert "--device" not in run.stderr and "give -d cpu" in run.stderr  # demucs has -d, and no `auto`
     run = tool("dsu-demucs", "a.wav", "-n", "nope", cwd=tmp_path, env={"DSU_MODELS": str(models)})
     assert run.returncode == 1 and "`list_models`" not in run.stderr, run.stderr
+    run = tool("dsu-demucs", "a.wav", "-n", "dsp", "--segment", "-3", cwd=tmp_path)
+    assert run.returncode == 1 and "--segment of separate must be at least" in run.stderr, run.stderr
 
 
 def test_msst_model_type_from_the_config(models, tmp_path):
