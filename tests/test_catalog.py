@@ -710,3 +710,16 @@ def test_a_missing_catalog_model_is_offered_only_the_downloads_the_interface_has
     error = [json.loads(line) for line in worker.stdout.splitlines() if '"error"' in line][0]
     assert error["code"] == "model_not_found" and "dsu models download htdemucs" in error["message"]
     assert "--download" not in error["message"].replace("dsu models download", "")
+
+
+def test_every_listed_row_has_the_catalog_rows_fields(tmp_path):
+    """`dsu models list --json`: an installed model the catalog lacks (dsp, a loose checkpoint) has
+    every field a catalog row has, so a client reads `type` or `sdr` of any row."""
+    from tiny_models import tiny_apollo
+    (tmp_path / "m").mkdir()
+    tiny_apollo(tmp_path / "m", "my_apollo.ckpt")
+    rows = json.loads(dsu("models", "list", "--json", "--models-dir", tmp_path / "m", cwd=tmp_path).stdout)
+    keys = set(next(r for r in rows if r["name"] == "htdemucs"))
+    local = {r["name"]: r for r in rows if r["name"] in ("dsp", "my_apollo")}
+    assert set(local) == {"dsp", "my_apollo"} and all(keys <= set(r) for r in local.values()), local
+    assert (local["dsp"]["type"], local["my_apollo"]["type"]) == ("dsp", "apollo")

@@ -87,7 +87,9 @@ def list_command(args, catalog, models_dir: Path) -> int:
         for found in families.list_models(models_dir):
             entry = catalog.find(found.get("file") or found["name"])
             if entry is None or not (entry.name == found["name"] or store.installed(entry, models_dir)):
-                rows.append({**found, "installed": True, "size": None})  # else its catalog row says it
+                # else its catalog row says it; the fields the catalog would give, so every row has them
+                rows.append({"type": found["family"], "sdr": None, "purpose": [], "aliases": [], "description": "",
+                             **found, "installed": True, "size": None})
     rows = [r for r in rows if _matches(r, args)]
     if args.json:
         print(json.dumps(rows, default=str))
