@@ -267,5 +267,7 @@ def test_a_model_option_out_of_range_is_named_as_the_flag_typed(tmp_path):
                          ("shifts=-1", "-O shifts of separate must be at least 0")):
         run = dsu("separate", "song.wav", "-m", "dsp", "-O", option, cwd=tmp_path)
         assert run.returncode == 2 and said in run.stderr and "`" not in run.stderr, run.stderr
+    run = dsu("separate", "song.wav", "--model-path", "song.wav", "--model-type", "nope", cwd=tmp_path)
+    assert run.returncode == 2 and "unknown --model-type 'nope'" in run.stderr, run.stderr
     run = dsu("ensemble", "song.wav", "-m", "dsp", "--member", '{"model": "dsp", "segment": -3}', "-o", "e", cwd=tmp_path)
     assert "--member's segment" in run.stderr and "`segment`" not in run.stderr, run.stderr
