@@ -137,6 +137,9 @@ def test_audio_separator_exit_codes(models, tmp_path):
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"run `dsu models download UVR-MDX-NET-Inst_HQ_3 --models-dir {models}`" in run.stderr  # not both
     assert "does not download" not in run.stderr
+    run = tool("dsu-audio-separator", "audio.wav", "-m", "UVR-MDX-NET-Inst_HQ_3.onnx", "--download_model_only",
+               cwd=tmp_path)  # refused, with the command that does download (DSU has one)
+    assert run.returncode == 2 and "dsu models download UVR-MDX-NET-Inst_HQ_3.onnx" in run.stderr, run.stderr
     run = tool("dsu-audio-separator", "--list_models", "--list_format", "json", "--model_file_dir", models,
                cwd=tmp_path)
     assert run.returncode == 0 and "htdemucs" in {m["name"] for m in json.loads(run.stdout)}
