@@ -689,6 +689,8 @@ def test_a_retry_line_and_the_progress_bar_share_stderr(server, tmp_path):
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert re.search(r"^dsu: tiny\.ckpt: RemoteProtocolError: .*; retry 1 of 2 in 0\.5 s$", run.stderr, re.M)
     assert (models / "tiny.ckpt").read_bytes() == msst_files()[0]
+    # stderr a log, not a terminal: whole lines (no tqdm redraws with \r), the last one at 100 %
+    assert "\r" not in run.stderr and re.search(r"^dsu: tiny\.ckpt: .* \(100 %\)$", run.stderr, re.M), run.stderr
 
 
 def test_a_missing_catalog_model_is_offered_only_the_downloads_the_interface_has(tmp_path):
