@@ -689,3 +689,39 @@ def test_a_retry_line_and_the_progress_bar_share_stderr(server, tmp_path):
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert re.search(r"^dsu: tiny\.ckpt: RemoteProtocolError: .*; retry 1 of 2 in 0\.5 s$", run.stderr, re.M)
     assert (models / "tiny.ckpt").read_bytes() == msst_files()[0]
+    # stderr a log, not a terminal: whole lines (no tqdm redraws with \r), the last one at 100 %
+    assert "\r" not in run.stderr and re.search(r"^dsu: tiny\.ckpt: .* \(100 %\)$", run.stderr, re.M), run.stderr
+
+
+def test_a_missing_catalog_model_is_offered_only_the_downloads_the_interface_has(tmp_path):
+    """`--download` is a flag of `dsu separate` alone: restore, ensemble, the drop-ins and the worker give
+    the `dsu models download` command and no `dsu separate --download`."""
+    sf.write(tmp_path / "x.wav", np.zeros((1000, 2), np.float32), 44100)
+    (tmp_path / "m").mkdir()
+    m = tmp_path / "m"
+    run = dsu("separate", "x.wav", "-m", "htdemucs", "--models-dir", m, "-o", "out", cwd=tmp_path)
+    assert run.returncode == 2 and "(or add --download)" in run.stderr and "dsu separate --download" not in run.stderr
+    for name, args in (("apollo_lew_uni", ("restore", "x.wav", "-o", "r.wav", "-m", "apollo_lew_uni")),
+                       ("htdemucs", ("ensemble", "x.wav", "-m", "dsp", "-m", "htdemucs", "-o", "e"))):
+        run = dsu(*args, "--models-dir", m, cwd=tmp_path)
+        assert run.returncode == 2 and f"dsu models download {name}" in run.stderr, run.stderr
+        assert "--download" not in run.stderr.replace("dsu models download", ""), run.stderr
+    worker = subprocess.run([*DSU, "worker", "--models-dir", str(m)], input=json.dumps(
+        {"cmd": "separate", "id": "a", "input": "x.wav", "model": "htdemucs", "output_dir": "o"}) + "\n",
+        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    error = [json.loads(line) for line in worker.stdout.splitlines() if '"error"' in line][0]
+    assert error["code"] == "model_not_found" and "dsu models download htdemucs" in error["message"]
+    assert "--download" not in error["message"].replace("dsu models download", "")
+
+
+def test_every_listed_row_has_the_catalog_rows_fields(tmp_path):
+    """`dsu models list --json`: an installed model the catalog lacks (dsp, a loose checkpoint) has
+    every field a catalog row has, so a client reads `type` or `sdr` of any row."""
+    from tiny_models import tiny_apollo
+    (tmp_path / "m").mkdir()
+    tiny_apollo(tmp_path / "m", "my_apollo.ckpt")
+    rows = json.loads(dsu("models", "list", "--json", "--models-dir", tmp_path / "m", cwd=tmp_path).stdout)
+    keys = set(next(r for r in rows if r["name"] == "htdemucs"))
+    local = {r["name"]: r for r in rows if r["name"] in ("dsp", "my_apollo")}
+    assert set(local) == {"dsp", "my_apollo"} and all(keys <= set(r) for r in local.values()), local
+    assert (local["dsp"]["type"], local["my_apollo"]["type"]) == ("dsp", "apollo")

@@ -292,3 +292,17 @@ def test_names_that_are_not_utf8_print_under_a_strict_locale(tmp_path):
     run = subprocess.run([*DSU, "separate", os.fsdecode(b"gon\xe9.wav"), "-m", "dsp"], capture_output=True, env=env,
                          cwd=tmp_path, timeout=120)
     assert run.returncode == 2 and b"gon\xe9.wav: no such file" in run.stderr, run.stderr
+
+
+def test_a_model_option_out_of_range_is_named_as_the_flag_typed(tmp_path):
+    """Family options (`shifts`, `segment`, ...) given as -O or a --member field are said that way."""
+    from tiny_models import song
+    song(tmp_path, "song.wav")
+    for option, said in (("segment=-3", "-O segment of separate must be at least 0.01"),
+                         ("shifts=-1", "-O shifts of separate must be at least 0")):
+        run = dsu("separate", "song.wav", "-m", "dsp", "-O", option, cwd=tmp_path)
+        assert run.returncode == 2 and said in run.stderr and "`" not in run.stderr, run.stderr
+    run = dsu("separate", "song.wav", "--model-path", "song.wav", "--model-type", "nope", cwd=tmp_path)
+    assert run.returncode == 2 and "unknown --model-type 'nope'" in run.stderr, run.stderr
+    run = dsu("ensemble", "song.wav", "-m", "dsp", "--member", '{"model": "dsp", "segment": -3}', "-o", "e", cwd=tmp_path)
+    assert "--member's segment" in run.stderr and "`segment`" not in run.stderr, run.stderr

@@ -137,6 +137,9 @@ def test_audio_separator_exit_codes(models, tmp_path):
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"run `dsu models download UVR-MDX-NET-Inst_HQ_3 --models-dir {models}`" in run.stderr  # not both
     assert "does not download" not in run.stderr
+    run = tool("dsu-audio-separator", "audio.wav", "-m", "UVR-MDX-NET-Inst_HQ_3.onnx", "--download_model_only",
+               cwd=tmp_path)  # refused, with the command that does download (DSU has one)
+    assert run.returncode == 2 and "dsu models download UVR-MDX-NET-Inst_HQ_3.onnx" in run.stderr, run.stderr
     run = tool("dsu-audio-separator", "--list_models", "--list_format", "json", "--model_file_dir", models,
                cwd=tmp_path)
     assert run.returncode == 0 and "htdemucs" in {m["name"] for m in json.loads(run.stdout)}
@@ -245,6 +248,8 @@ def test_drop_in_errors_speak_their_own_flags(models, tmp_path):
     assert "--device" not in run.stderr and "give -d cpu" in run.stderr  # demucs has -d, and no `auto`
     run = tool("dsu-demucs", "a.wav", "-n", "nope", cwd=tmp_path, env={"DSU_MODELS": str(models)})
     assert run.returncode == 1 and "`list_models`" not in run.stderr, run.stderr
+    run = tool("dsu-demucs", "a.wav", "-n", "dsp", "--segment", "-3", cwd=tmp_path)
+    assert run.returncode == 1 and "--segment of separate must be at least" in run.stderr, run.stderr
 
 
 def test_msst_model_type_from_the_config(models, tmp_path):

@@ -194,6 +194,13 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
         ({"models": dsp2, "stems": ["guitar"]}, "bad_value", "dsp makes drums, bass, other, vocals"),
         ({"models": [{"model": "dsp"}, {"model": "dsp", "segment": 0.01}]}, "bad_value", "member 2 (dsp): segment"),
         ({"models": [{"model": "dsp"}, 7]}, "bad_value", "models[1]"),
+        # a member's own family options pass the protocol table's checks, as top-level ones do
+        ({"models": [{"model": "dsp"}, {"model": "dsp", "segment": "abc"}]}, "bad_value",
+         "member 2 (dsp): `segment` of ensemble must be a number"),
+        ({"models": [{"model": "dsp", "segment": 1e308}, {"model": "dsp"}]}, "bad_value",
+         "member 1 (dsp): `segment` of ensemble must be at most 600"),
+        ({"models": [{"model": "dsp"}, {"model": "dsp", "shifts": -1}]}, "bad_value",
+         "member 2 (dsp): `shifts` of ensemble must be at least 0"),
         ({"models": dsp2, "preset": "no_such"}, "bad_value", "vocal_balanced"),
         ({"preset": "vocal_balanced"}, "model_not_found", "member 1 (bs_roformer_vocals_resurrection_unwa.ckpt)"),
         ({"files": [str(song)], "output": str(out / "x.wav")}, "bad_value", "at least 2"),
@@ -331,6 +338,13 @@ DSP2 = [{"model": "dsp", "segment": 2}, {"model": "dsp", "segment": 3}]
 def dsu_cli(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", *map(str, args), "-q", "--threads", "1"],
                           capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_a_member_option_of_the_wrong_type_is_refused_in_the_cli_flags(song, tmp_path):
+    run = dsu_cli(song, "-m", "dsp", "--member", '{"model": "dsp", "segment": "abc"}', "-o", tmp_path / "e")
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "member 2 (dsp): --member's segment of ensemble must be a number" in run.stderr, run.stderr
+    assert not (tmp_path / "e").exists()
 
 
 def test_a_relative_output_folder_is_taken_from_the_working_folder(song, tmp_path):

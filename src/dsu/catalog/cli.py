@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..errors import DSUError
@@ -87,7 +88,9 @@ def list_command(args, catalog, models_dir: Path) -> int:
         for found in families.list_models(models_dir):
             entry = catalog.find(found.get("file") or found["name"])
             if entry is None or not (entry.name == found["name"] or store.installed(entry, models_dir)):
-                rows.append({**found, "installed": True, "size": None})  # else its catalog row says it
+                # else its catalog row says it; the fields the catalog would give, so every row has them
+                rows.append({"type": found["family"], "sdr": None, "purpose": [], "aliases": [], "description": "",
+                             **found, "installed": True, "size": None})
     rows = [r for r in rows if _matches(r, args)]
     if args.json:
         print(json.dumps(rows, default=str))
@@ -126,14 +129,19 @@ def info_command(args, catalog, models_dir: Path) -> int:
 
 
 class Bar:
-    """One tqdm bar per file, on stderr."""
+    """One tqdm bar per file on a terminal; on a log, whole lines at most every 10 % or 10 s, as
+    `dsu separate` writes its progress there (a bar's redraws would pile up in the log)."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.path = enabled, None, None
+        self.terminal = sys.stderr.isatty()
+        self.last = (0.0, -1.0)  # time and fraction of the last plain line
 
     def __call__(self, path: str, done: int, total, speed: float) -> None:
         if not self.enabled:
             return
+        if not self.terminal:
+            return self._plain(path, done, total)
         from tqdm import tqdm
         if path != self.path or self.bar is None:  # a new file, or one whose bar a retry line closed
             self.close()
@@ -146,6 +154,23 @@ class Bar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def _plain(self, path: str, done: int, total) -> None:
+        from ..progress import PLAIN_SECONDS, PLAIN_STEP
+        now = time.monotonic()
+        if path != self.path:
+            self.path, self.last = path, (now, -1.0)
+        fraction = done / total if total else 0.0
+        last_time, last_fraction = self.last
+        finished = bool(total) and done >= total
+        if not finished and fraction - last_fraction < PLAIN_STEP and now - last_time < PLAIN_SECONDS:
+            return
+        if finished and last_fraction >= 1.0:
+            return
+        self.last = (now, fraction)
+        size = f"{done / 1e6:,.1f} of {total / 1e6:,.1f} MB ({fraction * 100:.0f} %)" if total else \
+            f"{done / 1e6:,.1f} MB"
+        print(f"dsu: {path}: {size}", file=sys.stderr, flush=True)
 
 
 def download_command(args, catalog, models_dir: Path) -> int:

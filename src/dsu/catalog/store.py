@@ -140,7 +140,7 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
         return None
     models_dir = Path(request["models_dir"]) if request.get("models_dir") else Path(models_dir or default_models_dir())
     if not installed(entry, models_dir):
-        raise not_installed(name, entry, models_dir, "(or `dsu separate --download`)")
+        raise not_installed(name, entry, models_dir)
     fields = {k: v for k, v in request.items() if k not in ("model", "models_dir", "model_path", "config_path",
                                                            "model_type", "repo")}
     fields.update(request_fields(entry, models_dir))
@@ -159,12 +159,12 @@ def describe(entry: Entry, models_dir: Path) -> dict:
             "purpose": list(entry.purpose), "aliases": list(entry.aliases), "description": entry.description}
 
 
-def not_installed(name: str, entry: Entry, models_dir: Path, more: str = "") -> DSUError:
+def not_installed(name: str, entry: Entry, models_dir: Path) -> DSUError:
     """The `model_not_found` of a catalog model missing from the models dir; `.download` is the
     command that installs it, for front ends that word it their own way."""
     command = download_command(entry.name, models_dir)
     error = DSUError("model_not_found", f"{name} is a catalog model that is not installed in {models_dir}: run "
-                                        f"`{command}`" + (f" {more}" if more else ""))
+                                        f"`{command}`")
     error.download = command
     return error
 

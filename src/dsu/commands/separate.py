@@ -165,7 +165,8 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
                       "model_type": args.model_type, "repo": args.repo,
                       **{k: v for k, v in args.option if k in MODEL_SETTINGS}}, args.models_dir)
     except DSUError as e:  # resolving reads no weights: a wrong name is found with the other mistakes
-        problems.append(f"{e.code}: {e.message}")
+        # only this command has --download; the job layer's message is every interface's
+        problems.append(f"{e.code}: {e.message}" + (" (or add --download)" if getattr(e, "download", None) else ""))
     if problems:
         return runner.report(display, problems)
     if why:

@@ -18,7 +18,9 @@ def speak(text: str, flags: dict[str, str] | None) -> str:
 
 
 def options_as(template: str, command: str = "separate") -> dict[str, str]:
-    """Every request field of `command` in `template` (`-O {}` for `dsu separate -O sanitize=...`); a
-    CLI's own flags are laid over it."""
+    """Every request field of `command` in `template` (`-O {}` for `dsu separate -O sanitize=...`), and
+    the model families' options with their aliases, which travel the same way; a CLI's own flags are
+    laid over it."""
     from ..worker import spec
-    return {f.name: template.format(f.name) for f in spec.COMMANDS[command].fields}
+    return {**{name: template.format(name) for name in spec.FAMILY_OPTION_NAMES},
+            **{f.name: template.format(f.name) for f in spec.COMMANDS[command].fields}}

@@ -7,7 +7,7 @@ audio-separator does; a group that does not apply to the model is left alone.
 
 Not honoured, so refused by name (exit 2): formats other than WAV/FLAC/MP3, `--output_bitrate` for
 lossless formats, `--invert_spect`, `--amplification`, `--chunk_duration`, `--use_autocast`,
-`--download_model_only` (DSU never downloads), `--mdxc_override_model_segment_size`,
+`--download_model_only` (`dsu models download` does that), `--mdxc_override_model_segment_size`,
 `--mdxc_pitch_shift`, `--demucs_segments_enabled False`, and a `--normalization` other than 0.9 for
 models DSU does not normalise (Demucs, MSST).
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output_dir", default=None, help="Directory to write output files (default: <current dir>).")
     io.add_argument("--model_file_dir", default=_models_dir_default(),
                     help="Model files directory (default: $AUDIO_SEPARATOR_MODEL_DIR, $DSU_MODELS or %(default)s).")
-    io.add_argument("--download_model_only", action="store_true", help="Refused: DSU never downloads.")
+    io.add_argument("--download_model_only", action="store_true", help="Refused: this command never downloads (`dsu models download` does).")
     common_ = p.add_argument_group("Common Separation Parameters")
     common_.add_argument("--invert_spect", action="store_true", help="Refused.")
     common_.add_argument("--normalization", type=float, default=0.9, help="Max peak amplitude (default: %(default)s).")
@@ -136,7 +136,10 @@ def _refusals(args, fmt: str) -> list[str]:
         out.append("--output_bitrate applies to --output_format MP3 only in DSU")
     if args.output_bitrate is not None and fmt == "mp3" and not 8 <= (_bitrate(args.output_bitrate) or 0) <= 320:
         out.append(f"--output_bitrate {args.output_bitrate}: give 8k to 320k")
-    for flag, on in (("--download_model_only", args.download_model_only), ("--invert_spect", args.invert_spect),
+    if args.download_model_only:
+        out.append("--download_model_only is not supported: this command never downloads; "
+                   f"`dsu models download {args.model_filename or 'NAME'}` does")
+    for flag, on in (("--invert_spect", args.invert_spect),
                      ("--use_autocast", args.use_autocast),
                      ("--mdxc_override_model_segment_size", args.mdxc_override_model_segment_size)):
         if on:

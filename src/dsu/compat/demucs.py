@@ -20,7 +20,7 @@ PROG = "dsu-demucs"
 FLAGS = {"model": "-n/--name", "model_path": "-n/--name", "repo": "--repo", "models_dir": "--models-dir",
          "output_dir": "-o/--out", "layout": "--filename", "format": "--flac/--mp3", "bit_depth": "--int24/--float32",
          "stems": "--two-stems", "two_stems": "--two-stems", "mp3_bitrate": "--mp3-bitrate", "shifts": "--shifts",
-         "overlap": "--overlap", "clip_mode": "--clip-mode", "input": "TRACK",
+         "overlap": "--overlap", "segment": "--segment", "clip_mode": "--clip-mode", "input": "TRACK",
          "list_models": "`dsu-demucs --list-models`"}
 
 

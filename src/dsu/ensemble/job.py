@@ -25,7 +25,7 @@ from .. import engine, jobs, memory, outputs, paths
 from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
 from ..paths import safe_component
-from ..worker.spec import ENSEMBLE_FIELDS
+from ..worker.spec import COMMANDS, ENSEMBLE_FIELDS, check_family_options
 from ..families import Separator
 from ..separate import estimate_of, make_passes, stem_paths
 from . import algorithms
@@ -127,8 +127,13 @@ def _members(models, extra: dict) -> list[Member]:
         request = {k: v for k, v in m.items() if k in jobs.MODEL_KEYS}
         if not request.get("model") and not request.get("model_path"):
             raise DSUError("missing_field", f"`models[{i}]` needs `model` or `model_path`")
-        options = {**extra, **{k: v for k, v in m.items() if k not in MEMBER_KEYS}}
         label = request.get("model") or Path(request["model_path"]).name
+        options = {k: v for k, v in m.items() if k not in MEMBER_KEYS}
+        try:  # as the request's own family options were, before any model sees them
+            check_family_options(COMMANDS["ensemble"], options)
+        except DSUError as e:
+            raise DSUError(e.code, f"ensemble member {i + 1} ({label}): {e.message}") from None
+        options = {**extra, **options}
         out.append(Member(i, request, options, {k.lower(): v for k, v in stem_map.items()}, label))
     return out
 

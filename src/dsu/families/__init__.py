@@ -38,7 +38,7 @@ def family_of_type(model_type: str) -> Family:
         if model_type in fam.model_types:
             return fam
     known = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise DSUError("bad_value", f"unknown model_type {model_type!r}; known: {', '.join(known)}")
+    raise DSUError("bad_value", f"unknown `model_type` {model_type!r}; known: {', '.join(known)}")
 
 
 def resolve(request: dict, models_dir: str | Path | None, default_model: str | None = None) -> ModelRef:
