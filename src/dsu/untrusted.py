@@ -56,6 +56,12 @@ def check(path, what: str, limit: int = CHECKPOINT_BYTES) -> os.stat_result:
     return st
 
 
+def open_binary(path, what: str, limit: int = CHECKPOINT_BYTES):
+    """`path` open to read in binary, checked as `check` does, for a file read in parts (line by line)."""
+    fd, _ = _open(path, what, limit)
+    return os.fdopen(fd, "rb")
+
+
 def read_bytes(path, what: str, limit: int) -> bytes:
     """The content of `path`, checked as `check` does; never more than `limit` bytes are read, even
     from a file that grows while it is read."""
