@@ -332,20 +332,24 @@ def _memory_capped() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a manifest read without bound ends here
 
 
-@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
-def test_a_manifest_that_is_no_file_is_a_coded_error(tmp_path, kind):
+@pytest.mark.parametrize("name", [MANIFEST, ".dsu-batch.lock"])
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "folder"])
+def test_a_manifest_or_lock_that_is_no_file_is_a_coded_error(tmp_path, kind, name):
     tone(tmp_path / "lib" / "song.wav")
     out = tmp_path / "out"
     out.mkdir()
     if kind == "fifo":
-        os.mkfifo(out / MANIFEST)  # opened to append, it blocks until a reader comes: for ever
+        os.mkfifo(out / name)  # a manifest opened to append blocks until a reader comes: for ever
+    elif kind == "folder":
+        (out / name).mkdir()
     else:
-        os.symlink("/dev/zero", out / MANIFEST)  # read line by line: one endless line
+        os.symlink("/dev/zero", out / name)  # a manifest read line by line: one endless line
     command = [sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "lib"), "-m", "dsp", "-o", str(out),
                "--jobs", "1", "--threads", "1", "-q"]
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=60, preexec_fn=_memory_capped)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert f"bad_value: the batch manifest {out / MANIFEST} is a special file" in done.stderr, done.stderr
+    assert f"bad_value: the batch {'manifest' if name == MANIFEST else 'lock'} {out / name} is a" in done.stderr, \
+        done.stderr
 
 
 def test_an_endless_manifest_line_is_skipped_unread(tmp_path, capsys):

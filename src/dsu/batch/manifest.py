@@ -6,9 +6,11 @@ skipped with a warning and the next append starts on a line of its own.
 A lock file beside it (`.dsu-batch.lock`, held with flock) keeps two batches from writing one folder."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -152,7 +154,15 @@ def _take_lock(path: Path):
         import fcntl
     except ImportError:  # Windows: no advisory lock, the user keeps batches apart
         return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    what = f"the batch lock {path}"
+    try:  # O_NONBLOCK: a FIFO in its place must not block
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise DSUError("bad_value", f"{what} is a {'folder' if e.errno == errno.EISDIR else 'file'} that cannot be "
+                                    f"opened ({e.strerror}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DSUError("bad_value", f"{what} is a special file (a pipe, socket or device), not a lock; remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
