@@ -327,6 +327,42 @@ def test_bad_manifest_lines_are_skipped_with_a_warning(tmp_path, capsys):
     assert lines_after(out, len(hostile))[-1]["input"] == str(song)
 
 
+def _memory_capped() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a manifest read without bound ends here
+
+
+@pytest.mark.parametrize("name", [MANIFEST, ".dsu-batch.lock"])
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "folder"])
+def test_a_manifest_or_lock_that_is_no_file_is_a_coded_error(tmp_path, kind, name):
+    tone(tmp_path / "lib" / "song.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "fifo":
+        os.mkfifo(out / name)  # a manifest opened to append blocks until a reader comes: for ever
+    elif kind == "folder":
+        (out / name).mkdir()
+    else:
+        os.symlink("/dev/zero", out / name)  # a manifest read line by line: one endless line
+    command = [sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "lib"), "-m", "dsp", "-o", str(out),
+               "--jobs", "1", "--threads", "1", "-q"]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=60, preexec_fn=_memory_capped)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"bad_value: the batch {'manifest' if name == MANIFEST else 'lock'} {out / name} is a" in done.stderr, \
+        done.stderr
+
+
+def test_an_endless_manifest_line_is_skipped_unread(tmp_path, capsys):
+    tone(tmp_path / "lib" / "song.wav")
+    out = tmp_path / "out"
+    assert run([tmp_path / "lib"], out, DSP, jobs=1, threads=1, progress=False).done == 1
+    good = (out / MANIFEST).read_bytes()
+    (out / MANIFEST).write_bytes(b"[" * (3 << 20) + b"\n" + good)
+    summary = run([tmp_path / "lib"], out, DSP, jobs=1, threads=1, progress=False)
+    assert (summary.done, summary.skipped) == (0, 1)
+    assert "line 1: longer than" in capsys.readouterr().err
+
+
 def lines_after(out: Path, skip: int) -> list[dict]:
     return [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()[skip:] if line.strip()]
 

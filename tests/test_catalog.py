@@ -362,6 +362,16 @@ def test_catalog_from_a_url(server, tmp_path):
     assert c.get("tv").name == "tiny_vocals" and not c.errors
 
 
+@pytest.mark.parametrize("body, words", [(b"[" * 100_000 + b"]" * 100_000, "nests deeper than"),
+                                         (b'{"version": 1, "models": ' + b"[" * 100 + b"]" * 100 + b"}", "nests deeper than"),
+                                         (b'{"version": ' + b"9" * 5000 + b"}", "more digits")])
+def test_a_hostile_catalog_url_is_read_as_a_catalog_file_is(server, tmp_path, body, words):
+    server.content["catalog.json"] = body
+    with pytest.raises(DSUError) as e:  # not a RecursionError, nor a nesting a file would be refused for
+        catalogs.read(server.url("ok", "catalog.json"))
+    assert e.value.code == "bad_value" and words in e.value.message, e.value.message
+
+
 def test_not_installed_catalog_model_says_how_to_get_it(tmp_path):
     run = dsu("separate", "x.wav", "-m", "htdemucs", "--models-dir", tmp_path / "m", "-o", "out", cwd=tmp_path)
     assert "x.wav: no such file" in run.stderr and run.returncode == 2  # with every other argument problem

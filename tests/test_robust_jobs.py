@@ -267,6 +267,18 @@ def test_a_full_disk_is_output_not_writable_and_leaves_nothing(worker, tmp, smal
     assert worker.ask(cmd="ping", id="after")["status"] == "pong"
 
 
+def test_a_failed_job_leaves_no_track_folder_it_made(worker, tmp, small_disk):
+    song = write_song(tmp / "full.wav", 3.0)  # more than the disk holds
+    for request in ({"cmd": "separate", "model": "dsp"},
+                    {"cmd": "ensemble", "models": [{"model": "dsp", "segment": 2}, {"model": "dsp", "segment": 3}]}):
+        error = worker.error(**request, id="full", input=str(song), output_dir=str(small_disk / "sep"))
+        assert error["code"] == "output_not_writable", error
+        assert sorted(os.listdir(small_disk / "sep")) == []  # no empty `full/` that looks like a track
+    (small_disk / "sep" / "full").mkdir()  # a folder that was there before stays
+    worker.error(cmd="separate", model="dsp", id="kept", input=str(song), output_dir=str(small_disk / "sep"))
+    assert (small_disk / "sep" / "full").is_dir()
+
+
 def test_an_output_folder_removed_mid_job_is_output_not_writable(worker, tmp):
     import shutil
     song = write_song(tmp / "removed.wav", 20.0)

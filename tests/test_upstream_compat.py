@@ -106,9 +106,9 @@ def test_runtime_policy_sets_each_worker_names_cache(tmp):
     ('{"global": [1]}', "`global`"),
     ("[1, 2]", "object"),
     ("{not json", "JSON"),
-    ("[" * 100_000 + "]" * 100_000, "too large"),
-    ('{"a": ' * 5000 + "1" + "}" * 5000, "nested"),
-    (b"\xff\xfe{}", "JSON"),
+    ("[" * 100_000 + "]" * 100_000, "more than any such file"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "nests deeper"),
+    (b"\xff\xfe{}", "UTF-8"),
 ])
 def test_a_bad_policy_file_is_a_warning_and_the_defaults_hold(tmp, content, words):
     ready, stderr = policy_worker(tmp, content, "--name", "dsu-demucs")
@@ -120,7 +120,7 @@ def test_a_policy_path_that_is_no_file_is_a_warning(tmp):
     fifo = tmp / "policy.fifo"
     os.mkfifo(fifo)  # opened, it would block the worker's start for ever
     ready, stderr = policy_worker(tmp, None, path=fifo)
-    assert ready["max_cached_models"] == 2 and "not a regular file" in stderr, stderr
+    assert ready["max_cached_models"] == 2 and "special file" in stderr, stderr
     ready, stderr = policy_worker(tmp, None, path=tmp / "missing.json")
     assert ready["max_cached_models"] == 2 and "policy" not in stderr  # no file: nothing to say
 

@@ -421,9 +421,10 @@ class StemWriter:
         self.partials = {stem: partial_name(path) for stem, path in self.paths.items()}
         self.unscaled = {stem: tempfiles.temp_name(path, ".unscaled") for stem, path in self.paths.items()} \
             if peak_limit is not None else {}
+        self._made: list[Path] = []  # folders this writer made, deepest last: an abort removes them if empty
         for stem, path in self.paths.items():
             with self._writing(stem):
-                path.parent.mkdir(parents=True, exist_ok=True)
+                self._make_folder(path.parent)
                 if peak_limit is None:
                     self._files[stem] = self._open(self.partials[stem])
                 else:
@@ -432,6 +433,16 @@ class StemWriter:
             if self.out_samplerate != samplerate:
                 self._resamplers[stem] = soxr.ResampleStream(samplerate, self.out_samplerate, channels,
                                                              dtype="float32", quality="HQ")
+
+    def _make_folder(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists() and folder.parent != folder:
+            missing.append(folder)
+            folder = folder.parent
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # another job made it meanwhile: not ours
+                folder.mkdir()
+                self._made.append(folder)
 
     @contextlib.contextmanager
     def _writing(self, stem: str) -> Iterator[None]:
@@ -500,6 +511,15 @@ class StemWriter:
         for temp in [*self.partials.values(), *self.unscaled.values()]:
             with contextlib.suppress(OSError):  # a folder removed or turned read-only: nothing more to do
                 temp.unlink(missing_ok=True)
+        kept = []
+        for folder in reversed(self._made):  # files of another writer keep it, until that one aborts too
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept.insert(0, folder)
+        self._made = kept
 
 
 def write_audio(path: str | os.PathLike, audio: Tensor, samplerate: int, fmt: str | None = None,

@@ -56,6 +56,12 @@ def check(path, what: str, limit: int = CHECKPOINT_BYTES) -> os.stat_result:
     return st
 
 
+def open_binary(path, what: str, limit: int = CHECKPOINT_BYTES):
+    """`path` open to read in binary, checked as `check` does, for a file read in parts (line by line)."""
+    fd, _ = _open(path, what, limit)
+    return os.fdopen(fd, "rb")
+
+
 def read_bytes(path, what: str, limit: int) -> bytes:
     """The content of `path`, checked as `check` does; never more than `limit` bytes are read, even
     from a file that grows while it is read."""
@@ -83,22 +89,26 @@ def read_text(path, what: str, limit: int) -> str:
 
 
 def read_json(path, what: str, limit: int = JSON_BYTES) -> Any:
-    """The JSON value of `path`, read as `read_text` does; `bad_value` naming `what` it is for a
+    """The JSON value of `path`, read as `read_text` does and parsed as `parse_json` does."""
+    return parse_json(read_text(path, what, limit), what, path)
+
+
+def parse_json(text: str, what: str, source) -> Any:
+    """The JSON value of `text` (from `source`: a path or URL); `bad_value` naming `what` it is for a
     document that is not JSON or nests deeper than MAX_DEPTH."""
-    text = read_text(path, what, limit)
     try:
         value = json.loads(text)
     except RecursionError:
         value = None  # the parser's own stack: deeper than any limit
     except json.JSONDecodeError as e:
-        raise DSUError("bad_value", f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise DSUError("bad_value", f"{what} {source} is not valid JSON (line {e.lineno}: {e.msg})") from None
     except ValueError:  # int()'s digit limit
-        raise DSUError("bad_value", f"{what} {path} holds an integer with more digits than Python reads "
+        raise DSUError("bad_value", f"{what} {source} holds an integer with more digits than Python reads "
                                     f"({sys.get_int_max_str_digits()})") from None
     else:
         if depth_within(value, MAX_DEPTH):
             return value
-    raise DSUError("bad_value", f"{what} {path} nests deeper than {MAX_DEPTH} levels; no such file does")
+    raise DSUError("bad_value", f"{what} {source} nests deeper than {MAX_DEPTH} levels; no such file does")
 
 
 def depth_within(value: Any, most: int) -> bool:

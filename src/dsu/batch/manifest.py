@@ -6,16 +6,20 @@ skipped with a warning and the next append starts on a line of its own.
 A lock file beside it (`.dsu-batch.lock`, held with flock) keeps two batches from writing one folder."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
+from .. import untrusted
 from ..errors import DSUError
 
 NAME = "dsu-batch.jsonl"
 LOCK_NAME = ".dsu-batch.lock"
+MAX_LINE = 1 << 20  # a record is a few KiB: a longer line is damage, skipped unread
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -45,18 +49,24 @@ class Manifest:
             os.write(self._fd, b"\n")  # a line torn by a crash stays a line of its own, skipped on reading
 
     def _read(self) -> tuple[list[dict], int]:
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return [], 0
         records, torn = [], 0
-        with open(self.path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
+        # the output folder may be shared: a FIFO or /dev/zero in the manifest's place is refused unread
+        with untrusted.open_binary(self.path, "the batch manifest") as f:
+            for number, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+                if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                    while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                        pass
+                    why = f"longer than {MAX_LINE} bytes"
+                elif not line.strip():
                     continue
-                try:
-                    record = json.loads(line)
-                    why = _not_a_record(record)
-                except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge ints
-                    why = f"not JSON ({type(e).__name__})"
+                else:
+                    try:
+                        record = json.loads(line)
+                        why = _not_a_record(record)
+                    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge ints
+                        why = f"not JSON ({type(e).__name__})"
                 if why is None:
                     records.append(record)
                 else:
@@ -144,7 +154,15 @@ def _take_lock(path: Path):
         import fcntl
     except ImportError:  # Windows: no advisory lock, the user keeps batches apart
         return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    what = f"the batch lock {path}"
+    try:  # O_NONBLOCK: a FIFO in its place must not block
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise DSUError("bad_value", f"{what} is a {'folder' if e.errno == errno.EISDIR else 'file'} that cannot be "
+                                    f"opened ({e.strerror}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DSUError("bad_value", f"{what} is a special file (a pipe, socket or device), not a lock; remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

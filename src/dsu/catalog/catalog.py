@@ -270,9 +270,10 @@ def read(source: str | Path, cancelled=None) -> Catalog:
     source = str(source)
     if source.startswith(("http://", "https://")):
         try:
-            data = json.loads(_fetch_text(source, cancelled))
-        except ValueError as e:
+            text = _fetch_text(source, cancelled)
+        except ValueError as e:  # not UTF-8
             raise DSUError("bad_value", f"cannot read the catalog at {source}: {e}") from None
+        data = untrusted.parse_json(text, "the catalog", source)
     else:
         data = untrusted.read_json(source, "the catalog")
     return parse(data, source)

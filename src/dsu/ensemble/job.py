@@ -385,7 +385,7 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
 
 
 def _abort(writers: dict[str, StemWriter]) -> None:
-    for w in writers.values():
+    for w in reversed(writers.values()):  # the first made the track folder: aborted last, it finds it empty
         w.abort()
 
 

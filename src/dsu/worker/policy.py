@@ -7,12 +7,11 @@ The file is untrusted input: anything wrong with it (not a regular file, too lar
 of the wrong type or range) is one warning on stderr and the defaults hold; it never stops a worker."""
 from __future__ import annotations
 
-import json
 import os
-import stat
 import sys
 from pathlib import Path
 
+from .. import untrusted
 from ..errors import DSUError
 from . import spec
 
@@ -34,27 +33,12 @@ def policy_path() -> Path:
 
 def _read(path: Path) -> dict | None:
     """The policy document, None when there is no file; PolicyError saying what is wrong with it."""
-    try:  # O_NONBLOCK: a FIFO in its place must not block the worker's start
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (FileNotFoundError, NotADirectoryError):
+    if not os.path.exists(path):  # a dangling link too: there is no policy
         return None
-    except OSError as e:
-        raise PolicyError(f"it cannot be read: {e.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PolicyError("it is not a regular file")
-        if st.st_size > MAX_BYTES:
-            raise PolicyError(f"it is too large ({st.st_size} bytes; a policy has at most {MAX_BYTES})")
-        data = os.read(fd, MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise PolicyError(f"it is not JSON ({e})") from None
-    except RecursionError:
-        raise PolicyError("it is nested too deeply to be a policy") from None
+        document = untrusted.read_json(path, "the file", MAX_BYTES)
+    except DSUError as e:
+        raise PolicyError(e.message) from None
     if not isinstance(document, dict):
         raise PolicyError(f"it must hold a JSON object, not {type(document).__name__}")
     return document
