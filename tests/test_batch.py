@@ -223,7 +223,8 @@ def test_cli_usage_and_second_batch_on_one_folder(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "a.wav"), "-m", "dsp", "-o",
                           str(tmp_path / "o"), "-O", "segment=-3", "-q"], env=ENV, capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode == 1 and "segment" in bad.stderr
+    assert bad.returncode == 1 and "-O segment of separate must be at least 0.01" in bad.stderr  # as separate says
+    assert "`segment`" not in bad.stderr, bad.stderr
 
 
 def _children(pid: int) -> list[int]:
