@@ -208,3 +208,30 @@ def test_worker_apollo_and_restore(files, tmp_path):
             assert np.abs(read(out) - np.clip(expected, -1, 1)).max() < 2 / 32768  # 16-bit by default
         statuses = [m["status"] for m in w.log]
         assert "restoring" in statuses and "progress" in statuses
+
+
+def test_worker_restore_by_model_name(files, tmp_path):
+    """`restore` takes `model` as `separate` does: looked up in `models_dir` (or the worker's models
+    dir); a catalog name that is not installed gets the download hint; a non-Apollo name is not found."""
+    import shutil
+    expected = np.clip(np.load(FIXTURES / "chunked.npy"), -1, 1)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(files["ckpt"], models / "restorer.ckpt")
+    shutil.copy(files["yaml"], models / "restorer.yaml")
+    job = {"input": str(FIXTURES / "input.wav"), "chunk_seconds": CHUNK, "overlap_seconds": OVERLAP}
+    with RawWorker(tmp_path, "--models-dir", str(models)) as w:
+        assert w.read()["status"] == "loading" and w.read()["status"] == "ready"
+        for i, where in enumerate(({"models_dir": str(models)}, {})):  # the request's folder, the worker's
+            out = tmp_path / f"named{i}.wav"
+            done = w.ask(id=i, cmd="restore", model="restorer", output=str(out), **where, **job)
+            assert done["stems"] == ["restored"] and done["paths"] == [str(out.resolve())]
+            assert np.abs(read(out) - expected).max() < 2 / 32768
+        missing = w.error(id="m", cmd="restore", model="apollo_lew_uni", output=str(tmp_path / "m.wav"), **job)
+        assert missing["code"] == "model_not_found", missing
+        assert f"dsu models download apollo_lew_uni --models-dir {models}" in missing["message"], missing
+        other = w.error(id="d", cmd="restore", model="dsp", output=str(tmp_path / "d.wav"), **job)
+        assert other["code"] == "model_not_found" and "no apollo model 'dsp'" in other["message"], other
+        neither = w.error(id="n", cmd="apollo", output=str(tmp_path / "n.wav"), **job)
+        assert neither["code"] == "missing_field" and "`model`" in neither["message"], neither
+        assert not list(tmp_path.glob("[mdn].wav"))

@@ -223,7 +223,8 @@ def test_cli_usage_and_second_batch_on_one_folder(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "a.wav"), "-m", "dsp", "-o",
                           str(tmp_path / "o"), "-O", "segment=-3", "-q"], env=ENV, capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode == 1 and "segment" in bad.stderr
+    assert bad.returncode == 1 and "-O segment of separate must be at least 0.01" in bad.stderr  # as separate says
+    assert "`segment`" not in bad.stderr, bad.stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -499,3 +500,21 @@ def test_ctrl_c_stops_at_once_and_the_rerun_does_the_rest(tmp_path):
     assert (out / MANIFEST).read_text().startswith(first)
     assert Counter(r["input"] for r in lines(out)) == Counter(str(f) for f in files)  # each exactly once
     assert f"{len(first.splitlines())} file(s) already done" in rerun.stderr
+
+
+def test_cli_live_failure_line_speaks_its_flags(tmp_path):
+    """The per-file `failed:` line as it happens says `dsu batch`'s flags, as the summary does; the
+    Python API keeps the request's field names."""
+    tone(tmp_path / "crate" / "a.wav")
+    tone(tmp_path / "crate" / "sub" / "b.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("in the way")  # b.wav's track folder cannot be made: a worker-side error
+    cli = subprocess.run([sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "crate"), "-m", "dsp", "-o",
+                          str(out)], env=ENV, capture_output=True, text=True, timeout=120)
+    live = [line for line in cli.stderr.splitlines() if "] sub/b.wav failed:" in line]
+    assert cli.returncode == 1 and len(live) == 1, cli.stderr
+    assert "-o/--output-dir" in live[0] and "`output_dir`" not in live[0], live[0]
+    summary = run([tmp_path / "crate"], out, DSP, progress=False, force=True)
+    assert [f["input"] for f in summary.failures] == [str(tmp_path / "crate" / "sub" / "b.wav")]
+    assert "`output_dir`" in summary.failures[0]["message"]

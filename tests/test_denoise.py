@@ -146,3 +146,19 @@ def test_dsu_denoise_keeps_the_previous_command_line(tmp, audio, capsys):
     assert cli.denoise_worker([str(audio["noisy"]), str(audio["noise"]), str(audio["noisy"])]) == 1
     err = capsys.readouterr().err
     assert "is the AUDIO" in err and "`input`" not in err, err
+
+
+def test_the_up_front_output_checks_speak_each_command_lines_words(tmp, audio, capsys):
+    """An output that cannot be written is refused before anything runs, naming the output as the
+    command line asked for it: `-o/--output` for `dsu denoise`, OUTPUT for `dsu-denoise` (no `-o`)."""
+    blocker = tmp / "a-file"
+    blocker.write_text("not a folder")
+    for output in (str(blocker / "x.wav"), str(tmp / "x.ogg")):
+        assert cli.main(["denoise", str(audio["noisy"]), "-n", str(audio["noise"]), "-o", output]) == 2
+        err = capsys.readouterr().err
+        assert "-o/--output" in err and "`output`" not in err, err
+        assert cli.denoise_worker([str(audio["noisy"]), str(audio["noise"]), output]) == 2
+        err = capsys.readouterr().err
+        assert f"OUTPUT {output}" in err or f"OUTPUT {blocker}" in err, err
+        assert "-o" not in err.replace(str(tmp), ""), err
+    assert not (tmp / "x.ogg").exists()

@@ -41,6 +41,24 @@ def resolve(fields: dict, models_dir: Path | None, default_model: str | None = N
         return ref
 
 
+def apollo_files(fields: dict, models_dir: Path | None) -> tuple[str, str | None]:
+    """(checkpoint, config) of a restore: `model_path` as given, or `model` found by `resolve`, the
+    lookup `separate` and `list_models` use (the models dir, then the catalog's download hint)."""
+    if fields.get("model") and fields.get("model_path"):
+        raise DSUError("bad_value", "give `model` or `model_path`, not both")
+    if not fields.get("model"):
+        if not fields.get("model_path"):
+            raise DSUError("missing_field", "restoring needs `model` (an Apollo model's name) or `model_path` "
+                                            "(its checkpoint)")
+        return fields["model_path"], fields.get("config_path")
+    request = {k: fields[k] for k in ("model", "models_dir") if fields.get(k)}
+    ref = resolve({**request, "model_type": "apollo"}, models_dir)
+    if ref.family != "apollo":
+        raise DSUError("bad_value", f"`model` {fields['model']} is a {ref.family} model, not an Apollo one: "
+                                    "`list_models` shows the Apollo models (family apollo)")
+    return str(ref.files[0]), fields.get("config_path") or (str(ref.files[1]) if len(ref.files) > 1 else None)
+
+
 def load(ref: ModelRef, cache: ModelCache, emit: Emit) -> tuple[Separator, bool]:
     """The model through the cache, announcing a real load and any eviction."""
     return cache.get(ref, on_evict=lambda name: emit("cache_evicted", model=name),
@@ -106,7 +124,8 @@ def restore(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: E
         if e.name != "dsu.restore":
             raise
         raise DSUError("internal", "audio restoration (dsu.restore) is not part of this installation") from None
-    ref = families.resolve({"model_path": fields["model_path"], "config_path": fields.get("config_path"),
+    model_path, config_path = apollo_files(fields, models_dir)
+    ref = families.resolve({"model_path": model_path, "config_path": config_path,
                             "model_type": "apollo", **{k: fields[k] for k in APOLLO_KEYS if k in fields}},
                            models_dir)
     model, from_cache = load(ref, cache, emit)

@@ -120,8 +120,12 @@ export interface CommandFields {
     input: string;
     /** the restored file to write (its extension sets the format) */
     output: string;
-    /** the Apollo checkpoint (.ckpt/.bin) */
-    model_path: string;
+    /** an Apollo model by name, looked up as `separate` looks names up (the models dir, then the catalog's download hint); give it or `model_path` */
+    model?: string;
+    /** the Apollo checkpoint (.ckpt/.bin) instead of a name */
+    model_path?: string;
+    /** look `model` up in this folder instead of the worker's models dir */
+    models_dir?: string;
     /** its YAML config */
     config_path?: string;
     /** length of the chunks the model sees; default: the model's */

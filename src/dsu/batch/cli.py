@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                             keep_folders=not args.flat_folders, force=args.force, retries=args.retries,
                             ray=args.ray, ray_actors=args.ray_actors, ray_cpus=args.ray_cpus,
                             ray_gpus=args.ray_gpus, timeout=args.timeout,
-                            progress=not args.quiet)
+                            progress=not args.quiet, flags=FLAGS)
     except DSUError as e:
         print(f"dsu batch: {e.code}: {speak(e.message, FLAGS)}", file=sys.stderr)
         return EXIT_FAILED

@@ -20,6 +20,7 @@ from typing import Callable
 
 from .. import __version__, paths
 from ..client import WorkerError
+from ..commands.vocabulary import speak
 from ..errors import DSUError
 from . import inputs as batch_inputs
 from .manifest import Manifest, canonical, is_done, now, sha256_of
@@ -139,13 +140,15 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
         keep_folders: bool = True, force: bool = False, retries: int = 1, ray: str | None = None,
         ray_actors: int | None = None, ray_cpus: float | None = None, ray_gpus: float | None = None,
         timeout: float | None = None, progress: bool | None = None,
-        on_event: Callable[[dict], None] | None = None) -> Summary:
+        on_event: Callable[[dict], None] | None = None, flags: dict[str, str] | None = None) -> Summary:
     """Separate every audio file of `inputs` (files, folders, globs, .txt/.csv lists) into
     `output_dir`, with `request` holding what a `separate` request holds besides input and
     output_dir (model, model_path, format, stems, family options, ...). `ray`: None runs `jobs`
     local workers; an address, "auto" or "local" runs Ray actors. `on_event` gets a dict per
     start, retry and finished file (tests and other front ends). `timeout`: seconds a worker or
-    Ray actor may spend on one file before it is killed and the file retried."""
+    Ray actor may spend on one file before it is killed and the file retried. `flags`: the command
+    line's words for request fields in the live display (dsu.commands.vocabulary); records and
+    `Summary.failures` keep the field names."""
     from .. import jobs as dsu_jobs
     from ..families import FAMILIES
     from ..worker import spec
@@ -258,7 +261,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                     summary.failed += 1
                     summary.failures.append({"input": record["input"], **record["error"]})
                 show.finished(task.name, record["status"] if done is not None else
-                              f"failed: {record['error']['code']}: {record['error']['message']}",
+                              f"failed: {record['error']['code']}: {speak(record['error']['message'], flags)}",
                               done["elapsed"] if done else None, task.duration, where)
                 emit({"event": "finished", "record": record})
                 return False

@@ -55,13 +55,9 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
         from .. import jobs
         from ..catalog import default_models_dir
         from ..errors import DSUError
-        try:  # the lookup `dsu separate -m` and `dsu models list` use: the models dir, then the catalog
-            ref = jobs.resolve({"model": args.model, "model_type": "apollo"}, args.models_dir or default_models_dir())
-            if ref.family != "apollo":
-                raise DSUError("bad_value", f"-m {args.model} is a {ref.family} model, not an Apollo: "
-                                            "`dsu models list --family apollo` shows those")
-            args.model_path = ref.files[0]
-            args.config_path = args.config_path or (ref.files[1] if len(ref.files) > 1 else None)
+        try:  # the worker's lookup: the models dir, then the catalog
+            args.model_path, args.config_path = jobs.apollo_files(
+                {"model": args.model, "config_path": args.config_path}, args.models_dir or default_models_dir())
         except DSUError as e:
             problems.append(f"{e.code}: {e.message}")
     if args.model_path and not Path(args.model_path).is_file():

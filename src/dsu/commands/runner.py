@@ -58,15 +58,16 @@ def folder_problem(path: Path, option: str) -> str | None:
 
 
 def output_file_problems(output: Path, given: str | None, bit_depth: int | None) -> list[str]:
-    """Why the one audio file `-o GIVEN` names (`output`) cannot be written as asked."""
+    """Why the one audio file the request field `output` names (`output`, given as GIVEN) cannot be
+    written as asked; the fields in backticks, for the caller's Display to say in its flags."""
     out = []
-    folder = folder_problem(output.parent, "-o/--output")
+    folder = folder_problem(output.parent, "`output`")
     if folder:
         out.append(folder)
     if output.suffix.lower() not in (".wav", ".flac", ".mp3"):
-        out.append(f"-o {given}: name the file .wav, .flac or .mp3, or give a folder (ending in /)")
+        out.append(f"`output` {given}: name the file .wav, .flac or .mp3, or give a folder (ending in /)")
     if output.suffix.lower() == ".mp3" and bit_depth:
-        out.append(f"--bit-depth {bit_depth} with an .mp3 output: mp3 has no bit depth")
+        out.append(f"`bit_depth` {bit_depth} with an .mp3 output: mp3 has no bit depth")
     return out
 
 

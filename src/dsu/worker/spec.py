@@ -202,7 +202,11 @@ RESTORE_FIELDS = (
     Field("input", "string", "the audio file to restore", required=True),
     Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
           aliases=("output_path",)),
-    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin)", required=True),
+    Field("model", "string", "an Apollo model by name, looked up as `separate` looks names up (the models dir, "
+                             "then the catalog's download hint); give it or `model_path`"),
+    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin) instead of a name"),
+    Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
+          aliases=("model_file_dir",)),
     Field("config_path", "string", "its YAML config"),
     Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1,
           maximum=600),
