@@ -320,3 +320,17 @@ def test_a_read_only_track_folder_is_output_not_writable(worker, tmp):
         assert not any(track.iterdir())
     finally:
         subprocess.run(["umount", str(track)], capture_output=True, timeout=30)
+
+
+def test_a_file_where_a_track_folder_must_be_is_said_so(tmp_path):
+    """A write that fails because a file stands where a folder of the output path must be names that
+    file, not a folder "removed or moved" during the job."""
+    import errno
+
+    from dsu import tempfiles
+    (tmp_path / "song").write_text("in the way")
+    error = tempfiles.write_failure(tmp_path / "song" / "deep" / "vocals.wav", errno.ENOTDIR)
+    assert error.code == "output_not_writable"
+    assert f"{tmp_path / 'song'} is a file where a folder must be" in error.message, error.message
+    gone = tempfiles.write_failure(tmp_path / "gone" / "vocals.wav", errno.ENOENT)
+    assert "was removed or moved" in gone.message, gone.message

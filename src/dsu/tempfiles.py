@@ -195,6 +195,11 @@ def write_failure(final: Path, err: int) -> DSUError:
     """The coded error for the OS error `err` met while writing `final` (or its temporary): the job's
     temporaries are gone by the time it is seen, so it says nothing was kept."""
     folder = final.parent
+    blocker = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
+    if blocker is not None and not blocker.is_dir():  # ENOTDIR, or ENOENT when a file took a folder's place
+        return DSUError("output_not_writable", f"cannot write {final}: {blocker} is a file where a folder must be; "
+                                               "nothing of this job was kept: move that file or choose another "
+                                               "output folder")
     if err in (errno.ENOENT, errno.ESTALE) or not folder.is_dir():
         return DSUError("output_not_writable", f"cannot write {final}: its folder {folder} was removed or moved "
                                                "while the job wrote it; nothing of this job was kept: leave the "
