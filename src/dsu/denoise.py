@@ -136,9 +136,7 @@ def denoise_file(input_path: str | Path, noise_path: str | Path, output_path: st
     noise_path = paths.check_input(noise_path, "noise_profile")
     output_path = paths.check_output_file(output_path or default_output(input_path))
     output_path = output_path.parent / paths.safe_component(output_path.name)
-    for other, field in ((input_path, "input"), (noise_path, "noise_profile")):
-        if output_path.exists() and output_path.resolve() == other.resolve():
-            raise DSUError("bad_value", f"the output {output_path} is the `{field}`: choose another output file")
+    paths.check_not_input(output_path, {input_path: "the `input`", noise_path: "the `noise_profile`"})
     fmt = output_format(output_path, None)
     release = RELEASE_SECONDS[mode] if release_time is None else release_time
     signal = FileSignal(input_path)

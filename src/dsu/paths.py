@@ -201,6 +201,14 @@ def check_output_file(path, field: str = "output") -> Path:
     return out
 
 
+def check_not_input(output: Path, inputs: dict[Path, str]) -> None:
+    """`bad_value` when the output file is one of the job's inputs (path -> what it is, as "the `input`"):
+    its commit would replace the file the job reads."""
+    for path, what in inputs.items():
+        if os.path.realpath(output) == os.path.realpath(path):
+            raise DSUError("bad_value", f"the output {output} is {what}: choose another output file")
+
+
 def native(path) -> str | bytes:
     """`path` as a C library (libsndfile) must be given it: bytes on POSIX, where a file name is bytes
     and one that is not UTF-8 is a surrogate-escaped str in Python that the library's own UTF-8

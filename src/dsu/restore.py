@@ -11,7 +11,6 @@ from typing import Callable
 
 from . import paths
 from .audio import FileSignal, StemWriter, output_format
-from .errors import DSUError
 from .families import FAMILIES, Separator
 from .separate import JobResult, clean_debris, make_passes, run_into
 
@@ -27,8 +26,7 @@ def restore_file(model: Separator, input_path: str | Path, output_path: str | Pa
     input_path = paths.check_input(input_path)
     output_path = paths.check_output_file(output_path)
     output_path = output_path.parent / paths.safe_component(output_path.name)
-    if output_path.exists() and output_path.resolve() == input_path.resolve():
-        raise DSUError("bad_value", f"the output {output_path} is the input: choose another output file")
+    paths.check_not_input(output_path, {input_path: "the `input`"})
     fmt = output_format(output_path, fmt)
     clean_debris([output_path.parent])
     signal = FileSignal(input_path, model.samplerate, sanitize=sanitize)  # the input's own channels

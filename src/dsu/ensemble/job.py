@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -408,8 +407,7 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
     weights = check_weights(fields.get("weights"), len(fields["files"]), "files")
     files = [paths.check_input(f, f"files[{i}]") for i, f in enumerate(fields["files"])]
     output = paths.check_output_file(fields["output"])  # separate's check of its folder, before any reading
-    if any(os.path.realpath(f) == os.path.realpath(output) for f in files):
-        raise DSUError("bad_value", f"`output` {fields['output']} is one of `files`: choose another file to write")
+    paths.check_not_input(output, dict.fromkeys(files, "one of `files`"))
     signals = [FileSignal(files[0])]
     rate = signals[0].input_samplerate
     try:
