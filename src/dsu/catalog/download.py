@@ -347,7 +347,11 @@ def no_host(url: str, gai: socket.gaierror) -> DSUError:
                                        f"a wrong URL ({url}); nothing was downloaded")
 
 
-def _full_disk(part: Path, have: int, total: int | None, error: OSError) -> DSUError:
+def _unwritable(part: Path, have: int, total: int | None, error: OSError) -> DSUError:
+    """The coded error for `error` met opening, writing or syncing `part`; on a full disk the part is
+    removed, since it would only hold the space another download needs."""
+    if error.errno not in FULL_DISK:
+        return DSUError("output_not_writable", f"cannot write {part}: {error.strerror or error}")
     part.unlink(missing_ok=True)
     need = f" of the {total} it needs" if total else ""
     return DSUError("output_not_writable", f"cannot write {part.parent}: {os.strerror(error.errno)} after {have} "
@@ -406,7 +410,7 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                     try:
                         out = open(part, "ab" if resumed else "wb", buffering=0)  # a full disk shows at write
                     except OSError as e:
-                        raise DSUError("output_not_writable", f"cannot write {part.parent}: {e.strerror}") from None
+                        raise _unwritable(part, have, total, e) from None
                     with out:
                         for block in response.iter_bytes():  # decoded, as it arrives: a drop loses nothing received
                             if cancelled():
@@ -418,9 +422,7 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                                 while view:
                                     view = view[out.write(view):]
                             except OSError as e:
-                                if e.errno in FULL_DISK:
-                                    raise _full_disk(part, have, total, e) from None
-                                raise DSUError("output_not_writable", f"cannot write {part}: {e.strerror}") from None
+                                raise _unwritable(part, have, total, e) from None
                             digest.update(block)
                             have += len(block)
                             received += len(block)
@@ -431,9 +433,7 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
                         try:
                             os.fsync(out.fileno())
                         except OSError as e:  # a full disk can show only when the data is written back
-                            if e.errno in FULL_DISK:
-                                raise _full_disk(part, have, total, e) from None
-                            raise
+                            raise _unwritable(part, have, total, e) from None
                 if on_progress is not None:
                     on_progress(have, total, (have - start_bytes) / max(time.monotonic() - started, 1e-6))
                 return digest
