@@ -73,7 +73,7 @@ def model_compute(request: dict, song: Path, out: Path) -> float:
     """Seconds the loaded model takes for one file in this process, 1 thread, after a warm-up."""
     import torch
     from dsu import families
-    from dsu.separate import separate_file
+    from dsu.jobs.separate import separate_file
     torch.set_num_threads(1)
     model = families.load(families.resolve(request, None), torch.device("cpu"))
     separate_file(model, song, out / "warm")

@@ -77,7 +77,7 @@ def run_reference(model_path: Path, audio: Path, out: Path, batch_size: int) -> 
 
 def run_dsu(model_path: Path, audio: Path, out: Path, batch_size: int) -> dict:
     from dsu import families
-    from dsu.separate import separate_file
+    from dsu.jobs.separate import separate_file
     model = families.load(families.resolve({"model_path": str(model_path)}, None), torch.device("cpu"))
     loaded = peak_rss_mib()
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dsu.denoise import denoise_file
+from dsu.jobs.denoise import denoise_file
 
 SR = 44100
 UPSTREAM = ("import sys; sys.path.insert(0, sys.argv[1]); from utils.denoise import denoise_audio; "

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from dsu.families import load, resolve
-from dsu.separate import separate_file
+from dsu.jobs.separate import separate_file
 
 import torch
 

@@ -90,7 +90,7 @@ def song(path: Path, seconds: float) -> Path:
 def child_ensemble(args) -> dict:
     from dsu import device
     from dsu.cache import ModelCache
-    from dsu.ensemble import job
+    from dsu.jobs import ensemble as job
     device.set_threads(args.threads)
     started = time.perf_counter()
     done = job.ensemble({"input": args.input, "output_dir": args.out, "models": json.loads(args.members),
@@ -100,16 +100,17 @@ def child_ensemble(args) -> dict:
 
 
 def child_separate(args) -> dict:
-    from dsu import device, jobs
+    from dsu import device
+    from dsu.jobs import models, separate
     from dsu.cache import ModelCache
     device.set_threads(args.threads)
     member = json.loads(args.members)[0]
     started = time.perf_counter()
     fields = {"input": args.input, "output_dir": args.out, "bit_depth": 32,
-              **{k: v for k, v in member.items() if k in jobs.MODEL_KEYS}}
-    extra = {k: v for k, v in member.items() if k not in jobs.MODEL_KEYS}
-    done = jobs.separate(fields, extra, cache=ModelCache(device.choose_device("cpu")[0], 1), models_dir=None,
-                         default_model=None, emit=lambda *a, **k: None)
+              **{k: v for k, v in member.items() if k in models.MODEL_KEYS}}
+    extra = {k: v for k, v in member.items() if k not in models.MODEL_KEYS}
+    done = separate.run(fields, extra, cache=ModelCache(device.choose_device("cpu")[0], 1), models_dir=None,
+                        default_model=None, emit=lambda *a, **k: None)
     return {"wall": time.perf_counter() - started, "rss": peak_rss_mb(), "stems": done["stems"],
             "files": done["paths"]}
 
@@ -127,7 +128,7 @@ print(json.dumps({{"wall": time.perf_counter() - started,
 def reference(input_path: Path, member_list: list[dict], algorithm: str, threads: int, work: Path) -> dict | None:
     ref_python, msst = os.environ.get("REF_PYTHON"), os.environ.get("MSST_PATH")
     wall, rss, by_stem = 0.0, 0.0, {}
-    from dsu.ensemble.job import canonical_stem
+    from dsu.jobs.ensemble import canonical_stem
     for k, m in enumerate(member_list):
         r = run_child(__file__, sys.executable, "--child", "separate", "--threads", str(threads), "--input",
                       str(input_path), "--out", str(work / f"ref{k}"), "--members", json.dumps([m]))

@@ -57,7 +57,7 @@ def child(case: str, song: str, out: str) -> None:
     import torch
     from dsu import families
     from dsu.audio import FileSignal
-    from dsu.separate import separate_file
+    from dsu.jobs.separate import separate_file
     torch.set_num_threads(1)
     request, options = json.loads(case)
     model = families.load(families.resolve(request, None), torch.device("cpu"))

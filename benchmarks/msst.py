@@ -116,7 +116,7 @@ def child_dsu(model_type: str, work: Path, threads: int, flops: bool) -> dict:
     import torch
     torch.set_num_threads(threads)
     from dsu import families
-    from dsu.separate import separate_file
+    from dsu.jobs.separate import separate_file
     ref = families.resolve({"model_path": str(work / "model.ckpt"), "config_path": str(work / "config.yaml"),
                             "model_type": model_type}, None)
     model = families.load(ref, torch.device("cpu"))

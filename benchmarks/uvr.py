@@ -128,7 +128,7 @@ def child_dsu(case: str, work: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     from dsu import families
     if case == "apollo":
-        from dsu.restore import restore_file
+        from dsu.jobs.restore import restore_file
         ref = families.resolve({"model_path": str(work / "apollo-bench.ckpt"), "config_path": str(work / "apollo.yaml"),
                                 "model_type": "apollo"}, None)
         model = families.load(ref, torch.device("cpu"))
@@ -138,7 +138,7 @@ def child_dsu(case: str, work: Path, threads: int) -> dict:
         seconds = time.perf_counter() - started
         out = {"restored": sf.read(work / "dsu.wav", dtype="float32")[0]}
     else:
-        from dsu.separate import separate_file
+        from dsu.jobs.separate import separate_file
         if case == "vr_hp":
             request = {"model_path": str(work / "2_HP-bench.pth"), "vr_model_param": "4band_v2",
                        "primary_stem": "Instrumental"}

@@ -58,7 +58,7 @@ def in_process_job(threads: int):
     import torch
 
     from dsu import families
-    from dsu.separate import separate_file
+    from dsu.jobs.separate import separate_file
 
     torch.set_num_threads(threads)
     model = families.load(families.resolve({"model": "dsp"}, None), torch.device("cpu"))

@@ -49,7 +49,7 @@ def version_text() -> str:
     import torch
 
     import dsu
-    from dsu.worker.spec import PROTOCOL
+    from dsu.protocol import PROTOCOL
     return "".join(f"{k} {v}\n" for k, v in (
         ("dsu", dsu.__version__), ("protocol", PROTOCOL), ("python", platform.python_version()), ("torch", torch.__version__),
         ("platform", f"{sys.platform}-{platform.machine()}"),

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 from hypothesis import strategies as st
 
-from dsu.worker import spec
+from dsu import protocol as spec
 
 # ---- values -------------------------------------------------------------------------------------------
 

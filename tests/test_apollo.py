@@ -18,7 +18,7 @@ from dsu import families
 from dsu.errors import DSUError
 from dsu.families.apollo import restore_chunks
 from dsu.models.apollo import Apollo
-from dsu.restore import restore_file
+from dsu.jobs.restore import restore_file
 from model_checks import layout, snr_db
 from test_worker import RawWorker
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dsu import jobs as dsu_jobs
 from dsu.batch import run
 from dsu.batch.inputs import check_collisions, expand, plan
 from dsu.batch.manifest import NAME as MANIFEST, sha256_of
@@ -169,8 +168,7 @@ def test_worker_killed_mid_file_is_retried_once_then_failed(tmp_path):
     assert [e["code"] for e in events if e["event"] == "retry"] == ["worker_exited", "worker_exited"]
     assert sf.info(records["victim.wav"]["outputs"][0]).duration == pytest.approx(10)
     assert not (tmp_path / "out" / "doomed" / "vocals.wav").exists()  # a killed worker leaves only hidden partials
-    if hasattr(dsu_jobs, "clean"):  # which the batch removes once its workers are gone, where DSU knows how
-        assert not list((tmp_path / "out").rglob("*.partial"))
+    assert not list((tmp_path / "out").rglob("*.partial"))  # which the batch removes once its workers are gone
 
 
 def test_kill_9_then_rerun_does_every_file_exactly_once(tmp_path):
@@ -271,14 +269,14 @@ def test_manifest_survives_a_torn_last_line(tmp_path):
 
 def test_progress_display_bar_and_plain_lines():
     import io
-    from dsu.batch.progress import Display
+    from dsu.batch.progress import BatchDisplay
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     for stream in (Terminal(), io.StringIO()):
-        show = Display(2, skipped=1, stream=stream)
+        show = BatchDisplay(2, skipped=1, stream=stream)
         show.started("a/one.wav"), show.started("b/two.wav")
         show.progress("a/one.wav", 0.5)
         show.finished("a/one.wav", "done", 1.5, 30.0, "worker 1")

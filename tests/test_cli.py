@@ -179,7 +179,7 @@ def test_progress_lines_and_json_events(tmp_path):
 
 def test_tqdm_bar_on_a_terminal():
     import io
-    from dsu.progress import Display
+    from dsu.cli.progress import Display
     err = io.StringIO()
     display = Display("normal", total=3, err=err, terminal=True)
     display.index, display.name, display.seconds = 1, "song.wav", 60.0
@@ -222,7 +222,7 @@ def test_version_and_completion(tmp_path):
 
 
 def test_default_bit_depth_is_the_one_the_help_states():
-    from dsu.commands.separate import BIT_DEPTH_HELP
+    from dsu.cli.separate import BIT_DEPTH_HELP
     from dsu.families import FAMILIES
     stated = {"demucs": 16, "uvr": 16, "flat": 32}
     assert "16 for the demucs and uvr layouts" in BIT_DEPTH_HELP and "32 float for the flat layout" in BIT_DEPTH_HELP
@@ -255,7 +255,7 @@ def test_errors_speak_the_flags_of_the_command_typed(tmp_path):
 def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
     """A demucs repo as $DSU_MODELS: bags and single models by signature, as demucs' remote repo holds them."""
     from tiny_models import song, tiny_htdemucs
-    from dsu import default_model
+    from dsu.cli import default_model
     repo = tmp_path / "repo"
     repo.mkdir()
     for sig in ("5f6f4f76", "e51eebcc"):

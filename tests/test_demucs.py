@@ -20,7 +20,7 @@ from dsu import families
 from dsu.engine import TensorSignal
 from dsu.errors import DSUError
 from dsu.families import demucs as family
-from dsu.separate import separate_file
+from dsu.jobs.separate import separate_file
 
 demucs_apply = pytest.importorskip("demucs.apply")
 from demucs.demucs import Demucs  # noqa: E402

@@ -4,7 +4,7 @@ import soundfile as sf
 import torch
 
 from dsu.families import load, resolve
-from dsu.separate import separate_file
+from dsu.jobs.separate import separate_file
 
 SR = 44100
 

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from dsu.ensemble import algorithms
-from dsu.ensemble.blender import blend_arrays
-from dsu.ensemble.job import canonical_stem
+from dsu.blend import algorithms
+from dsu.blend.blender import blend_arrays
+from dsu.jobs.ensemble import canonical_stem
 from tiny_models import tiny_htdemucs
 
 FIXTURES = Path(__file__).parent / "fixtures"

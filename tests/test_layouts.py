@@ -10,7 +10,7 @@ import soundfile as sf
 
 from dsu.client import Worker, WorkerError
 from dsu.errors import DSUError
-from dsu.outputs import stem_paths, template_of, written_folder
+from dsu.jobs.outputs import stem_paths, template_of, written_folder
 from test_model_folders import MDX_SETTINGS, ROFORMER, VR_SETTINGS, noise_file, tiny_demucs, tiny_vr
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -154,7 +154,7 @@ def test_stems_that_would_share_a_file_are_refused():
     with pytest.raises(DSUError, match="same file"):
         stem_paths("flat", Path("/o"), "m", Path("s.wav"), ["a", "b"], "wav", output_names={"a": "x", "b": "x"})
     with pytest.raises(DSUError, match="output_names"):
-        from dsu.outputs import check_output_names
+        from dsu.jobs.outputs import check_output_names
         check_output_names({"vocals": "../up"})
 
 

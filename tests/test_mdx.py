@@ -14,7 +14,7 @@ from dsu import engine, families
 from dsu.engine import TensorSignal
 from dsu.errors import DSUError
 from dsu.families import mdx, uvr
-from dsu.separate import separate_file
+from dsu.jobs.separate import separate_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mdx"
 CPU = torch.device("cpu")

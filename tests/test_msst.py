@@ -15,7 +15,7 @@ from dsu import engine, families
 from dsu.engine import TensorSignal
 from dsu.errors import DSUError
 from dsu.families import msst
-from dsu.separate import separate_file
+from dsu.jobs.separate import separate_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 TYPES = ["bs_roformer", "mel_band_roformer", "scnet", "mdx23c"]

@@ -14,7 +14,7 @@ import pytest
 
 from dsu import paths, tempfiles
 from dsu.errors import DSUError
-from dsu.separate import stem_paths
+from dsu.jobs.outputs import stem_paths
 from test_worker import ENV, song, tmp, worker  # noqa: F401 (module fixtures: one worker for these tests)
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"

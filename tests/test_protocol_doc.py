@@ -1,4 +1,4 @@
-"""docs/protocol.md and the Node client's protocol module are generated from dsu.worker.spec: a change
+"""docs/protocol.md and the Node client's protocol module are generated from dsu.protocol: a change
 to the spec (what the worker validates and sends) without regenerating them fails here."""
 import subprocess
 import sys
@@ -15,7 +15,7 @@ def test_generated_protocol_files_are_up_to_date():
 
 def test_doc_names_every_command_message_and_error_code():
     from dsu.errors import CODES
-    from dsu.worker import spec
+    from dsu import protocol as spec
 
     doc = (ROOT / "docs" / "protocol.md").read_text()
     for name in [*spec.COMMANDS, *spec.ALIASES]:

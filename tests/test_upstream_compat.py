@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsu import packages
+from dsu.families import packages
 from test_worker import ENV, RawWorker, write_song
 from tiny_models import tiny_apollo
 
@@ -147,6 +147,6 @@ def test_every_error_of_a_job_echoes_its_input(tmp):
 
 
 def test_the_protocol_table_names_input_on_errors():
-    from dsu.worker import spec
+    from dsu import protocol as spec
     assert "input" in {f.name for f in spec.MESSAGES["error"].fields}
     assert "set_storage_type" in spec.COMMANDS and "storage_configured" in spec.MESSAGES

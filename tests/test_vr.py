@@ -9,12 +9,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from dsu import families, vr_bands
+from dsu import families
+from dsu.families import vr_bands
 from dsu.errors import DSUError
 from dsu.families import vr
 from dsu.models.vr_cascade import CascadedASPPNet
 from dsu.models.vr_cascade_v51 import CascadedNetV51
-from dsu.separate import separate_file
+from dsu.jobs.separate import separate_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vr_pipeline"
 RUNS = json.loads((FIXTURES / "runs.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from dsu import vr_bands
+from dsu.families import vr_bands
 from dsu.families.vr import UVR_RATE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vr_bands"

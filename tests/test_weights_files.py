@@ -12,7 +12,7 @@ import torch
 from dsu.errors import DSUError
 from dsu.families import load, resolve
 from dsu.models.apollo import Apollo
-from dsu.packages import load_weights_file
+from dsu.families.packages import load_weights_file
 
 # Saving needs the metadata's classes importable; a throwaway module stands in for omegaconf, and the
 # loading runs in a fresh interpreter where no such module exists.

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from dsu.errors import CODES
-from dsu.worker import spec
+from dsu import protocol as spec
 
 # a runtime policy file of the machine's user (~/.dsu/runtime_policy.json) must not change the workers tested
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
@@ -472,14 +472,14 @@ def test_every_family_option_is_in_the_protocol_table():
 # Faults injected into a real worker process: what the last-resort guards are for
 FAULTY = """
 import sys
-from dsu import jobs
+from dsu.jobs import models
 from dsu.worker import server, main
 
 def crash_in_job(fields, **_):
     if fields.get("model") == "exit-please":
         sys.exit(3)  # a library calling sys.exit inside a job
     raise KeyError("boom")
-jobs.load_model = crash_in_job
+models.load_model = crash_in_job
 parse = server.parse_request
 def crash_in_reader(line):
     if b"reader-bug" in line:

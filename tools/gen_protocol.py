@@ -1,4 +1,4 @@
-"""Write what is derived from the worker's protocol table (`dsu.worker.spec`), so none of it can drift:
+"""Write what is derived from the worker's protocol table (`dsu.protocol`), so none of it can drift:
 
     docs/protocol.md                   every command, field, default, message and error code
     clients/node/src/protocol.js       the statuses that end each command, the cancellable commands
@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from dsu.errors import CODES
-from dsu.worker import config, spec
+from dsu.worker import config
+from dsu import protocol as spec
 from dsu.worker.stdio import MAX_DEPTH, MAX_LINE_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent

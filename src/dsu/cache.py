@@ -10,7 +10,7 @@ import torch
 
 from . import families
 from .device import release_cached_memory
-from .packages import mapped_weights
+from .families.packages import mapped_weights
 from .families import ModelRef, Separator
 
 Evicted = Callable[[str], None]  # told the name of each model pushed out

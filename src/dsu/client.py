@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .runtime import is_frozen
-from .worker.spec import COMMANDS, final_statuses, timeout_kinds
+from .protocol import COMMANDS, final_statuses, timeout_kinds
 
 FINAL = final_statuses()
 KINDS = timeout_kinds()

@@ -1,6 +1,10 @@
 """Errors with the stable codes the protocol reports."""
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 CODES = (
     "bad_json", "unknown_command", "missing_field", "bad_value", "input_not_found", "unsupported_audio",
     "model_not_found", "config_mismatch", "cancelled", "out_of_memory", "internal",
@@ -56,3 +60,30 @@ def missing_keys_message(missing, unexpected, what: str = "checkpoint") -> str:
         parts.append(f"unexpected keys: {listed(unexpected, 5)}")
     return (f"the {what} does not fit its config ({'; '.join(parts)}); "
             "check that the config file is the one published with these weights")
+
+
+SHOWN_CHARS = 120  # how much of a bad value an error message quotes
+
+
+def shown_text(text: str) -> str:
+    """`text` cut to SHOWN_CHARS for an error message."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def shown(value: Any) -> str:
+    """A request value as an error message quotes it: JSON, ASCII-escaped, cut short."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        text = repr(value)
+    return shown_text(text)
+
+
+_FIELD = re.compile(r"`([^`\n]+)`")  # a field, or a request fragment such as `{"model": ...}`
+
+
+def speak(text: str, flags: dict[str, str] | None) -> str:
+    """`text` with each backticked field (or fragment) the map knows replaced by the CLI's words."""
+    if not flags:
+        return text
+    return _FIELD.sub(lambda m: flags.get(m[1], m[0]), text)

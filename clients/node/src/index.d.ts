@@ -1,5 +1,5 @@
 // Types of the DSU worker client (src/index.js). Message and field types come from protocol.d.ts,
-// which is generated from the worker's own table (dsu.worker.spec).
+// which is generated from the worker's own table (dsu.protocol).
 import { EventEmitter } from "node:events";
 import type { ChildProcess } from "node:child_process";
 

@@ -120,8 +120,8 @@ def plan(files: list[Path], output_dir: Path, keep_folders: bool = True) -> list
 
 def stem_files(layout: str, family: str, model: str, ext: str):
     """`paths(item, stems) -> list of paths` the separate job will write, by the job's own naming
-    (`dsu.outputs`, safe names included); a bad template is an error before anything runs."""
-    from .. import outputs
+    (`dsu.jobs.outputs`, safe names included); a bad template is an error before anything runs."""
+    from ..jobs import outputs
     outputs.template_of(layout)
 
     def paths(item: Item, stems: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 
 
-class Display:
+class BatchDisplay:
     def __init__(self, total: int, skipped: int = 0, enabled: bool = True, stream=None):
         self.stream = stream or sys.stderr
         self.total, self.enabled = total, enabled and total > 0

@@ -38,25 +38,26 @@ class SeparatorActor:
         self.cancelled: set = set()  # tokens of the calls `cancel` stopped (from the second thread)
 
     def load(self, model_fields: dict) -> dict:
-        from .. import jobs
-        from ..worker import spec
+        from ..jobs import models as model_jobs
+        from .. import protocol as spec
         import ray
         try:
             fields, _ = spec.validate(spec.COMMANDS["load_model"], model_fields)
-            loaded = jobs.load_model(fields, cache=self.cache, models_dir=self.models_dir, default_model=None,
+            loaded = model_jobs.load_model(fields, cache=self.cache, models_dir=self.models_dir, default_model=None,
                                      emit=_quiet)
         except DSUError as e:
             return {"ok": False, "code": e.code, "message": e.message}
         return {"ok": True, "pid": os.getpid(), "node": ray.util.get_node_ip_address(), **loaded}
 
     def separate(self, request: dict, token: int = 0) -> dict:
-        from .. import device as devices, jobs
-        from ..worker import spec
+        from .. import device as devices
+        from ..jobs import separate
+        from .. import protocol as spec
         devices.set_threads(self.threads)  # torch's intra-op setting may be per calling thread
         self.fraction = 0.0
         try:
             fields, extra = spec.validate(spec.COMMANDS["separate"], request)
-            return {"ok": True, "done": jobs.separate(fields, extra, cache=self.cache, models_dir=self.models_dir,
+            return {"ok": True, "done": separate.run(fields, extra, cache=self.cache, models_dir=self.models_dir,
                                                       default_model=None, emit=_quiet, progress=self._report,
                                                       cancelled=lambda: token in self.cancelled)}
         except DSUError as e:

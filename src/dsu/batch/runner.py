@@ -20,11 +20,10 @@ from typing import Callable
 
 from .. import __version__, paths
 from ..client import WorkerError
-from ..commands.vocabulary import speak
-from ..errors import DSUError
+from ..errors import DSUError, speak
 from . import inputs as batch_inputs
 from .manifest import Manifest, canonical, is_done, now, sha256_of
-from .progress import Display
+from .progress import BatchDisplay
 
 LOG_NAME = "dsu-batch.log"  # the workers' stderr
 CHANGED = "input_changed"  # the code of a file that changed while it was separated (retried like a dead worker)
@@ -131,7 +130,7 @@ class _Stop:
 
 def layout_supported() -> bool:
     """Whether this DSU's `separate` takes the `layout` field (the output-layout contract)."""
-    from ..worker import spec
+    from .. import protocol as spec
     return any(f.name == "layout" for f in spec.COMMANDS["separate"].fields)
 
 
@@ -147,11 +146,11 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     local workers; an address, "auto" or "local" runs Ray actors. `on_event` gets a dict per
     start, retry and finished file (tests and other front ends). `timeout`: seconds a worker or
     Ray actor may spend on one file before it is killed and the file retried. `flags`: the command
-    line's words for request fields in the live display (dsu.commands.vocabulary); records and
+    line's words for request fields in the live display (dsu.cli.vocabulary); records and
     `Summary.failures` keep the field names."""
-    from .. import jobs as dsu_jobs
+    from ..jobs import models as model_jobs
     from ..families import FAMILIES
-    from ..worker import spec
+    from .. import protocol as spec
 
     started = time.monotonic()
     out = Path(output_dir).expanduser().resolve()
@@ -171,16 +170,16 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     files = batch_inputs.expand(inputs, exclude=out)
     if not files:
         raise DSUError("input_not_found", "no audio files found in the inputs")
-    ref = dsu_jobs.resolve(fields, models_dir)
+    ref = model_jobs.resolve(fields, models_dir)
     model_id = {"name": ref.name, "family": ref.family, "load_options": [list(o) for o in ref.options],
                 "files": [{"name": Path(f).name, "sha256": sha256_of(f)} for f in ref.files]}
     options = {k: v for k, v in {**fields, **extra}.items()
-               if k not in dsu_jobs.MODEL_KEYS and k not in ("input", "output_dir", "id")}
+               if k not in model_jobs.MODEL_KEYS and k not in ("input", "output_dir", "id")}
     options["keep_folders"] = keep_folders
     items = batch_inputs.plan(files, out, keep_folders)
     layout = fields.get("layout") or FAMILIES[ref.family].layout
     batch_inputs.check_collisions(items, layout, ref.name, fields["format"], None, ref.family)
-    model_fields = {k: v for k, v in fields.items() if k in dsu_jobs.MODEL_KEYS}
+    model_fields = {k: v for k, v in fields.items() if k in model_jobs.MODEL_KEYS}
     if models_dir is not None and "models_dir" not in model_fields and "repo" not in model_fields:
         model_fields["models_dir"] = str(models_dir)
 
@@ -212,7 +211,7 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
             summary.elapsed = time.monotonic() - started
             return summary
 
-        show = Display(len(tasks) + len(refused), summary.skipped, progress if progress is not None else True)
+        show = BatchDisplay(len(tasks) + len(refused), summary.skipped, progress if progress is not None else True)
         lock = threading.Lock()
 
         def emit(event: dict) -> None:
@@ -393,14 +392,12 @@ def _available_memory() -> int:
 
 def _clean_debris(out: Path) -> None:
     """Remove the partial files that killed workers or actors left (all of them are gone by now),
-    by DSU's own rules where this DSU has them (`dsu.jobs.clean`, as `dsu clean OUT`)."""
-    from .. import jobs as dsu_jobs
-    clean = getattr(dsu_jobs, "clean", None)
-    if clean is not None:
-        try:
-            clean({"dir": str(out)})
-        except (DSUError, OSError):
-            pass
+    by DSU's own rules (`dsu.jobs.clean`, as `dsu clean OUT`)."""
+    from ..jobs import clean
+    try:
+        clean.run({"dir": str(out)})
+    except (DSUError, OSError):
+        pass
 
 
 def _written_stems(stems: list[str], fields: dict) -> list[str]:

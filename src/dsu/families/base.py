@@ -152,3 +152,18 @@ def read_catalogue(models_dir: Path | None, types) -> dict[str, dict]:
         if stems is not None and not (isinstance(stems, list) and all(isinstance(s, str) for s in stems)):
             raise DSUError("bad_value", f"{path}: `stems` of {name!r} must be a list of stem names")
     return found
+
+
+UVR_FAMILIES = ("vr", "mdx")  # their stems are UVR's own names already
+
+
+def capitalised(stem: str, family: str) -> str:
+    """python-audio-separator's spelling of a stem, UVR's vocabulary: UVR models' names as their
+    tables give them (`lead_only` too); Demucs', DSU's and MSST configs' lower-case names capitalised
+    (Drums, Vocals), as audio-separator's Demucs mapping and UVR's copies of the MSST configs (which
+    audio-separator reads, and names MDXC stems from) spell them; `no_x` as UVR's `No X`."""
+    if stem.startswith("no_"):
+        return "No " + capitalised(stem[3:], family)
+    if family in UVR_FAMILIES:
+        return stem
+    return stem[:1].upper() + stem[1:]

@@ -4,7 +4,7 @@
 dir, or given by `model_path` (a .th or a bag .yaml).
 
 The network classes are demucs' own (`demucs==4.1.0`), so a package builds exactly the module demucs
-builds. Everything around them is DSU's: the package is read by `dsu.packages` (only the demucs
+builds. Everything around them is DSU's: the package is read by `dsu.families.packages` (only the demucs
 classes, Fraction and diffq's quantizers may appear in it), the sha8 suffix is checked, and inference
 reproduces the demucs CLI through `dsu.engine`: the mix normalised by its mono mean and std (N-1,
 +1e-8), `apply_model`'s segments with triangular weights and context padding, one pass per bag
@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..audio import mono_stats
 from .. import memory
-from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, triangle
+from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, mono_stats, triangle
 from ..errors import DSUError, missing_keys_message
-from ..packages import first_line, load_package, verify_checksum
+from .packages import first_line, load_package, verify_checksum
 from .model_folder import describe_other_yaml, read_yaml, yaml_kind
 from .base import Family, ModelRef, Separator, make_ref, whole_number
 

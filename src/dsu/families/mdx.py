@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from ..audio import iter_blocks
-from ..engine import Chunk, Pass, Signal
+from ..engine import Chunk, Pass, Scaled, Signal, iter_blocks
 from ..errors import DSUError
 from . import uvr
 from .. import memory
@@ -103,21 +102,6 @@ def _part(window: Tensor, lo: int, hi: int) -> Tensor:
     return window if lo == 0 and hi == len(window) else window[lo:hi]
 
 
-class Scaled:
-    """`inner` times a constant gain: the mix as the reference normalises it before demixing."""
-
-    def __init__(self, inner: Signal, gain: float):
-        self.inner, self.gain = inner, np.float32(gain)  # numpy scales a float32 mix by a float32 gain
-        self.channels, self.length = inner.channels, inner.length
-
-    def read(self, start: int, stop: int) -> Tensor:
-        return self.inner.read(start, stop) * float(self.gain)
-
-    def inner_position(self, pos: int) -> int:
-        return pos
-
-    def forget(self, before: int) -> None:
-        self.inner.forget(before)
 
 
 def peak_of(signal: Signal) -> float:

@@ -26,11 +26,10 @@ import torch
 from torch import Tensor
 
 from .. import memory
-from ..audio import mono_stats
-from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade
+from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade, mono_stats
 from ..errors import DSUError, listed, missing_keys_message, state_differences
-from ..packages import load_weights_file
-from ..outputs import capitalised
+from .packages import load_weights_file
+from .base import capitalised
 from . import uvr
 from .model_folder import ConfigLoader, config_for, missing_config_message, read_yaml  # noqa: F401
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number

@@ -1,5 +1,5 @@
 """UVR's VR-architecture models: a `.pth` state dict of a CascadedASPPNet (v5.0) or CascadedNet (v5.1)
-that masks UVR's multi-band magnitude spectrogram (`dsu.vr_bands`).
+that masks UVR's multi-band magnitude spectrogram (`dsu.families.vr_bands`).
 
 A model is named by `model_path` (any `.pth`, or any file with `model_type: "vr"`) or by `model`, the
 stem of a `.pth` file in the models dir. Its band parameters and primary stem come from UVR's model
@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import memory, vr_bands
+from .. import memory
+from . import vr_bands
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
-from ..packages import load_weights_file
+from .packages import load_weights_file
 from . import uvr
 from .base import Family, ModelRef, Separator, flag, make_ref
 

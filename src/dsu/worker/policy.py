@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import untrusted
 from ..errors import DSUError
-from . import spec
+from .. import protocol as spec
 
 DEFAULT_PATH = "~/.dsu/runtime_policy.json"
 MAX_BYTES = 64 * 1024  # the documented file is a few hundred bytes

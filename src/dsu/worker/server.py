@@ -13,12 +13,15 @@ from typing import Any
 
 import torch
 
-from .. import __version__, device as devices, families, jobs, outputs
+from .. import __version__, device as devices, families
+from ..jobs import clean as clean_job, denoise as denoise_job, models as model_jobs, outputs
+from ..jobs import restore as restore_job, separate as separate_job
 from ..cache import ModelCache
 from ..errors import DSUError
-from . import spec
+from .. import protocol as spec
 from .config import WorkerConfig
-from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines, shown
+from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines
+from ..errors import shown
 
 MiB = 1 << 20
 
@@ -339,20 +342,20 @@ class Server:
         return {"cache": self.cache, "models_dir": self.config.models_dir, "emit": job.reply}
 
     def job_separate(self, job: Job) -> tuple[str, dict]:
-        done = jobs.separate(job.fields, job.extra, default_model=self.config.default_model,
-                             progress=self._progress(job), cancelled=job.cancel.is_set, **self._context(job),
-                             worker=self.config.name)
+        done = separate_job.run(job.fields, job.extra, default_model=self.config.default_model,
+                                progress=self._progress(job), cancelled=job.cancel.is_set, **self._context(job),
+                                worker=self.config.name)
         self.last_model = done["model"]
         return "done", done
 
     def job_apollo(self, job: Job) -> tuple[str, dict]:
-        done = jobs.restore(job.fields, progress=self._progress(job), cancelled=job.cancel.is_set,
-                            **self._context(job))
+        done = restore_job.run(job.fields, progress=self._progress(job), cancelled=job.cancel.is_set,
+                               **self._context(job))
         self.last_model = done["model"]
         return "done", done
 
     def job_ensemble(self, job: Job) -> tuple[str, dict]:
-        from ..ensemble import job as ensemble_job
+        from ..jobs import ensemble as ensemble_job
         done = ensemble_job.ensemble(job.fields, job.extra, progress=self._progress(job), cancelled=job.cancel.is_set,
                                      layout=outputs.layout_for(None, self.config.name, "flat"),
                                      reference=ensemble_job.default_reference(self.config.name),
@@ -361,13 +364,13 @@ class Server:
         return "done", done
 
     def job_denoise(self, job: Job) -> tuple[str, dict]:
-        return "done", jobs.denoise(job.fields, emit=job.reply, progress=self._progress(job),
-                                    cancelled=job.cancel.is_set)
+        return "done", denoise_job.run(job.fields, emit=job.reply, progress=self._progress(job),
+                                       cancelled=job.cancel.is_set)
 
     def job_load_model(self, job: Job, status: str = "model_loaded") -> tuple[str, dict]:
         if not self.config.needs_model and not (job.fields.get("model") or job.fields.get("model_path")):
-            return status, jobs.denoiser()
-        loaded = jobs.load_model(job.fields, default_model=self.config.default_model, **self._context(job))
+            return status, denoise_job.describe()
+        loaded = model_jobs.load_model(job.fields, default_model=self.config.default_model, **self._context(job))
         self.last_model = loaded["model"]
         return status, loaded
 
@@ -375,10 +378,10 @@ class Server:
         return self.job_load_model(job, "model_preloaded")
 
     def job_clean(self, job: Job) -> tuple[str, dict]:
-        return "cleaned", jobs.clean(job.fields)
+        return "cleaned", clean_job.run(job.fields)
 
     def job_download_model(self, job: Job) -> tuple[str, dict]:
-        from ..catalog.job import download_model
+        from ..jobs.download import download_model
         return "model_downloaded", download_model(job.fields, self.config.models_dir, job.reply, job.cancel.is_set)
 
     def job_clear_cache(self, job: Job) -> tuple[str, dict]:

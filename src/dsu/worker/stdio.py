@@ -16,11 +16,10 @@ import threading
 import traceback
 from typing import Any, Callable, Iterator
 
-from ..errors import DSUError
+from ..errors import DSUError, shown_text
 
 MAX_LINE_BYTES = 16 << 20   # a request is a few hundred bytes; 16 MiB leaves room for long lists
 MAX_DEPTH = 64              # nesting of objects and lists in a request (ids included)
-SHOWN_CHARS = 120           # how much of a bad value an error message quotes
 # Lone surrogates: Python strings hold them, UTF-8 cannot. Those that stand for a file name's byte
 # that is not UTF-8 (surrogateescape: byte 0xXY is U+DCXY) travel both ways as JSON escapes
 # ("caf\\udce9.wav"), so a Latin-1 name round-trips to its file; the others are refused.
@@ -222,15 +221,3 @@ def _has_surrogate(text: str) -> bool:
     return _OTHER_SURROGATE.search(text) is not None
 
 
-def shown_text(text: str) -> str:
-    """`text` cut to SHOWN_CHARS for an error message."""
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
-
-
-def shown(value: Any) -> str:
-    """A request value as an error message quotes it: JSON, ASCII-escaped, cut short."""
-    try:
-        text = json.dumps(value)
-    except (ValueError, TypeError, RecursionError):
-        text = repr(value)
-    return shown_text(text)

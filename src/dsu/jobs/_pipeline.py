@@ -1,0 +1,95 @@
+"""What every job shares: its result, the model's passes once the memory fits, the engine's run into
+stem writers (partials removed on any failure), and the fields of the job's answer."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import engine, memory, tempfiles
+from ..audio import StemWriter
+from ..errors import DSUError
+from ..families import ModelRef, Separator
+
+Emit = Callable[..., None]          # emit(status, **fields): an interim message of this job
+Progress = Callable[[float], None]
+Cancelled = Callable[[], bool]
+
+
+@dataclass
+class JobResult:
+    output_dir: str
+    files: list[str]
+    paths: list[str]
+    stems: list[str]
+    elapsed: float
+    samplerate: int
+    extra: dict = field(default_factory=dict)
+
+
+def clean_debris(folders) -> list[Path]:
+    """Remove what killed jobs left in these folders (partials whose owner process is gone)."""
+    removed = [p for folder in {Path(f) for f in folders} for p in tempfiles.clean_folder(folder)]
+    return removed + tempfiles.clean_decode_files()
+
+
+LOWER = "`batch_size`, `shifts`, chunk/segment/window sizes"
+
+
+def estimate_of(model: Separator, length: int, options: dict, label: str = "") -> memory.Estimate | None:
+    """The model's memory estimate for this job (`label` names the model in it), None when unknown."""
+    try:
+        estimate = model.memory_estimate(length, **options)
+    except (TypeError, ValueError, OverflowError):
+        return None  # an option the model cannot read: its own check in `passes` names it
+    if estimate is not None and label:
+        estimate = memory.Estimate(estimate.host, estimate.device, f"{label}: {estimate.what}")
+    return estimate
+
+
+def make_passes(model: Separator, signal, options: dict, cancelled, needed: memory.Estimate | None = None) -> list:
+    """The model's passes over `signal` once the memory the job needs fits (`needed`, else the model's
+    own estimate); the decoding they need first (statistics, peaks) stops at the next block when the
+    job is cancelled."""
+    memory.check(needed or estimate_of(model, signal.length, options), model.device, LOWER)
+    signal.cancelled = cancelled
+    try:
+        return model.passes(signal, **options)
+    except engine.Cancelled:
+        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
+
+
+def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
+    """The engine's run over `passes` into `writer` (see `write_all`)."""
+    return write_all(writer, lambda: engine.run(passes, length, sink, progress, cancelled), lower)
+
+
+def write_all(writer: StemWriter, work: Callable[[], None], lower: str) -> list[Path]:
+    """`work()`, which writes into `writer`, then the files committed; on cancel, running out of
+    memory or any error the partial files are removed (`lower`: what to lower on out of memory;
+    a full disk or a removed folder is the writer's own `output_not_writable`)."""
+    try:
+        work()
+        return writer.commit()
+    except engine.Cancelled:
+        writer.abort()
+        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
+    except torch.OutOfMemoryError:
+        writer.abort()
+        raise DSUError("out_of_memory", f"the device ran out of memory: lower {lower}, or use --device cpu") from None
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def done_fields(result: JobResult, ref: ModelRef, from_cache: bool, started: float) -> dict[str, Any]:
+    """The fields of a job's `done` message; `elapsed` counts from the job's start, model load included."""
+    return {**result_fields(result, started), "model": ref.name, "model_from_cache": from_cache}
+
+
+def result_fields(result: JobResult, started: float) -> dict[str, Any]:
+    return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": result.output_dir,
+            "files": result.files, "paths": result.paths, "stems": result.stems, **result.extra}

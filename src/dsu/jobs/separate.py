@@ -1,0 +1,133 @@
+"""One separation job: a file in, stem files out, through a loaded model and the engine.
+
+This is the only place that joins audio files, families and the engine; the worker and the CLI call
+`separate_file` with plain values and get plain values back."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .. import families, paths
+from . import models as model_jobs, outputs
+from ..audio import FileSignal, StemWriter
+from ..cache import ModelCache
+from ..errors import DSUError
+from ..families import FAMILIES, Separator
+from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
+
+
+def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list[str]:
+    """The stems to write, asked for in any case and named in the model's own spelling."""
+    spelled = {s.lower(): s for s in produced}
+    if two_stems:
+        if two_stems.lower() not in spelled:
+            raise DSUError("bad_value", f"two_stems={two_stems!r}: this model has {', '.join(produced)}")
+        two_stems = spelled[two_stems.lower()]
+        return [two_stems, f"no_{two_stems}"]
+    if stems:
+        if isinstance(stems, str):
+            stems = [stems]
+        unknown = [s for s in stems if s.lower() not in spelled]
+        if unknown:
+            raise DSUError("bad_value", f"stems {unknown} are not produced by {model.name}: "
+                                        f"choose from {', '.join(produced)}")
+        return list(dict.fromkeys(spelled[s.lower()] for s in stems))
+    return produced
+
+
+def separate_file(model: Separator, input_path: str | Path, output_dir: str | Path, *,
+                  family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
+                  stems=None, two_stems: str | None = None, sample_rate="model",
+                  options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
+                  sanitize: bool = False, mp3_bitrate: int | None = None,
+                  progress: Progress | None = None, cancelled: Cancelled | None = None) -> JobResult:
+    started = time.perf_counter()
+    fam = FAMILIES[family or model.family]
+    options = dict(options or {})
+    input_path = paths.check_input(input_path)
+    output_dir = paths.check_output_dir(output_dir)
+    signal = FileSignal(input_path, model.samplerate, model.audio_channels, sanitize=sanitize)
+    if sample_rate in (None, "model"):
+        out_rate = model.samplerate
+    elif sample_rate == "input":
+        out_rate = signal.input_samplerate
+    else:
+        try:
+            out_rate = int(sample_rate)
+        except (TypeError, ValueError):
+            raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
+    produced = model.output_stems(**options)
+    wanted = _pick_stems(model, produced, stems, two_stems)
+    if two_stems:
+        two_stems = wanted[0]
+    targets = outputs.stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt,
+                                 family=fam.name, output_names=outputs.check_output_names(output_names),
+                                 labels=getattr(model, "labels", None))
+    clean_debris([output_dir, *(p.parent for p in targets.values())])
+    passes = make_passes(model, signal, options, cancelled)
+    needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
+    mix_reader = signal.fresh() if needs_mix else None
+    position = 0
+    writer = StemWriter(targets, model.samplerate, model.audio_channels, fmt,
+                        bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options),
+                        mp3_bitrate=mp3_bitrate)
+
+    def sink(block: torch.Tensor) -> None:
+        nonlocal position
+        n = block.shape[-1]
+        by_stem = dict(zip(model.stems, block))
+        mix = None
+        if mix_reader is not None:
+            mix = mix_reader.read(position, position + n)
+            mix_reader.forget(position + n)
+            by_stem = model.finish(by_stem, mix, **options)
+        if two_stems:
+            others = [v for k, v in by_stem.items() if k != two_stems and k in model.stems]
+            by_stem[f"no_{two_stems}"] = sum(others) if others else mix - by_stem[two_stems]
+        writer.write({s: by_stem[s] for s in wanted})
+        position += n
+
+    try:
+        written = run_into(writer, passes, signal.length, sink, progress, cancelled,
+                           lower="`batch_size` or `segment`")
+    finally:
+        signal.close()
+    folder, files = outputs.written_folder(written, output_dir)
+    return JobResult(output_dir=str(folder), files=files,
+                     paths=[str(p.resolve()) for p in written], stems=wanted,
+                     elapsed=time.perf_counter() - started, samplerate=out_rate,
+                     extra={"warnings": signal.warnings} if signal.warnings else {})
+
+
+def run(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None, default_model: str | None,
+             emit: Emit, progress: Progress | None = None, cancelled: Cancelled | None = None,
+             worker: str | None = None) -> dict:
+    """`worker`: the name the worker was started as, whose output layout and bit depth are the defaults
+    (see `dsu.jobs.outputs`)."""
+    started = time.perf_counter()
+    paths.check_input(fields["input"])  # before a model load that could take seconds
+    if fields.get("layout"):  # before the output folder is made
+        outputs.template_of(fields["layout"])
+    outputs.check_output_names(fields.get("output_names"))
+    paths.check_output_dir(fields["output_dir"])
+    ref = model_jobs.resolve(fields, models_dir, default_model)
+    model, from_cache = model_jobs.load(ref, cache, emit)
+    if cancelled is not None and cancelled():
+        raise DSUError("cancelled", "the job was cancelled before it started")
+    options, ignored = model_jobs.family_options(model, extra)
+    options = outputs.upstream_options(worker, model, options)
+    emit("separating", input=fields["input"], model=ref.name)
+    layout = outputs.layout_for(fields.get("layout"), worker, families.FAMILIES[model.family].layout)
+    bit_depth = fields.get("bit_depth") or outputs.default_bit_depth(worker, fields["input"])
+    result = separate_file(model, fields["input"], fields["output_dir"], fmt=fields.get("format", "wav"),
+                           bit_depth=bit_depth, stems=fields.get("stems"), layout=layout,
+                           output_names=fields.get("output_names"),
+                           two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
+                           options=options, sanitize=bool(fields.get("sanitize")),
+                           mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled)
+    done = done_fields(result, ref, from_cache, started)
+    if ignored:
+        done["ignored"] = ignored
+    return done
