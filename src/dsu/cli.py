@@ -18,7 +18,8 @@ EXIT_PIPE = 141  # 128 + SIGPIPE: what `yes | head -1` leaves for `yes`
 
 
 # subcommand modules: each has add_parser(subparsers), which sets `run` (args -> exit code)
-SUBCOMMANDS = ("dsu.commands.separate", "dsu.commands.restore", "dsu.commands.denoise", "dsu.catalog.cli", "dsu.ensemble.cli", "dsu.batch.cli",
+SUBCOMMANDS = ("dsu.commands.separate", "dsu.commands.restore", "dsu.commands.denoise", "dsu.catalog.cli",
+               "dsu.ensemble.cli", "dsu.batch.cli",
                "dsu.clean",
                "dsu.commands.completion")
 
