@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 from .runtime import is_frozen
 from .protocol import COMMANDS, final_statuses, timeout_kinds
@@ -57,7 +57,7 @@ def default_argv() -> list[str]:
 class Request:
     """One request in flight: iterate it for its messages (the last one is final), or `result()`."""
 
-    def __init__(self, worker: "Worker", request_id: Any, message: dict, idle_timeout: float | None = None):
+    def __init__(self, worker: Worker, request_id: Any, message: dict, idle_timeout: float | None = None):
         self.worker, self.id, self.message = worker, request_id, message
         self.proc = worker.proc  # the process it was sent to: only that one's death fails it
         self.messages: queue.Queue = queue.Queue()
@@ -69,7 +69,7 @@ class Request:
         self.answered = False              # its final message (or error) has arrived
         self.failed = False                # failed by the client (stuck worker): the exit is no news
 
-    def _final_for(self, status: str) -> bool:
+    def _final_for(self, status: str | None) -> bool:
         return status == "error" or status in FINAL.get(self.message["cmd"], ())
 
     def __iter__(self) -> Iterator[dict]:
@@ -149,8 +149,9 @@ class Worker:
 
     # ---- process ---------------------------------------------------------------------------------
 
-    def start(self) -> dict:
-        """Start the worker (if it is not running) and return its ready message."""
+    def start(self) -> dict | None:
+        """Start the worker (if it is not running) and return its ready message (None while another
+        thread's start still waits for it)."""
         with self._lock:
             if self._closed:
                 raise WorkerError("closed", "this Worker was closed; create a new one")
@@ -186,6 +187,7 @@ class Worker:
 
     def _read(self, proc: subprocess.Popen, ready: queue.Queue) -> None:
         started = False
+        assert proc.stdout is not None  # started with stdout=PIPE
         for raw in proc.stdout:
             line = raw.decode("utf-8", errors="replace").strip()
             if not line:
@@ -256,7 +258,8 @@ class Worker:
         if request_id is None:
             request_id = f"py-{next(self._ids)}"
         message = {"cmd": cmd, "id": request_id, **fields}
-        limit = self.timeouts.get(KINDS.get(cmd, "load")) if idle_timeout is BY_KIND else idle_timeout
+        limit = self.timeouts.get(KINDS.get(cmd, "load")) if idle_timeout is BY_KIND \
+            else cast("float | None", idle_timeout)
         request = Request(self, request_id, message, limit or None)
         with self._lock:
             if _key(request_id) in self._pending:
@@ -316,9 +319,12 @@ class Worker:
     def _send(self, message: dict) -> None:
         try:
             with self._send_lock:  # one whole line at a time, whichever thread sends
-                self.proc.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
-                self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, AttributeError):
+                stdin = self.proc.stdin if self.proc is not None else None
+                if stdin is None:
+                    return  # never started: nothing to tell
+                stdin.write((json.dumps(message) + "\n").encode("utf-8"))
+                stdin.flush()
+        except (BrokenPipeError, OSError):
             pass  # the reader reports the exit to every pending request
 
     def ping(self, timeout: float | None = None) -> dict:
@@ -363,7 +369,8 @@ class Worker:
         if proc.poll() is None:
             self._send({"cmd": "exit"})
             try:
-                proc.stdin.close()
+                if proc.stdin is not None:  # always: started with stdin=PIPE
+                    proc.stdin.close()
             except OSError:
                 pass
             for stop in (None, proc.terminate, proc.kill):
@@ -376,7 +383,7 @@ class Worker:
                     continue
         return proc.wait()
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         self.start()
         return self
 

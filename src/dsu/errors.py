@@ -16,6 +16,11 @@ CODES = (
 class DSUError(Exception):
     """An error a user can act on: `code` is one of CODES, the message says what to do."""
 
+    # set on some errors only (read with getattr and a default): the command that installs a missing
+    # catalog model (catalog.store), whether a failed download may be resumed (catalog.download)
+    download: str
+    resumable: bool
+
     def __init__(self, code: str, message: str):
         assert code in CODES, code
         super().__init__(message)

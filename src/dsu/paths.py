@@ -71,7 +71,8 @@ def inside(root, path) -> Path:
                                     "names must not lead out of the output folder")
     if len(os.fsencode(path.name)) + PARTIAL_ROOM > NAME_MAX:
         raise DSUError("bad_value", f"the output file name {path.name[:60]}... is too long "
-                                    f"({len(os.fsencode(path.name))} bytes): rename the input or choose a shorter layout")
+                                    f"({len(os.fsencode(path.name))} bytes): rename the input or choose a shorter "
+                                    "layout")
     return path
 
 

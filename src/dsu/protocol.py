@@ -95,15 +95,17 @@ class Field:
         numbers = list(value) if self.type == "number[]" else [value] \
             if isinstance(value, (int, float)) and not isinstance(value, bool) else []
         names = [f"{name}[{i}]" for i in range(len(numbers))] if self.type == "number[]" else [name]
-        for x, called in zip(numbers, names):
+        for x, called in zip(numbers, names, strict=False):
             if isinstance(x, float) and not math.isfinite(x):
                 raise DSUError("bad_value", f"`{called}` of {cmd} must be a finite number, not {x}")
-        if self.choices and value not in self.choices and not (self.type == "integer|string" and isinstance(value, int)):
+        if self.choices and value not in self.choices \
+                and not (self.type == "integer|string" and isinstance(value, int)):
             raise DSUError("bad_value", f"`{name}` of {cmd} must be one of "
                                         f"{', '.join(json.dumps(c) for c in self.choices)}, not {shown(value)}")
-        for x, called in zip(numbers, names):  # a list's numbers each in the field's range
+        for x, called in zip(numbers, names, strict=False):  # a list's numbers each in the field's range
             if self.minimum is not None and x < self.minimum:
-                raise DSUError("bad_value", f"`{called}` of {cmd} must be at least {number_text(self.minimum)}, not {shown(x)}")
+                raise DSUError("bad_value", f"`{called}` of {cmd} must be at least {number_text(self.minimum)}, "
+                                            f"not {shown(x)}")
             most = self.maximum if self.maximum is not None else C_INT_MAX if isinstance(x, int) else None
             if most is not None and x > most:
                 raise DSUError("bad_value", f"`{called}` of {cmd} must be at most {number_text(most)}, not {shown(x)}"
@@ -344,8 +346,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("preload_model", "like load_model, for warming the cache ahead of jobs", (ID, *MODEL_FIELDS),
             final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
     Command("separate", "separate one file into stem files. It also takes the options of the model's family: "
-                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`, `clip_mode` (rescale|none); MSST `overlap`, `batch_size`, "
-                        "`chunk_size`, `use_tta`, `extract_instrumental`, `precision`; UVR VR `window_size`, "
+                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`, `clip_mode` (rescale|none); "
+                        "MSST `overlap`, `batch_size`, `chunk_size`, `use_tta`, `extract_instrumental`, `precision`; "
+                        "UVR VR `window_size`, "
                         "`aggression`, `enable_tta`, `enable_post_process`, `post_process_threshold`, "
                         "`high_end_process`, `batch_size`; MDX-Net `segment_size`, `overlap`, `batch_size`, "
                         "`hop_length`, `enable_denoise` (also with python-audio-separator's `vr_`/`mdx_` "
@@ -395,7 +398,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                               "by its first download) checked and the file opened by its family's loader before "
                               "it is renamed into place. `progress` carries the bytes",
             (ID, Field("model", "string", "the catalog name (see `dsu models list --available`)", required=True),
-             Field("models_dir", "string", "install here instead of the worker's models dir", aliases=("model_file_dir",)),
+             Field("models_dir", "string", "install here instead of the worker's models dir",
+                   aliases=("model_file_dir",)),
              Field("catalog", "string", "a catalog file or URL instead of $DSU_CATALOG or the shipped one"),
              Field("read_timeout", "number", "seconds a read may stall before it is retried", default=30.0, minimum=0.1,
                    maximum=3600),
@@ -507,7 +511,8 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         ID, Field("dir", "string", "the folder cleaned, absolute"),
         Field("removed", "string[]", "absolute paths of the files removed"),
         Field("count", "integer", "how many"))),
-    Message("cache_cleared", "answer to clear_cache", (ID, Field("models_cleared", "integer", "how many were dropped"))),
+    Message("cache_cleared", "answer to clear_cache",
+            (ID, Field("models_cleared", "integer", "how many were dropped"))),
     Message("cache_size_updated", "answer to set_cache_size", (
         ID, Field("max_cached_models", "integer", "the new bound"),
         Field("cache_enabled", "boolean", "false when it is 0"),
@@ -519,7 +524,8 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
     Message("exiting", "last line before the worker exits with code 0", (
         ID, Field("reason", "string", "exit (command), eof (stdin closed), signal (SIGTERM/SIGINT)"))),
     Message("error", "the request failed; the worker goes on", (
-        ID, Field("code", "string", "one of the error codes"), Field("message", "string", "what went wrong, what to do"),
+        ID, Field("code", "string", "one of the error codes"),
+        Field("message", "string", "what went wrong, what to do"),
         Field("input", "string", "the request's `input` as given, when it had one (a request without `id` "
                                  "is told apart by it)"))),
 )}
@@ -540,7 +546,8 @@ ERRORS: dict[str, str] = {
                            "its place); checked before the model loads, and a job's writes that fail (a full "
                            "disk, its folder removed or read-only meanwhile) end with it; nothing of it was kept",
     "checksum_mismatch": "a downloaded file is not the published one (size, sha256 or pinned hash); nothing was kept",
-    "download_failed": "a download failed (HTTP error, or the network past its retries); a partial file is kept to resume",
+    "download_failed": "a download failed (HTTP error, or the network past its retries); a partial file is kept "
+                       "to resume",
 }
 assert tuple(ERRORS) == CODES, "errors.CODES and spec.ERRORS must list the same codes"
 

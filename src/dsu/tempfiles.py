@@ -24,10 +24,12 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Iterable, Iterator
 
 from .errors import DSUError
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no folder locks; temporaries are still unique per job
@@ -186,6 +188,7 @@ def folder_locks(folders: Iterable[Path]) -> Iterator[None]:
         yield
     finally:
         for fd in reversed(fds):
+            assert fcntl is not None  # fds are only opened to lock them
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -235,4 +238,5 @@ def commit(renames: dict[Path, Path]) -> None:
                                                           "job committed it: write to a folder nothing else "
                                                           "writes to")
     except OSError as e:
+        assert final is not None  # an OS error comes from a rename, so there is one
         raise write_failure(final, e.errno or errno.EIO) from None

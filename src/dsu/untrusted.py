@@ -67,7 +67,8 @@ def read_bytes(path, what: str, limit: int) -> bytes:
     from a file that grows while it is read."""
     fd, _ = _open(path, what, limit)
     try:
-        parts, held = [], 0
+        parts: list[bytes] = []
+        held = 0
         while held <= limit:
             block = os.read(fd, min(1 << 20, limit + 1 - held))
             if not block:

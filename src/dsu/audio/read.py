@@ -169,7 +169,7 @@ class FileSignal:
         if not checked:
             self._check_input()
 
-    def fresh(self) -> "FileSignal":
+    def fresh(self) -> FileSignal:
         """An independent reader of the same file (for a statistics pass before the real one)."""
         other = FileSignal(self.path, self.samplerate, self.channels, self.sanitize, checked=True)
         other.cancelled = self.cancelled
@@ -208,11 +208,12 @@ class FileSignal:
         """The next block; a file that breaks off (a damaged or cut FLAC) is read up to the break, in
         small steps from the block that failed, and noted; one with nothing readable is refused."""
         start = self._frames_read
+        assert self._file is not None  # blocks are read from an open file
         try:
             return self._file.read(BLOCK, dtype="float32", always_2d=True)
         except Exception as e:
             why = e
-        pieces = []
+        pieces: list[np.ndarray] = []
         try:  # libsndfile cannot seek a decoder that lost its way: a fresh one reads up to the break
             self._file.close()
             self._file = sf.SoundFile(self._decoded.source)
@@ -244,8 +245,9 @@ class FileSignal:
         self._frames_read += len(block)
         last = len(block) < BLOCK
         if last and self._frames_read < self.input_frames:
-            self._warn(f"{self.path.name} is damaged or truncated: {self._seconds(self.input_frames - self._frames_read)} "
-                       f"could not be read; it was read as far as it goes ({self._seconds(self._frames_read)})")
+            self._warn(f"{self.path.name} is damaged or truncated: "
+                       f"{self._seconds(self.input_frames - self._frames_read)} could not be read; it was read as "
+                       f"far as it goes ({self._seconds(self._frames_read)})")
         if self.sanitize and not np.isfinite(block).all():
             block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
         block = convert_channels(block, self.channels)
@@ -293,7 +295,8 @@ class FileSignal:
 
 
 
-def read_audio(path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None) -> tuple[Tensor, int]:
+def read_audio(path: str | os.PathLike, samplerate: int | None = None,
+               channels: int | None = None) -> tuple[Tensor, int]:
     """The whole file as float32 [channels, samples] and its sample rate."""
     sig = FileSignal(path, samplerate, channels)
     return sig.read(0, sig.length), sig.samplerate

@@ -182,6 +182,7 @@ class StemWriter:
         return list(self.paths.values())
 
     def _rewrite_scaled(self, stem: str) -> None:
+        assert self.peak_limit is not None  # rewritten only to scale down to it
         peak = self.peaks[stem]
         gain = self.peak_limit / peak if peak > self.peak_limit else 1.0
         clip = self.subtype not in ("FLOAT",)
@@ -201,7 +202,7 @@ class StemWriter:
         for temp in [*self.partials.values(), *self.unscaled.values()]:
             with contextlib.suppress(OSError):  # a folder removed or turned read-only: nothing more to do
                 temp.unlink(missing_ok=True)
-        kept = []
+        kept: list[Path] = []
         for folder in reversed(self._made):  # files of another writer keep it, until that one aborts too
             try:
                 folder.rmdir()

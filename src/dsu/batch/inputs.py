@@ -83,7 +83,7 @@ def _expand_one(source: str, exclude: Path | None, lists: bool, base: Path | Non
 
 
 def _audio_in(folder: Path, exclude: Path | None) -> list[Path]:
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _under(Path(root, d), exclude))
         files.extend(_absolute(Path(root, n)) for n in sorted(names)

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from ..client import Worker, WorkerError, default_argv
+from ..client import Request, Worker, WorkerError, default_argv
 from ..errors import CODES, DSUError
 from ..runtime import is_frozen
 from .child import PARENT_ENV
@@ -33,8 +33,8 @@ class LocalPool:
 
     kind = "local"
 
-    def __init__(self, jobs: int, worker_args: list[str], *, log_path=None, started: Callable = None,
-                 progress: Callable = None, timeout: float | None = None):
+    def __init__(self, jobs: int, worker_args: list[str], *, log_path=None, started: Callable | None = None,
+                 progress: Callable | None = None, timeout: float | None = None):
         self.jobs, self.worker_args, self.timeout = jobs, worker_args, timeout
         self.size = jobs
         self.stderr = open(log_path, "ab") if log_path is not None else None  # the workers' stderr
@@ -47,9 +47,9 @@ class LocalPool:
         self._left = 0
         self.crash: BaseException | None = None  # a bug or a full disk in `finished`: the batch stops
         self._all_done = threading.Condition()
-        self.finished: Callable = None
+        self.finished: Callable | None = None
         self.stopping = False
-        self.requests: dict[int, object] = {}  # slot -> its job's client Request, while one runs
+        self.requests: dict[int, Request] = {}  # slot -> its job's client Request, while one runs
         self._dispatch = threading.Lock()  # a job is sent, or the batch stops: never both at once
 
     def start(self, model_fields: dict, stop=None) -> dict:
@@ -119,7 +119,7 @@ class LocalPool:
 
     def kill(self) -> None:
         for worker in self.workers:
-            if worker.alive():
+            if worker.proc is not None and worker.alive():
                 worker.proc.kill()
 
     def close(self) -> None:
@@ -151,6 +151,7 @@ class LocalPool:
             worker.close()
 
     def _attempt(self, task, worker: Worker, where: str, slot: int) -> None:
+        assert self.finished is not None  # run sets it before it queues a task
         try:
             if not worker.alive():
                 worker.start()
@@ -163,6 +164,7 @@ class LocalPool:
             again = self.finished(task, done, None, False, where)
         except WorkerError as e:
             if e.code == "timeout" and worker.alive():  # stuck: a fresh worker takes the next file
+                assert worker.proc is not None  # alive
                 worker.proc.kill()
                 worker.proc.wait()
             again = self.finished(task, None, e, e.code in RETRYABLE, where)

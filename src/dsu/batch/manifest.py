@@ -42,7 +42,7 @@ class Manifest:
         self.problems: list[str] = []  # "line N: why", for lines skipped on reading
         self.records, self.torn = self._read()
         new = not self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if new:
             _fsync_dir(folder)
         elif self.path.stat().st_size and not self._ends_with_newline():
@@ -51,7 +51,9 @@ class Manifest:
     def _read(self) -> tuple[list[dict], int]:
         if not os.path.lexists(self.path):
             return [], 0
-        records, torn = [], 0
+        records: list[dict] = []
+        torn = 0
+        why: str | None  # why a line is not a record
         # the output folder may be shared: a FIFO or /dev/zero in the manifest's place is refused unread
         with untrusted.open_binary(self.path, "the batch manifest") as f:
             for number, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
@@ -85,6 +87,7 @@ class Manifest:
         # JSON escapes (`\udce9`), which read back as the same name
         text = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         data = text.encode("utf-8", "backslashreplace")
+        assert self._fd is not None  # not closed
         os.write(self._fd, data)
         os.fsync(self._fd)
         self.records.append(record)
@@ -99,7 +102,7 @@ class Manifest:
                 os.close(fd)
         self._fd = self._lock_fd = None
 
-    def __enter__(self) -> "Manifest":
+    def __enter__(self) -> Manifest:
         return self
 
     def __exit__(self, *exc) -> None:

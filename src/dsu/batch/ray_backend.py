@@ -137,13 +137,15 @@ class RayPool:
     def _spawn(self) -> None:
         # two threads: `progress` is answered while `separate` runs
         actor = self.actor_class.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
-                                         max_task_retries=0, max_concurrency=2).remote(self.device, self.threads, self.models_dir)
+                                         max_task_retries=0, max_concurrency=2).remote(self.device, self.threads,
+                                                                                       self.models_dir)
         self.spawned += 1
         self.actors[actor] = f"actor {self.spawned}"
         self.loading[actor.load.remote(self.model_fields)] = actor
 
-    def _loaded(self, ref) -> dict | None:
-        """The load call's answer, the actor moved to the free ones; None when it failed."""
+    def _loaded(self, ref) -> dict:
+        """The load call's answer, the actor moved to the free ones; `ok` false when it failed (the
+        actor dropped)."""
         actor = self.loading.pop(ref)
         try:
             answer = self.ray.get(ref)

@@ -119,7 +119,7 @@ class _Stop:
                 old = signal.signal(sig, self._handle)
                 self._old.setdefault(sig, old)
 
-    def __enter__(self) -> "_Stop":
+    def __enter__(self) -> _Stop:
         self.install()
         return self
 
@@ -199,9 +199,9 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                 error = e if isinstance(e, DSUError) else DSUError("input_not_found", f"{item.input}: {e.strerror}")
                 refused.append((Task(item, request_fields, None, None), WorkerError(error.code, error.message)))
                 continue
-            key = (str(item.input), canonical(model_id), canonical(options))
+            record_key = (str(item.input), canonical(model_id), canonical(options))
             # a manifest of a DSU that named inputs by where their links point
-            record = latest.get(key) or latest.get((str(batch_inputs.real(item.input)), *key[1:]))
+            record = latest.get(record_key) or latest.get((str(batch_inputs.real(item.input)), *record_key[1:]))
             if not force and record is not None and record.get("output_dir") == str(item.output_dir) and \
                     is_done(record, st.st_size, st.st_mtime_ns, lambda p=item.input: sha256_of(p)):
                 summary.skipped += 1
@@ -266,8 +266,8 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
                 return False
 
         try:
-            for task, error in refused:
-                finished(task, None, error, False, "driver")
+            for task, refusal in refused:
+                finished(task, None, refusal, False, "driver")
             if tasks:
                 backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
                                    ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)

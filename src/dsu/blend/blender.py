@@ -94,12 +94,12 @@ class Spool:
 
     def push(self, block: Tensor) -> None:
         self.magnitude += block.double().abs().sum(-1)
-        for p, f, member in zip(self.paths, self.files, block):
+        for p, f, member in zip(self.paths, self.files, block, strict=True):
             with write_faults(p):
                 f.write(np.ascontiguousarray(member.float().numpy().T))
 
     def blocks(self):
-        for p, f in zip(self.paths, self.files):
+        for p, f in zip(self.paths, self.files, strict=True):
             with write_faults(p):
                 f.close()
         chosen = algorithms.quietest(self.magnitude)

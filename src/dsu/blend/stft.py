@@ -53,7 +53,8 @@ class SpectralStream:
         if stop > self.next_frame:
             self._frames(self.next_frame, stop)
             self.next_frame = stop
-        final = self.length if self.next_frame >= self.frames else min(self.length, self.next_frame * self.hop - self.half)
+        final = self.length if self.next_frame >= self.frames \
+            else min(self.length, self.next_frame * self.hop - self.half)
         return self._take(final)
 
     def _frames(self, first: int, stop: int) -> None:

@@ -42,7 +42,8 @@ FIELDS: dict[str, tuple[str, bool, str]] = {
     "source": ("string", False, "where the entry's data comes from (a page or repository)"),
 }
 FILE_FIELDS: dict[str, tuple[str, bool, str]] = {
-    "path": ("string", True, "the file's name as installed, relative to the models dir (as the reference tool names it)"),
+    "path": ("string", True, "the file's name as installed, relative to the models dir (as the reference tool "
+                             "names it)"),
     "url": ("string", True, "where it is downloaded from (http or https)"),
     "size": ("integer|null", False, "its size in bytes; null when not known"),
     "sha256": ("string|null", False, "its sha256 (64 hex digits); null when not published: the first verified "
@@ -82,8 +83,8 @@ class Entry:
     @property
     def size(self) -> int | None:
         """Bytes to download, when every file's size is known."""
-        sizes = [f.size for f in self.files]
-        return None if None in sizes else sum(sizes)
+        sizes = [f.size for f in self.files if f.size is not None]
+        return sum(sizes) if len(sizes) == len(self.files) else None
 
     def file(self, path: str | None) -> FileSpec | None:
         return next((f for f in self.files if f.path == path), None)
@@ -192,6 +193,7 @@ def parse_entry(obj: Any, index: int) -> Entry:
     name = obj.get("name")
     where = f"entry `{name}`" if isinstance(name, str) else f"entry #{index}"
     _check_fields(obj, FIELDS, where)
+    assert isinstance(name, str)  # a required string field: _check_fields checked it
     if not NAME.fullmatch(name):
         raise ValueError(f"{where}: `name` may hold letters, digits and . _ + - only")
     if obj["type"] not in TYPES:

@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ class FileLock:
         self.path, self.cancelled = path, cancelled or (lambda: False)
         self.fd: int | None = None
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         while True:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             while not self._try():
@@ -84,16 +85,20 @@ class FileLock:
             os.close(self.fd)  # its holder removed it as we waited: lock the file now at the path
 
     def _current(self) -> bool:
+        assert self.fd is not None  # called while the file is open
         try:
             return os.path.samestat(os.fstat(self.fd), os.stat(self.path))
         except OSError:
             return False
 
     def _try(self) -> bool:
+        assert self.fd is not None  # called while the file is open
         try:
             import fcntl
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ModuleNotFoundError:  # Windows
+            if sys.platform != "win32":
+                raise  # neither flock nor msvcrt's locking: no lock to take
             import msvcrt
             try:
                 msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
@@ -108,6 +113,7 @@ class FileLock:
             os.unlink(self.path)  # while held: a waiter sees it was removed (see _current)
         except OSError:
             pass  # Windows keeps an open file; the next holder reuses it
+        assert self.fd is not None  # entered
         os.close(self.fd)
 
 
@@ -276,7 +282,8 @@ class _Pace:
         return (left, True) if given is None or left < given else (given, False)
 
     def slow(self) -> str:
-        return f"fewer than {self.need} bytes arrived in {self.window:g} s (the least is {self.need / self.window:.0f} B/s)"
+        return (f"fewer than {self.need} bytes arrived in {self.window:g} s (the least is "
+                f"{self.need / self.window:.0f} B/s)")
 
 
 def _paced_backend(pace: _Pace):
@@ -329,7 +336,7 @@ def client(timeout: float, min_rate: float = MIN_RATE, cancelled: Callable[[], b
                         headers={"User-Agent": "dsu-model-download", "Accept-Encoding": "identity"}), pace
 
 
-def unresolved(error: BaseException) -> socket.gaierror | None:
+def unresolved(error: BaseException | None) -> socket.gaierror | None:
     """The name-resolution failure behind a connection error, if that is what it was."""
     seen = set()
     while error is not None and id(error) not in seen:
@@ -350,7 +357,7 @@ def no_host(url: str, gai: socket.gaierror) -> DSUError:
 def _unwritable(part: Path, have: int, total: int | None, error: OSError) -> DSUError:
     """The coded error for `error` met opening, writing or syncing `part`; on a full disk the part is
     removed, since it would only hold the space another download needs."""
-    if error.errno not in FULL_DISK:
+    if error.errno is None or error.errno not in FULL_DISK:
         return DSUError("output_not_writable", f"cannot write {part}: {error.strerror or error}")
     part.unlink(missing_ok=True)
     need = f" of the {total} it needs" if total else ""

@@ -55,7 +55,7 @@ def read_pins(models_dir: Path) -> dict[str, dict]:
     return {k: v for k, v in (files or {}).items() if isinstance(v, dict)}
 
 
-def update_pins(models_dir: Path, change: Callable[[dict], None]) -> None:
+def update_pins(models_dir: Path, change: Callable[[dict], object]) -> None:
     """Read, change and atomically rewrite the lock file, one process at a time."""
     models_dir = Path(models_dir)
     with FileLock(models_dir / f".{LOCK_FILE}.lock"):
@@ -100,11 +100,14 @@ def config_path(entry: Entry, models_dir: Path) -> Path | None:
 def request_fields(entry: Entry, models_dir: Path) -> dict:
     """The request fields that name this installed entry's files to its family."""
     config = config_path(entry, models_dir)
+    checkpoint = entry.file(entry.checkpoint)  # parse_entry: one of its files, or none (a Demucs bag)
     if entry.type == "demucs":
         if entry.checkpoint:
-            return {"model_path": str(file_path(models_dir, entry.file(entry.checkpoint)))}
+            assert checkpoint is not None
+            return {"model_path": str(file_path(models_dir, checkpoint))}
         return {"model_path": str(config), "repo": str(models_dir)}
-    fields = {"model_path": str(file_path(models_dir, entry.file(entry.checkpoint))), "model_type": entry.type}
+    assert checkpoint is not None  # required but for Demucs
+    fields = {"model_path": str(file_path(models_dir, checkpoint)), "model_type": entry.type}
     if config is not None:
         fields["config_path"] = str(config)
     return fields
@@ -256,7 +259,7 @@ def install(entry: Entry, models_dir: Path, *, on_progress: FileProgress | None 
             new_pins[spec.path] = {"sha256": got.sha256, "size": got.size, "url": spec.url, "model": entry.name}
     if new_pins:
         update_pins(models_dir, lambda p: p.update(new_pins))
-    return Installed(entry, paths, fetched, [p for p in new_pins if not entry.file(p).sha256])
+    return Installed(entry, paths, fetched, [s.path for s in entry.files if s.path in new_pins and not s.sha256])
 
 
 # ---- checking and removing ------------------------------------------------------------------------------

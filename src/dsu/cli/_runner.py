@@ -152,7 +152,7 @@ def run_separations(requests: list[dict], *, cache, models_dir, default_model, d
         fields, extra = spec.validate(spec.COMMANDS["separate"], request)
         return separate.run(fields, extra, cache=cache, models_dir=models_dir, default_model=default_model,
                             emit=display.emit, progress=display)
-    return sum(not _run_one(display, request, lambda: job(request)) for request in requests)
+    return sum(not _run_one(display, request, lambda: job(request)) for request in requests)  # noqa: B023 -- called at once
 
 
 def run_restore(request: dict, *, cache, display: Display) -> bool:

@@ -51,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run on Ray: a cluster ADDRESS (host:6379 or ray://host:10001), auto "
                         "(the cluster `ray start` set up here; the default), or local (start one on this machine)")
-    p.add_argument("--ray-actors", type=_positive(int), help="Ray actors (default: the cluster's CPUs / --ray-cpus, or GPUs)")
+    p.add_argument("--ray-actors", type=_positive(int),
+                   help="Ray actors (default: the cluster's CPUs / --ray-cpus, or GPUs)")
     p.add_argument("--ray-cpus", type=_positive(float), help="CPUs each actor reserves (default: --threads or 1)")
     p.add_argument("--ray-gpus", type=_positive(float), help="GPUs each actor reserves, fractions allowed (e.g. 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")

@@ -32,7 +32,8 @@ def choose(models_dir: str | Path | None, environ=os.environ) -> tuple[str, str]
     if named:
         return named, "from $DSU_MODEL"
     found = [m for m in families.list_models(models_dir)
-             if m.get("family") != "dsp" and not m.get("error") and {str(s).lower() for s in m.get("stems") or []} == FOUR_STEMS]
+             if m.get("family") != "dsp" and not m.get("error")
+             and {str(s).lower() for s in m.get("stems") or []} == FOUR_STEMS]
     if found:
         members = frozenset(str(m) for e in found for m in e.get("models") or [])
         best = min(found, key=lambda e: rank(e, members))

@@ -23,16 +23,17 @@ FLAGS = {"input": "FILE", "noise_profile": "-n/--noise-profile", "output": "-o/-
 
 def _bounded(name: str):
     """An argparse type for request field `name`: a number within the protocol table's bounds."""
-    field = FIELDS[name]
+    low, high = FIELDS[name].minimum, FIELDS[name].maximum
+    assert low is not None and high is not None  # only bounded fields
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not field.minimum <= value <= field.maximum:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"must be from {spec.number_text(field.minimum)} to "
-                                             f"{spec.number_text(field.maximum)}, not {text}")
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be from {spec.number_text(low)} to "
+                                             f"{spec.number_text(high)}, not {text}")
         return value
     return parse
 

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import DSUError
 from ..catalog import catalog as catalogs
@@ -133,7 +134,9 @@ class Bar:
     `dsu separate` writes its progress there (a bar's redraws would pile up in the log)."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.path = enabled, None, None
+        self.enabled = enabled
+        self.bar: Any = None  # the current file's tqdm bar
+        self.path: str | None = None
         self.terminal = sys.stderr.isatty()
         self.last = (0.0, -1.0)  # time and fraction of the last plain line
 
@@ -183,7 +186,7 @@ def download_command(args, catalog, models_dir: Path) -> int:
         bar = Bar(not args.quiet)
 
         def retry(path: str, n: int, most: int, why: str, wait: float) -> None:
-            bar.close()  # a bar redrawn over the line would hide it
+            bar.close()  # noqa: B023 -- called during this entry's install; a bar redrawn over the line would hide it
             print(f"dsu: {path}: {why}; retry {n} of {most} in {wait:.1f} s", file=sys.stderr, flush=True)
 
         try:

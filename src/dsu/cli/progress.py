@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import speak
 
@@ -51,7 +51,7 @@ class Display:
         self.name = ""
         self.seconds: float | None = None
         self.started = 0.0
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar once drawn
         self._last_line = (0.0, -1.0)  # (time, fraction) of the last plain line
         self._last_percent = -1
 

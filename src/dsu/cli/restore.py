@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     which = rest.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-path", help="the Apollo checkpoint (.ckpt or .bin)")
     which.add_argument("-m", "--model", help="an installed Apollo model by name (`dsu models list --family apollo`)")
-    rest.add_argument("--models-dir", type=Path, default=None, help="where --model is installed (default: as `dsu models`)")
+    rest.add_argument("--models-dir", type=Path, default=None,
+                      help="where --model is installed (default: as `dsu models`)")
     rest.add_argument("--config-path", help="its YAML config (model: sr, win, feature_dim, layer)")
     rest.add_argument("--chunk-seconds", type=float, help="chunk length (default: the model's)")
     rest.add_argument("--overlap-seconds", type=float, help="crossfade between chunks (default: the model's)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -48,12 +48,13 @@ class Chunk:
 
 @dataclass
 class Pass:
-    model: Callable[[Tensor], Tensor]  # [batch, channels, size] -> [batch, sources, channels, size]
+    model: Callable[..., Tensor]       # [batch, channels, size] -> [batch, sources, channels, size]
     signal: Signal
     chunks: Sequence[Chunk]
-    weight: Tensor | float = 1.0       # per-source weight of this pass in the final mix
+    weight: Tensor | float | list[float] = 1.0  # per-source weight of this pass in the final mix
     batch_size: int = 1
-    unweighted: float = 0.0            # what a sample no chunk gave weight to holds (MSST: the mix mean it de-normalises with)
+    # what a sample no chunk gave weight to holds (MSST: the mix mean it de-normalises with)
+    unweighted: float = 0.0
     # the model is called model(x, step) and calls step(fraction of its batch done) as it goes: progress
     # within a long batch (a VR model's whole-file chunk), and a cancel that stops it between steps
     steps: bool = False
@@ -68,7 +69,7 @@ class _Accumulator:
     def add(self, out: Tensor, window: Tensor, pos: int) -> None:
         n = out.shape[-1]
         end = pos - self.base + n
-        if self.total is None:
+        if self.total is None or self.weights is None:  # both or neither
             self.total = out.new_zeros(*out.shape[:-1], max(end, 2 * n))
             self.weights = out.new_zeros(self.total.shape[-1])
         elif end > self.total.shape[-1]:
@@ -82,7 +83,7 @@ class _Accumulator:
     def take(self, stop: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """Remove and return (total, weights) for [base, stop)."""
         n = stop - self.base
-        if self.total is None:
+        if self.total is None or self.weights is None:  # both or neither
             total, weights = torch.zeros(*shape, n), torch.zeros(n)
         else:
             have = min(n, self.total.shape[-1])
@@ -137,7 +138,7 @@ def blocks(passes: Sequence[Pass], length: int, progress: Callable[[float], None
     flushed = 0
     done = 0
     # a heap of (out_start of the next batch, pass index, batch index)
-    heap = [(p.chunks[b[0]].out_start, i, 0) for i, (p, bs) in enumerate(zip(passes, batches))
+    heap = [(p.chunks[b[0]].out_start, i, 0) for i, (p, bs) in enumerate(zip(passes, batches, strict=True))
             for b in bs[:1]]
     heapq.heapify(heap)
     upcoming: list[int | None] = [min(c.start for c in p.chunks) if p.chunks else None for p in passes]
@@ -147,12 +148,13 @@ def blocks(passes: Sequence[Pass], length: int, progress: Callable[[float], None
         stop = min(stop, length)
         if stop <= flushed or shape is None:
             return None
-        mixed = None
-        for p, acc, w in zip(passes, accs, weights):
+        mixed: Tensor | None = None
+        for p, acc, w in zip(passes, accs, weights, strict=True):
             total, wsum = acc.take(stop, shape)
             part = torch.where(wsum > 0, total / wsum, p.unweighted) * _per_source(w, total)
             mixed = part if mixed is None else mixed + part
         flushed = stop
+        assert mixed is not None and isinstance(weight_sum, Tensor)  # shape is set: there are passes
         return mixed / _per_source(weight_sum, mixed)
 
     while heap:
@@ -168,7 +170,7 @@ def blocks(passes: Sequence[Pass], length: int, progress: Callable[[float], None
         y = y.detach().to("cpu", torch.float32)
         if shape is None:
             shape = tuple(y.shape[1:-1])
-        for c, out in zip(chunks, y):
+        for c, out in zip(chunks, y, strict=True):
             lo = max(c.out_start, flushed)
             hi = min(c.out_start + c.out_size, length)
             if hi > lo:
@@ -206,10 +208,10 @@ def _stepper(done: int, count: int, total: int, progress, cancelled) -> Callable
 def _forget_read(passes: Sequence[Pass], upcoming: list[int | None]) -> None:
     """Let each source drop what none of the passes reading it, through whatever views, will read again."""
     roots: dict[int, tuple[Signal, list[int]]] = {}
-    for p, pos in zip(passes, upcoming):
+    for p, pos in zip(passes, upcoming, strict=True):
         if pos is None:  # this pass is finished
             continue
-        signal = p.signal
+        signal: Any = p.signal  # a Signal or a view of one (ReflectPad, Standardised)
         while hasattr(signal, "inner"):  # a view: translate to its inner signal's coordinates
             pos = signal.inner_position(pos)
             signal = signal.inner

@@ -73,6 +73,7 @@ def architecture(request: dict, config: dict | None, config_name: str | None) ->
         if request.get(key) is not None:
             out[key] = _number(key, request[key], "request")
         elif config and config.get(key) is not None:
+            assert config_name is not None  # a config comes with its file's name
             out[key] = _number(key, config[key], config_name)
     return out
 
@@ -200,6 +201,8 @@ class ApolloSeparator(Separator):
     options = frozenset({"chunk_seconds", "overlap_seconds"})
 
     def __init__(self, name: str, model: torch.nn.Module, device: torch.device):
+        from ..models.apollo import Apollo
+        assert isinstance(model, Apollo)  # what _load builds
         self.name = name
         self.model = model.to(device).eval()
         self.device = device
@@ -209,7 +212,7 @@ class ApolloSeparator(Separator):
     def memory_estimate(self, length: int, chunk_seconds=None, overlap_seconds=None, **_):
         """One model call restores one chunk (the whole file when chunk_seconds is 0) with the
         band-split activations of `feature_dim` features."""
-        chunk, _ = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)
+        chunk = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)[0]
         size = length if chunk == 0 else min(chunk, length)
         width = int(getattr(self.model, "feature_dim", 256))
         device = size * memory.FLOAT * max(width // 4, 16)
@@ -289,6 +292,7 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     if entry is None:
         loose = _loose(models_dir, str(name)) if name else None
         return _ref(loose[0].stem, loose[0], loose[1], request) if loose else None
+    assert name  # the entry was found by it
     if not entry.get("checkpoint"):
         raise DSUError("bad_value", f"{CATALOGUE} entry {name!r} has no `checkpoint`")
     files = [models_dir / entry[key] if entry.get(key) else None for key in ("checkpoint", "config")]

@@ -96,7 +96,8 @@ class Separator:
 class Family:
     """A model family: how names and paths resolve, how files load, how outputs are laid out."""
     name: str
-    layout: str = "flat"           # 'demucs': OUT/<model>/<input>/<stem>; 'flat': OUT/<input>/<stem>; 'uvr': OUT/<input>_(<Stem>)_<model>
+    # 'demucs': OUT/<model>/<input>/<stem>; 'flat': OUT/<input>/<stem>; 'uvr': OUT/<input>_(<Stem>)_<model>
+    layout: str = "flat"
     default_bit_depth: int = 32
     model_types: tuple[str, ...] = ()  # values of `model_type` that pick this family
     extensions: tuple[str, ...] = ()   # model_path endings this family claims when no model_type says otherwise

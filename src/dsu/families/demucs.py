@@ -16,6 +16,7 @@ import random
 import re
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -171,9 +172,8 @@ def valid_length(model: torch.nn.Module, n: int, segment) -> int:
     from demucs.htdemucs import HTDemucs
     if isinstance(model, HTDemucs) and segment is not None:
         return int(segment * model.samplerate)
-    if hasattr(model, "valid_length"):
-        return model.valid_length(n)
-    return n
+    valid = getattr(model, "valid_length", None)
+    return valid(n) if valid is not None else n
 
 
 def segment_chunks(model: torch.nn.Module, length: int, segment, overlap: float, shift: int = 0,
@@ -218,7 +218,9 @@ class DemucsSeparator(Separator):
     family = "demucs"
     options = frozenset({"shifts", "overlap", "segment", "batch_size", "clip_mode"})
 
-    def __init__(self, name: str, models: list[torch.nn.Module], weights=None, segment=None,
+    # models: demucs' Demucs, HDemucs or HTDemucs, whose sources, samplerate, audio_channels and segment
+    # are plain attributes that nn.Module's typing cannot see
+    def __init__(self, name: str, models: list[Any], weights=None, segment=None,
                  device: torch.device = torch.device("cpu")):
         self.name, self.device = name, device
         first = models[0]
@@ -252,7 +254,7 @@ class DemucsSeparator(Separator):
         sources) is held at once; one model call holds `batch_size` segments and their activations."""
         shifts = whole_number("shifts", shifts, 0, default=1)
         batch = whole_number("batch_size", batch_size, 1, default=1)
-        seconds = max(float(segment if segment is not None else m.segment) for m in self.bag)
+        seconds = max(float(segment if segment is not None else m.segment) for m in cast("list[Any]", self.bag))
         span = min(int(seconds * self.samplerate), length + int(seconds * self.samplerate))
         passes = max(shifts, 1) * len(self.bag)
         stride = max(1, int((1 - float(overlap if overlap is not None else 0.25)) * span))
@@ -287,12 +289,12 @@ class DemucsSeparator(Separator):
         source = Standardised(signal, mean, std)
         max_shift = int(0.5 * self.samplerate)
         out = []
-        for model, weight in zip(self.bag, self.weights):
+        for model, weight in zip(cast("list[Any]", self.bag), self.weights, strict=True):  # the models, as in __init__
             seconds = segment if segment is not None else model.segment
             if int((1 - overlap) * int(model.samplerate * seconds)) < 1:
                 raise DSUError("bad_value", f"overlap {overlap} leaves no step between segments")
             fn = self.forward(model, mean, std)
-            for _ in range(max(shifts, 1)):  # no shifts: the mix as it is, once
+            for _shift in range(max(shifts, 1)):  # no shifts: the mix as it is, once
                 cancel_point(signal)
                 offset = random.randint(0, max_shift) if shifts else max_shift
                 chunks = segment_chunks(model, signal.length, seconds, overlap, offset - max_shift,
@@ -382,7 +384,7 @@ def _list(models_dir: Path | None) -> list[dict]:
         return []
     out = []
     for path in sorted(models_dir.glob("*.th")):
-        entry = {"name": signature(path)[0], "family": "demucs", "file": path.name}
+        entry: dict[str, Any] = {"name": signature(path)[0], "family": "demucs", "file": path.name}
         try:
             entry.update(_describe(path))
         except DSUError as e:

@@ -141,7 +141,8 @@ def providers_for(device: torch.device) -> list[str]:
     CUDA device, CoreML for Apple's, when this onnxruntime has them; the CPU always last."""
     import onnxruntime as ort
     wanted = {"cuda": "CUDAExecutionProvider", "mps": "CoreMLExecutionProvider"}.get(device.type)
-    return ([wanted] if wanted in ort.get_available_providers() else []) + ["CPUExecutionProvider"]
+    found = [wanted] if wanted is not None and wanted in ort.get_available_providers() else []
+    return found + ["CPUExecutionProvider"]
 
 
 def open_session(model: str | bytes, providers: list[str], name: str):

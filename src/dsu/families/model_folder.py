@@ -135,7 +135,7 @@ def describe_other_yaml(path: Path) -> str:
 def pairs_in(download_lists: Any) -> dict[str, str]:
     """checkpoint name -> config name from UVR's or python-audio-separator's download lists: entries
     `{"x.ckpt": "x_config.yaml"}` or `{"x.ckpt": URL, "x_config.yaml": URL}`."""
-    pairs = {}
+    pairs: dict[str, str] = {}
     lists = download_lists.values() if isinstance(download_lists, dict) else ()
     for entries in lists:
         for files in (entries.values() if isinstance(entries, dict) else ()):
@@ -171,7 +171,7 @@ def _folder_pairs(folder: Path) -> dict[str, str]:
 def config_names(checkpoint: Path, models_dir: Path | None = None) -> list[str]:
     """The names a config for `checkpoint` may have, in the order they are tried."""
     stem = checkpoint.stem
-    names = [f"{stem}.yaml", f"{stem}.yml", f"{stem}_config.yaml", f"config_{stem}.yaml"]
+    names: list[str | None] = [f"{stem}.yaml", f"{stem}.yml", f"{stem}_config.yaml", f"config_{stem}.yaml"]
     for folder in _roots(checkpoint, models_dir):
         names.append(_folder_pairs(folder).get(checkpoint.name))
     names.append(shipped_pairs().get(checkpoint.name))

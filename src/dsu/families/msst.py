@@ -19,6 +19,7 @@ then optional normalisation by the mix's mean/std, test-time augmentation (chann
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def type_from_config(config: dict) -> str | None:
 
 def build_model(model_type: str, config: dict) -> torch.nn.Module:
     """The architecture as its config describes it, random weights."""
+    Model: Callable[..., torch.nn.Module]
     if model_type == "bs_roformer":
         from ..models.bs_roformer import BSRoformer as Model
     elif model_type == "mel_band_roformer":
@@ -334,6 +336,7 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
         if config is None:
             raise DSUError("model_not_found", missing_config_message(checkpoint, models_dir))
         return _checkpoint_ref(checkpoint, config, model_type, strict=True)
+    assert name  # the entry was found by it
     if model_type and entry["type"] != model_type:
         return None
     files = []
@@ -406,7 +409,7 @@ def _list(models_dir: Path | None) -> list[dict]:
     return out
 
 
-def _describe_checkpoint(checkpoint: Path, models_dir: Path) -> dict:
+def _describe_checkpoint(checkpoint: Path, models_dir: Path | None) -> dict:
     """A `.ckpt` of the models dir as python-audio-separator users keep them, with the config beside it."""
     entry = {"name": checkpoint.stem, "family": "msst", "file": checkpoint.name, "stems": []}
     config = config_for(checkpoint, models_dir)
@@ -414,6 +417,7 @@ def _describe_checkpoint(checkpoint: Path, models_dir: Path) -> dict:
         return {**entry, "error": missing_config_message(checkpoint, models_dir)}
     try:
         ref = _checkpoint_ref(checkpoint, config, None, strict=True)
+        assert ref is not None  # strict: it raises instead
         return {**entry, "type": ref.option("model_type"), "config": config.name,
                 "stems": instruments(load_config(config))}
     except DSUError as e:

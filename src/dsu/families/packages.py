@@ -14,7 +14,7 @@ import hashlib
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -159,7 +159,8 @@ def load_weights_file(path: str | Path, what: str) -> Any:
                                     "to hold; it was refused unread (nothing in it ran). Use the file as its "
                                     "authors published it, or save its state_dict alone with torch.save")
     try:
-        allowed = [VALUE_TYPES[name] if name in VALUE_TYPES else (Inert, name) for name in found]
+        allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+            VALUE_TYPES[name] if name in VALUE_TYPES else (Inert, name) for name in found]
         with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:

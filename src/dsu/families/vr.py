@@ -80,7 +80,9 @@ class VRSeparator(Separator):
 
     def __init__(self, name: str, net: torch.nn.Module, params: vr_bands.BandParams, data: dict,
                  device: torch.device):
+        from ..models.vr_cascade import CascadedASPPNet
         from ..models.vr_cascade_v51 import CascadedNetV51
+        assert isinstance(net, (CascadedASPPNet, CascadedNetV51))  # the two networks build_vr_net makes
         self.name, self.params = name, params
         self.net = net.to(device).eval()
         self.device = device
@@ -171,7 +173,7 @@ class VRSeparator(Separator):
         padded = padded / peak if peak > 0 else padded  # digital silence: UVR's 0/0 ends as silent stems too
         count = (padded.shape[-1] - 2 * self.net.offset) // roi
         starts = [i * roi for i in range(count)]
-        parts = []
+        parts: list[Tensor] = []
         for b in range(0, count, batch_size):
             x = torch.stack([padded[..., s:s + window] for s in starts[b:b + batch_size]]).to(self.device)
             parts.extend(self.net.predict_mask(x).float().cpu())

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import cast
 
 import numpy as np
 import samplerate
@@ -115,9 +116,9 @@ def resample_poly(x: Tensor, up: int, down: int) -> Tensor:
     n_in = x.shape[-1]
     n_out = -(-n_in * up // down)
     taps = -(-len(h) // up)
-    phases = np.zeros(taps * up)
-    phases[:len(h)] = h
-    phases = torch.from_numpy(phases.reshape(taps, up).T.copy()).flip(-1)  # [phase, tap], oldest sample first
+    padded = np.zeros(taps * up)
+    padded[:len(h)] = h
+    phases = torch.from_numpy(padded.reshape(taps, up).T.copy()).flip(-1)  # [phase, tap], oldest sample first
     pad = taps + down + 2  # zeros either side: the filter reaches half // up samples past the ends
     xp = F.pad(x.double()[:, None], (pad, pad))
     out = torch.zeros(x.shape[0], n_out, dtype=torch.float64)
@@ -151,8 +152,8 @@ def resample(x: Tensor, src: int, dst: int, kind: str) -> Tensor:
         y = resampy.resample(x.detach().numpy(), src, dst, filter=kind, axis=-1)  # in the signal's own precision
     else:
         y = soxr.resample(x.detach().double().numpy().T, src, dst, quality=SOXR.get(kind, "HQ")).T
-    y = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
-    return F.pad(y, (0, max(0, n_out - y.shape[-1])))[:, :n_out]
+    resampled = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype)
+    return F.pad(resampled, (0, max(0, n_out - resampled.shape[-1])))[:, :n_out]
 
 
 # ---- STFT ------------------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ class Analysis:
 
 def analyse(wave: Tensor, params: BandParams, v51: bool) -> Analysis:
     """[2, n] at the top band's rate -> the stacked multi-band spectrogram."""
-    specs = [None] * len(params.bands)
+    specs = cast("list[Tensor]", [None] * len(params.bands))  # the loop fills every band's slot
     band_wave = wave.float()
     for k in reversed(range(len(params.bands))):
         band = params.bands[k]
@@ -291,7 +292,7 @@ def analyse(wave: Tensor, params: BandParams, v51: bool) -> Analysis:
         else:
             specs[k] = stft(stereo_in(band_wave, params.stereo), band.n_fft, band.hop)
     frames = min(s.shape[-1] for s in specs)
-    stacked = torch.cat([s[:, b.crop[0]:b.crop[1], :frames] for s, b in zip(specs, params.bands)], 1)
+    stacked = torch.cat([s[:, b.crop[0]:b.crop[1], :frames] for s, b in zip(specs, params.bands, strict=True)], 1)
     if stacked.shape[1] > params.bins:
         raise DSUError("bad_value", f"band parameters {params.name}: the band crops add up to more than "
                                     f"{params.bins} bins")
@@ -327,7 +328,7 @@ def mirror_high_end(spec: Tensor, top_spec: Tensor, params: BandParams) -> Tenso
 
 def synthesise(spec: Tensor, params: BandParams, v51: bool, high_end: Tensor | None = None) -> Tensor:
     """Stacked spectrogram -> [2, (frames - 1) * top hop] float64 at the top band's rate."""
-    wave = None
+    wave: Tensor | None = None
     row = 0
     last = len(params.bands) - 1
     for k, band in enumerate(params.bands):
@@ -350,6 +351,7 @@ def synthesise(spec: Tensor, params: BandParams, v51: bool, high_end: Tensor | N
         wave = band_wave if wave is None else _add(wave, band_wave)
         if k < last:
             wave = resample(wave, band.samplerate, params.bands[k + 1].samplerate, SYNTHESIS_RESAMPLER)
+    assert wave is not None  # every band set has at least one band
     return wave
 
 
@@ -382,7 +384,7 @@ def merge_artifacts(mask: Tensor, threshold: float, min_range: int = 64, fade: i
     if not loud:
         return mask  # UVR's version fails on this and leaves the mask as it was
     runs, first = [], loud[0]
-    for prev, cur in zip(loud, loud[1:]):
+    for prev, cur in zip(loud, loud[1:], strict=False):
         if cur != prev + 1:
             runs.append((first, prev))
             first = cur

@@ -87,8 +87,8 @@ def noise_profile(signal: FileSignal) -> tuple[np.ndarray, float]:
     for _, block in _blocks(signal, N_FFT, None, None, (0, 0)):
         total += np.abs(np.fft.rfft(block[0] * window, axis=-1)).sum(axis=0)
         levels.append(np.sqrt(np.mean(np.square(block[0], dtype=np.float64), axis=-1)))
-    levels = np.concatenate(levels)
-    return total / len(levels), float(levels.mean())
+    frame_levels = np.concatenate(levels)
+    return total / len(frame_levels), float(frame_levels.mean())
 
 
 def follow(levels: np.ndarray, rate: float, attack: float, release: float) -> np.ndarray:

@@ -32,5 +32,6 @@ def download_model(fields: dict, models_dir: Path | None, emit: Callable[..., No
     done = store.install(entry, target, on_progress=progress, on_retry=retry, cancelled=cancelled,
                          timeout=fields.get("read_timeout", 30.0), retries=fields.get("retries", 5))
     return {"model": entry.name, "models_dir": str(target.resolve()), "paths": [str(p.resolve()) for p in done.paths],
-            "downloaded": done.downloaded, "size": known if known is not None else sum(p.stat().st_size for p in done.paths),
+            "downloaded": done.downloaded,
+            "size": known if known is not None else sum(p.stat().st_size for p in done.paths),
             "pinned": done.pinned, "elapsed": round(time.perf_counter() - started, 3)}

@@ -26,7 +26,7 @@ from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
 from ..paths import safe_component
 from ..protocol import COMMANDS, ENSEMBLE_FIELDS, check_family_options
-from ..families import Separator
+from ..families import ModelRef, Separator
 from ._pipeline import estimate_of, make_passes
 from ..blend import algorithms
 from ..blend.blender import StemBlend
@@ -96,7 +96,7 @@ class Member:
     options: dict                     # family options of this member
     stem_map: dict[str, str]
     label: str = ""
-    ref: object = None
+    ref: ModelRef | None = None
     model: Separator | None = None
     from_cache: bool = False
     mapping: dict[str, str] = field(default_factory=dict)  # member stem -> ensemble stem
@@ -115,7 +115,8 @@ def _members(models, extra: dict) -> list[Member]:
         if isinstance(m, str):
             m = {"model": m}
         if not isinstance(m, dict):
-            raise DSUError("bad_value", f"`models[{i}]` must be an object like {{\"model\": \"dsp\"}}, not {json.dumps(m)}")
+            raise DSUError("bad_value", f"`models[{i}]` must be an object like {{\"model\": \"dsp\"}}, "
+                                        f"not {json.dumps(m)}")
         for k in ("model", "model_path", "config_path", "model_type", "repo", "models_dir"):
             if k in m and m[k] is not None and not isinstance(m[k], str):
                 raise DSUError("bad_value", f"`models[{i}].{k}` must be a string, not {json.dumps(m[k])}")
@@ -189,7 +190,8 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
     layout_name = fields.get("layout") or layout
     if layout_name not in LAYOUTS:
         if "{" not in layout_name:
-            raise DSUError("bad_value", f"`layout` must be one of {', '.join(LAYOUTS)} or a template, not {layout_name!r}")
+            raise DSUError("bad_value", f"`layout` must be one of {', '.join(LAYOUTS)} or a template, "
+                                        f"not {layout_name!r}")
         outputs.template_of(layout_name)  # before the output folder is made
     outputs.check_output_names(fields.get("output_names"))
     input_path = paths.check_input(fields["input"])
@@ -209,6 +211,7 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
         for m in members:
             if cancelled is not None and cancelled():
                 raise DSUError("cancelled", "the job was cancelled while loading its members")
+            assert m.ref is not None  # every member was resolved above
             try:
                 m.model, m.from_cache = model_jobs.load(m.ref, cache, emit)
                 m.options, _ = model_jobs.family_options(m.model, m.options)
@@ -225,6 +228,7 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
 def _plan(members: list[Member], wanted) -> tuple[list[str], dict[str, list[int]]]:
     """(the ensemble's stems, for each the members that make it)."""
     for m in members:
+        assert m.model is not None  # loaded before the plan is made
         produced = m.model.output_stems(**m.options)
         m.mapping = {s: canonical_stem(m.stem_map.get(s.lower(), s), produced) for s in produced}
     order: list[str] = []
@@ -233,7 +237,7 @@ def _plan(members: list[Member], wanted) -> tuple[list[str], dict[str, list[int]
     if wanted:
         wanted = [wanted] if isinstance(wanted, str) else list(wanted)
         asked = [canonical_stem(s, []) for s in wanted]
-        missing = [s for s, a in zip(wanted, asked) if a not in order]
+        missing = [s for s, a in zip(wanted, asked, strict=True) if a not in order]
         if missing:
             makes = "; ".join(f"{m.label} makes {', '.join(m.mapping)}" for m in members)
             raise DSUError("bad_value", f"no member makes stem {', '.join(missing)}: {makes} "
@@ -248,7 +252,8 @@ class _MemberRun:
     def __init__(self, member: Member, input_path: Path, wanted: list[str], report, cancelled,
                  held: memory.Estimate | None):
         model = member.model
-        self.member = member
+        assert model is not None  # every member is loaded before any runs
+        self.member, self.model = member, model
         self.signal = FileSignal(input_path, model.samplerate, model.audio_channels)
         self.length = self.signal.length
         # every member's overlap-add is held at once: each is checked beside those before it
@@ -268,11 +273,11 @@ class _MemberRun:
             self.done = True
             return
         n = block.shape[-1]
-        by_stem = dict(zip(self.member.model.stems, block))
+        by_stem = dict(zip(self.model.stems, block, strict=False))
         if self.mix is not None:
             mix = self.mix.read(self.position, self.position + n)
             self.mix.forget(self.position + n)
-            by_stem = self.member.model.finish(by_stem, mix, **self.member.options)
+            by_stem = self.model.finish(by_stem, mix, **self.member.options)
         for stem, target in self.member.mapping.items():
             if target in self.pending:
                 self.pending[target].append(by_stem[stem])

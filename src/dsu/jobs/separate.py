@@ -57,7 +57,8 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
         try:
             out_rate = int(sample_rate)
         except (TypeError, ValueError):
-            raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, not {sample_rate!r}") from None
+            raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, "
+                                        f"not {sample_rate!r}") from None
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
     if two_stems:
@@ -77,7 +78,7 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
     def sink(block: torch.Tensor) -> None:
         nonlocal position
         n = block.shape[-1]
-        by_stem = dict(zip(model.stems, block))
+        by_stem = dict(zip(model.stems, block, strict=False))
         mix = None
         if mix_reader is not None:
             mix = mix_reader.read(position, position + n)

@@ -45,6 +45,9 @@ class BandTransformer(nn.Module):
     """Pre-norm multi-head self-attention across the bands of each frame with rotary positions (the
     band index), then a gated MLP; the reference's `Roformer` (non-causal, 8 heads)."""
 
+    cos_freq: Tensor  # buffers, registered in __init__
+    sin_freq: Tensor
+
     def __init__(self, channels: int, heads: int = 8, theta: float = 10000.0, positions: int = 100):
         super().__init__()
         self.heads, self.head_dim = heads, channels // heads
@@ -62,7 +65,9 @@ class BandTransformer(nn.Module):
         """cos/sin of position * theta^(-2i/dim), each frequency repeated for its pair of features."""
         freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[:dim // 2] / dim))
         angles = torch.arange(positions)[:, None] * freqs[None]
-        pairwise = lambda t: rearrange(torch.stack([t, t], -1), "p f two -> p (f two)")
+
+        def pairwise(t: Tensor) -> Tensor:
+            return rearrange(torch.stack([t, t], -1), "p f two -> p (f two)")
         return pairwise(torch.cos(angles)), pairwise(torch.sin(angles))
 
     def rotate(self, x: Tensor) -> Tensor:
@@ -151,7 +156,7 @@ class Apollo(nn.Module):
     def embed_bands(self, spec: Tensor) -> Tensor:
         """Complex [batch, bins, frames] -> [batch, bands, feature_dim, frames]."""
         features = []
-        for band, embed in zip(spec.split(self.widths, dim=1), self.BN):
+        for band, embed in zip(spec.split(self.widths, dim=1), self.BN, strict=True):
             energy = (band.abs().pow(2).sum(1) + self.eps).sqrt()[:, None]
             normalised = torch.complex(band.real / energy, band.imag / energy)
             features.append(embed(torch.cat([normalised.real, normalised.imag, torch.log(energy)], 1)))
@@ -165,7 +170,7 @@ class Apollo(nn.Module):
                           return_complex=True)
         features = self.net(self.embed_bands(spec))
         bands = []
-        for k, (width, project) in enumerate(zip(self.widths, self.output)):
+        for k, (width, project) in enumerate(zip(self.widths, self.output, strict=True)):
             real_imag = rearrange(project(features[:, k]), "b (ri f) t -> b ri f t", ri=2, f=width)
             bands.append(torch.complex(real_imag[:, 0], real_imag[:, 1]))
         restored = torch.istft(torch.cat(bands, 1), n_fft=self.win_samples, hop_length=self.hop,

@@ -19,8 +19,9 @@ scale[0] ** num_scales (dim_t is).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -87,13 +88,13 @@ class TFCTDF(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, tfc_tdf: TFCTDF, downscale: nn.Sequential):
+    def __init__(self, tfc_tdf: TFCTDF, downscale: Rescale):
         super().__init__()
         self.tfc_tdf, self.downscale = tfc_tdf, downscale
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, upscale: nn.Sequential, tfc_tdf: TFCTDF):
+    def __init__(self, upscale: Rescale, tfc_tdf: TFCTDF):
         super().__init__()
         self.upscale, self.tfc_tdf = upscale, tfc_tdf
 
@@ -111,6 +112,8 @@ class Rescale(nn.Module):
 
 
 class MDX23C(nn.Module):
+    window: Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         *,
@@ -130,7 +133,7 @@ class MDX23C(nn.Module):
         act: str,
     ):
         super().__init__()
-        scale = tuple(scale)
+        scale = cast("tuple[int, int]", tuple(scale))  # configs give a list
         if dim_f > n_fft // 2 + 1 or dim_f % num_subbands:
             raise ValueError(f"audio.dim_f={dim_f} must be at most n_fft // 2 + 1 = {n_fft // 2 + 1} and a "
                              f"multiple of model.num_subbands={num_subbands}")
@@ -187,13 +190,13 @@ class MDX23C(nn.Module):
         x = first = self.first_conv(x)
 
         skips = []
-        for block in self.encoder_blocks:
+        for block in cast("Iterable[EncoderBlock]", self.encoder_blocks):
             x = block.tfc_tdf(x)
             skips.append(x)
             x = block.downscale(x)
         x = self.bottleneck_block(x)
-        for block in self.decoder_blocks:
-            x = block.tfc_tdf(torch.cat([block.upscale(x), skips.pop()], dim=1))
+        for up_block in cast("Iterable[DecoderBlock]", self.decoder_blocks):
+            x = up_block.tfc_tdf(torch.cat([up_block.upscale(x), skips.pop()], dim=1))
 
         x = self.final_conv(torch.cat([mix_spec, x * first], dim=1))  # the product reduces artifacts
         x = rearrange(x, "b (s c ri k) t f -> (b s c) (k f) t ri", s=self.num_targets, c=self.audio_channels,

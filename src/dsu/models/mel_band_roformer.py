@@ -36,6 +36,9 @@ def mel_bands(sample_rate: float, n_fft: int, num_bands: int) -> np.ndarray:
 
 
 class MelBandRoformer(nn.Module):
+    rows: Tensor  # buffers, registered in __init__
+    bands_per_bin: Tensor
+
     def __init__(
         self,
         dim: int,

@@ -8,6 +8,9 @@ not implemented.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from einops import pack, rearrange, repeat, unpack
@@ -117,6 +120,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList()
         for _ in range(depth):
+            attn: nn.Module
             if linear_attn:
                 attn = LinearAttention(dim, heads=heads, dim_head=dim_head, dropout=attn_dropout)
             else:
@@ -126,7 +130,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(dim) if norm_output else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        for attn, ff in self.layers:
+        for attn, ff in cast("Iterable[nn.ModuleList]", self.layers):  # built as [attn, ff] pairs above
             x = attn(x) + x
             x = ff(x) + x
         return self.norm(x)
@@ -137,8 +141,8 @@ def axial_transformers(*, dim: int, depth: int, time_transformer_depth: int, fre
                        attn_dropout: float, ff_dropout: float) -> nn.ModuleList:
     """`depth` blocks of [optional linear transformer over all tokens,] transformer along time,
     transformer along bands. One rotary embedding per axis, shared by all blocks."""
-    common = dict(dim=dim, dim_head=dim_head, heads=heads, attn_dropout=attn_dropout,
-                  ff_dropout=ff_dropout, norm_output=norm_output)
+    common: dict[str, Any] = dict(dim=dim, dim_head=dim_head, heads=heads, attn_dropout=attn_dropout,
+                                  ff_dropout=ff_dropout, norm_output=norm_output)
     time_rotary, freq_rotary = RotaryEmbedding(dim_head), RotaryEmbedding(dim_head)
     blocks = nn.ModuleList()
     for _ in range(depth):
@@ -154,8 +158,8 @@ def axial_transformers(*, dim: int, depth: int, time_transformer_depth: int, fre
 def run_axial(blocks: nn.ModuleList, x: Tensor, skip_connection: bool) -> Tensor:
     """x: [batch, time, bands, dim]. With `skip_connection`, each block's input also receives the
     outputs of all earlier blocks."""
-    earlier = []
-    for block in blocks:
+    earlier: list[Tensor] = []
+    for block in cast("Iterable[nn.ModuleList]", blocks):  # as axial_transformers builds them
         *linear, time_transformer, freq_transformer = block
         if linear:
             x, shape = pack([x], "b * d")
@@ -185,14 +189,14 @@ class BandSplit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bands = x.split(self.dim_inputs, dim=-1)
-        return torch.stack([net(band) for band, net in zip(bands, self.to_features)], dim=-2)
+        return torch.stack([net(band) for band, net in zip(bands, self.to_features, strict=True)], dim=-2)
 
 
 def mlp(dim_in: int, dim_out: int, dim_hidden: int, hidden_layers: int) -> nn.Sequential:
     """Linear layers with tanh between them, `hidden_layers` hidden widths of `dim_hidden`."""
     dims = (dim_in, *(dim_hidden,) * hidden_layers, dim_out)
-    layers = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         if i:
             layers.append(nn.Tanh())
         layers.append(nn.Linear(a, b))
@@ -210,7 +214,7 @@ class MaskEstimator(nn.Module):
             for d in dim_inputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([net(band) for band, net in zip(x.unbind(dim=-2), self.to_freqs)], dim=-1)
+        return torch.cat([net(band) for band, net in zip(x.unbind(dim=-2), self.to_freqs, strict=True)], dim=-1)
 
 
 class STFT:
@@ -218,7 +222,8 @@ class STFT:
     centred frames, channels interleaved into the frequency axis ((f s): bin-major)."""
 
     def __init__(self, n_fft: int, hop_length: int, win_length: int, normalized: bool):
-        self.kwargs = dict(n_fft=n_fft, hop_length=hop_length, win_length=win_length, normalized=normalized)
+        self.kwargs: dict[str, Any] = dict(n_fft=n_fft, hop_length=hop_length, win_length=win_length,
+                                           normalized=normalized)
         self.win_length = win_length
         self.bins = n_fft // 2 + 1
         self._windows: dict[tuple, Tensor] = {}

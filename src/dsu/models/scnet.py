@@ -18,6 +18,8 @@ MSST demix's job, not the model's.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +65,13 @@ class SparseDown(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, ratios, strides, kernels):
         super().__init__()
         self.ratios, self.strides, self.kernels = tuple(ratios), tuple(strides), tuple(kernels)
-        self.convs = nn.ModuleList(nn.Conv2d(dim_in, dim_out, (k, 1), (s, 1)) for s, k in zip(strides, kernels))
+        self.convs = nn.ModuleList(nn.Conv2d(dim_in, dim_out, (k, 1), (s, 1))
+                                   for s, k in zip(strides, kernels, strict=False))
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[int]]:
         bands, sizes = [], []
         for conv, stride, kernel, (lo, hi) in zip(self.convs, self.strides, self.kernels,
-                                                  band_edges(x.shape[2], self.ratios)):
+                                                  band_edges(x.shape[2], self.ratios), strict=False):
             size = hi - lo
             # stride 1 keeps the size ("same" convolution); otherwise round the size up to the stride
             pad = kernel - 1 if stride == 1 else -size % stride
@@ -83,11 +86,11 @@ class SparseUp(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, strides, kernels):
         super().__init__()
         self.convtrs = nn.ModuleList(nn.ConvTranspose2d(dim_in, dim_out, (k, 1), (s, 1))
-                                     for s, k in zip(strides, kernels))
+                                     for s, k in zip(strides, kernels, strict=False))
 
     def forward(self, x: Tensor, compressed: list[int], sizes: list[int]) -> Tensor:
         bands = []
-        for convtr, part, size in zip(self.convtrs, x.split(compressed, dim=2), sizes):
+        for convtr, part, size in zip(self.convtrs, x.split(compressed, dim=2), sizes, strict=False):
             band = convtr(part)
             trim = abs(size - band.shape[2]) // 2
             bands.append(band[:, :, trim:trim + size])
@@ -118,7 +121,7 @@ class EncoderBlock(nn.Module):
         bands, sizes = self.SDlayer(x)
         bands = [F.gelu(rearrange(conv(rearrange(band, "b c f t -> (b f) c t")), "(b f) c t -> b c f t",
                                   b=band.shape[0]))
-                 for conv, band in zip(self.conv_modules, bands)]
+                 for conv, band in zip(self.conv_modules, bands, strict=False)]
         skip = torch.cat(bands, dim=2)
         return self.globalconv(skip), skip, [band.shape[2] for band in bands], sizes
 
@@ -136,7 +139,8 @@ class DualPathRNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
-        for axis, (norm, lstm, linear) in enumerate(zip(self.norm_layers, self.lstm_layers, self.linear_layers)):
+        layers = zip(self.norm_layers, self.lstm_layers, self.linear_layers, strict=True)
+        for axis, (norm, lstm, linear) in enumerate(layers):
             seq, other = ("f", "t") if axis == 0 else ("t", "f")
             y = rearrange(norm(x), f"b c f t -> (b {other}) {seq} c")
             y = linear(lstm(y)[0])
@@ -165,6 +169,8 @@ class SeparationNet(nn.Module):
 
 
 class SCNet(nn.Module):
+    window: Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         sources: tuple[str, ...] = ("drums", "bass", "other", "vocals"),
@@ -199,12 +205,12 @@ class SCNet(nn.Module):
 
         band = dict(ratios=band_SR, strides=band_stride, kernels=band_kernel)
         self.encoder = nn.ModuleList(EncoderBlock(d_in, d_out, band, conv_depths, compress, conv_kernel)
-                                     for d_in, d_out in zip(dims, dims[1:]))
+                                     for d_in, d_out in zip(dims, dims[1:], strict=False))
         # deepest first; the shallowest one emits every source's spectrogram channels
         self.decoder = nn.ModuleList(
             nn.ModuleList([Fusion(d_out), SparseUp(d_out, d_in if i else d_in * len(self.sources),
                                                     band_stride, band_kernel)])
-            for i, (d_in, d_out) in reversed(list(enumerate(zip(dims, dims[1:])))))
+            for i, (d_in, d_out) in reversed(list(enumerate(zip(dims, dims[1:], strict=False)))))
         self.separation_net = SeparationNet(dims[-1], expand, num_dplayer)
 
     def stft(self, x: Tensor) -> Tensor:
@@ -229,7 +235,8 @@ class SCNet(nn.Module):
             x, skip, compressed, sizes = block(x)
             skips.append((skip, compressed, sizes))
         x = self.separation_net(x)
-        for (fusion, up), (skip, compressed, sizes) in zip(self.decoder, reversed(skips)):
+        decoder = cast("Iterable[nn.ModuleList]", self.decoder)  # [Fusion, SparseUp] pairs, one per encoder block
+        for (fusion, up), (skip, compressed, sizes) in zip(decoder, reversed(skips), strict=True):
             x = up(fusion(x, skip), compressed, sizes)
 
         x = rearrange(x, "b (s c ri) f t -> (b s c) f t ri", s=len(self.sources), ri=2)

@@ -177,7 +177,7 @@ class CascadedASPPNet(nn.Module):
         self.aux2_out = nn.Conv2d(c, 2, 1, bias=False)
 
     @classmethod
-    def for_size_class(cls, size_kb: int, bins: int) -> "CascadedASPPNet":
+    def for_size_class(cls, size_kb: int, bins: int) -> CascadedASPPNet:
         channels, extra, depth = SIZE_CLASSES[size_kb]
         return cls(bins, channels, extra, depth)
 

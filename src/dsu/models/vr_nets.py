@@ -7,6 +7,7 @@ re-saved or pruned files) and a file that fits no layout is a clear `config_mism
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NoReturn
 
 from torch import Tensor, nn
 
@@ -20,10 +21,11 @@ V50_LAYOUTS = {(extra, depth) for _, extra, depth in SIZE_CLASSES.values()}
 
 
 def build_vr_net(state: Mapping[str, Tensor], bins: int, nout: int | None = None,
-                 nout_lstm: int | None = None) -> nn.Module:
+                 nout_lstm: int | None = None) -> CascadedASPPNet | CascadedNetV51:
     """The network for `state` (UVR's v5.0 CascadedASPPNet or v5.1 CascadedNet) with `state` loaded
     strictly, in eval mode. `bins`: the band parameters' bins. `nout`/`nout_lstm` (UVR's model data)
     mark a v5.1 model and must agree with the weights."""
+    model: CascadedASPPNet | CascadedNetV51
     if V51_MARK in state and state[V51_MARK].dim() == 2:
         model = _v51(state, bins, nout, nout_lstm)
     elif V50_MARK in state and state[V50_MARK].dim() == 4:
@@ -84,5 +86,5 @@ def _check_layout(model: nn.Module, state: Mapping[str, Tensor]) -> None:
                   "vr_model_param/nout/nout_lstm")
 
 
-def _mismatch(message: str):
+def _mismatch(message: str) -> NoReturn:
     raise DSUError("config_mismatch", message)

@@ -23,7 +23,7 @@ def serve(config: WorkerConfig) -> int:
     out.send({"status": "loading"})
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack on stderr, for a stuck worker
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    stop = {"reason": None}
+    stop: dict[str, str | None] = {"reason": None}
 
     def early_stop(signum, frame):
         stop["reason"] = "signal"
@@ -34,7 +34,8 @@ def serve(config: WorkerConfig) -> int:
         from .server import Server
         server = Server(config, out)
     except Exception as e:
-        out.send({"status": "error", "code": "internal", "message": f"the worker could not start: {type(e).__name__}: {e}"})
+        out.send({"status": "error", "code": "internal",
+                  "message": f"the worker could not start: {type(e).__name__}: {e}"})
         raise
     if stop["reason"]:
         out.send({"status": "exiting", "reason": stop["reason"]})

@@ -52,7 +52,7 @@ class Reply:
         self.input = given if isinstance(given, str) else None
 
     def __call__(self, status: str, **fields) -> None:
-        message = {"status": status}
+        message: dict[str, Any] = {"status": status}
         if self.has_id:
             message["id"] = self.id
         message.update(fields)
@@ -136,6 +136,7 @@ class Server:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def ready_message(self) -> dict:
+        assert self.cache.max_bytes is not None  # the worker's cache always has a budget
         message = {"status": "ready", "device": self.device.type, "threads": self.threads,
                    "cache_enabled": self.cache.enabled, "max_cached_models": self.cache.max_models,
                    "max_cache_memory_mb": round(self.cache.max_bytes / MiB), "default_model": self.config.default_model,
@@ -277,7 +278,8 @@ class Server:
         if "id" not in fields:
             if current is None:
                 raise DSUError("bad_value", "no job is running; give the `id` of a queued job to drop it")
-            targets, running = [], current
+            targets: list[Job] = []
+            running: Job | None = current
         else:
             key = id_key(fields["id"])
             targets = self.queue.take(key)
@@ -304,7 +306,8 @@ class Server:
             self.current = job
             try:
                 status, fields = self.run(job)
-            except BaseException as e:  # the last resort (SystemExit from a library, ...): this job fails, not the thread
+            except BaseException as e:  # the last resort (SystemExit from a library, ...): the job fails, not
+                # the thread
                 traceback.print_exc(file=sys.stderr)
                 status, fields = _error("internal", f"{type(e).__name__} in the job runner (see the worker's stderr)")
             finally:
@@ -391,6 +394,7 @@ class Server:
         max_mb = job.fields.get("max_memory_mb")
         self.cache.set_limits(job.fields["n"], None if max_mb is None else int(max_mb * MiB),
                               on_evict=lambda name: job.reply("cache_evicted", model=name))
+        assert self.cache.max_bytes is not None  # set_limits keeps the budget when given none
         return "cache_size_updated", {"max_cached_models": self.cache.max_models,
                                          "cache_enabled": self.cache.enabled,
                                          "max_cache_memory_mb": round(self.cache.max_bytes / MiB)}

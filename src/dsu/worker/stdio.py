@@ -41,7 +41,7 @@ class ProtocolOut:
         self._closed = False
 
     @classmethod
-    def guard(cls) -> "ProtocolOut":
+    def guard(cls) -> ProtocolOut:
         sys.stdout.flush()
         protocol_fd = os.dup(1)
         os.set_inheritable(protocol_fd, False)  # child processes (ffmpeg) must not get the protocol pipe

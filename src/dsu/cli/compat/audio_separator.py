@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output_dir", default=None, help="Directory to write output files (default: <current dir>).")
     io.add_argument("--model_file_dir", default=_models_dir_default(),
                     help="Model files directory (default: $AUDIO_SEPARATOR_MODEL_DIR, $DSU_MODELS or %(default)s).")
-    io.add_argument("--download_model_only", action="store_true", help="Refused: this command never downloads (`dsu models download` does).")
+    io.add_argument("--download_model_only", action="store_true",
+                    help="Refused: this command never downloads (`dsu models download` does).")
     common_ = p.add_argument_group("Common Separation Parameters")
     common_.add_argument("--invert_spect", action="store_true", help="Refused.")
     common_.add_argument("--normalization", type=float, default=0.9, help="Max peak amplitude (default: %(default)s).")
