@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .device import KINDS
 from .errors import CODES, DSUError
 from .errors import shown
 
@@ -476,11 +477,12 @@ LAYOUT_EXAMPLES = (
 _NAME = Field("model", "string", "the model's name")
 _STEMS = Field("stems", "string[]", "its stems")
 _FAMILY = Field("family", "string", "its family (dsp, demucs, msst, ...)")
+_DEVICE = Field("device", "string", f"{', '.join(KINDS[:-1])} or {KINDS[-1]}")
 
 MESSAGES: dict[str, Message] = {m.status: m for m in (
     Message("loading", "first line: the worker started and is importing its libraries"),
     Message("ready", "the worker answers commands from now on", (
-        Field("device", "string", "cpu, cuda or mps"),
+        _DEVICE,
         Field("threads", "integer", "intra-op CPU threads"),
         Field("cache_enabled", "boolean", "models stay loaded between jobs"),
         Field("max_cached_models", "integer", "how many"),
@@ -492,7 +494,7 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         Field("device_warning", "string", "present when the device asked for was not available"))),
     Message("pong", "answer to ping", (ID, Field("model_loaded", "string", "the last model used (null: none)"))),
     Message("status", "answer to get_status", (
-        ID, Field("model_loaded", "string", "the last model used"), Field("device", "string", "cpu, cuda or mps"),
+        ID, Field("model_loaded", "string", "the last model used"), _DEVICE,
         Field("ready", "boolean", "always true"), Field("busy", "boolean", "a job is running"),
         Field("job", "object", "the running job: `id`, `cmd`, `progress` (null when idle)"),
         Field("queued", "integer", "jobs waiting"), Field("cached_models", "string[]", "names in the cache"),

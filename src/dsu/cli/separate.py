@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from ..device import DEVICES
 from ..errors import DSUError
 from .progress import Display, mode_from
 from ..worker.config import _positive
@@ -18,7 +19,6 @@ from ..protocol import UVR_SETTINGS
 from . import _runner as runner
 from .vocabulary import options_as
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 BIT_DEPTH_HELP = ("16, 24 or 32 (float). Default: 16 for the demucs and uvr layouts (Demucs, MDX-Net and VR "
                   "models), 32 float for the flat layout (MSST models, dsp); flac holds 16 or 24, mp3 none")
 FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab.FILE, without importing shtab
