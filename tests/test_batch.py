@@ -18,7 +18,6 @@ import soundfile as sf
 from dsu.batch import run
 from dsu.batch.inputs import check_collisions, expand, plan
 from dsu.batch.manifest import NAME as MANIFEST, sha256_of
-from dsu.batch.runner import layout_supported
 from dsu.errors import DSUError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -83,7 +82,6 @@ def test_collisions_are_errors_before_anything_runs(tmp_path):
     check_collisions(items, "{stem}.{ext}", "dsp", "wav", ["vocals"])  # folders kept: apart
 
 
-@pytest.mark.skipif(not layout_supported(), reason="needs the `layout` field of separate")
 def test_template_keeps_folders_and_finds_collisions(tmp_path):
     tone(tmp_path / "lib" / "p" / "song.wav"), tone(tmp_path / "lib" / "q" / "song.wav", freq=330)
     summary = run([tmp_path / "lib"], tmp_path / "out", {**DSP, "stems": ["vocals"]}, layout="{track}_{stem}.{ext}",

@@ -1,8 +1,12 @@
 """The embedded `dsp` separator through the real job path (files in, files out)."""
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
+from dsu import protocol
+from dsu.engine import TensorSignal
+from dsu.errors import DSUError
 from dsu.families import load, resolve
 from dsu.jobs.separate import separate_file
 
@@ -55,3 +59,18 @@ def test_two_stems_subset_and_input_rate(tmp_path):
     assert info.samplerate == 48000 and abs(info.frames - len(mix)) <= 2
     res = separate_file(model, src, tmp_path / "sub", stems=["drums"])
     assert res.files == ["drums.wav"] and sf.info(res.paths[0]).samplerate == SR
+
+
+def test_options_are_read_through_the_protocol_table():
+    """A family reads its options from the protocol table: a direct call is refused what a worker
+    refuses, in the worker's words, and an absent option is the table's default for the family."""
+    model = load(resolve({"model": "dsp"}, None), torch.device("cpu"))
+    signal = TensorSignal(torch.zeros(2, 30 * SR))
+    for bad in (1000, "12", True):
+        with pytest.raises(DSUError) as direct:
+            model.passes(signal, segment=bad)
+        with pytest.raises(DSUError) as request:
+            protocol.validate(protocol.COMMANDS["separate"], {"input": "a.wav", "output_dir": "out", "segment": bad})
+        assert (direct.value.code, direct.value.message) == (request.value.code, request.value.message), bad
+    (segment,) = protocol.options_of("dsp")
+    assert model.passes(signal)[0].chunks[0].size == int(dict(segment.families)["dsp"] * SR)

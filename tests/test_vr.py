@@ -180,6 +180,20 @@ def test_bad_options_are_named(v50, options, words):
     assert e.value.code == "bad_value" and words in e.value.message
 
 
+@pytest.mark.parametrize("options", [{"aggression": 500}, {"vr_window_size": 8192}, {"batch_size": 100},
+                                     {"post_process_threshold": "0.2"}, {"vr_aggression": 2.5}])
+def test_options_are_refused_in_the_workers_words(v50, options):
+    """VR reads its options through the protocol table: a direct call is refused what a `separate`
+    request is refused, with the same message."""
+    from dsu import protocol
+    from dsu.engine import TensorSignal
+    with pytest.raises(DSUError) as direct:
+        v50.passes(TensorSignal(torch.zeros(2, 1000)), **options)
+    with pytest.raises(DSUError) as request:
+        protocol.validate(protocol.COMMANDS["separate"], {"input": "a.wav", "output_dir": "out", **options})
+    assert (direct.value.code, direct.value.message) == (request.value.code, request.value.message)
+
+
 def test_silence_gives_silent_stems(v50):
     stems = v50.separate(torch.zeros(2, 5000), **network_settings({"window_size": 320}))
     assert torch.count_nonzero(stems) == 0

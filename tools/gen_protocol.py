@@ -53,10 +53,18 @@ def _field_rows(fields, with_defaults: bool) -> list[str]:
             accepted += ", or a number"
         if f.minimum is not None or f.maximum is not None:
             accepted += (", or a number " if accepted else "") + _range(f)
-        default = _code(f.default) if f.default is not None else ""
-        rows.append(f"| {name} | {_cell(f.type)} | {'yes' if f.required else ''} | {default} | {_cell(accepted)} "
+        rows.append(f"| {name} | {_cell(f.type)} | {'yes' if f.required else ''} | {_default(f)} | {_cell(accepted)} "
                     f"| {_cell(f.doc)} |")
     return rows
+
+
+def _default(f) -> str:
+    """A field's default; a family option's per family that reads it."""
+    if f.default is not None:
+        return _code(f.default)
+    return ", ".join(f"{spec.FAMILY_TITLES[family]} "
+                     + ("the model's" if default is spec.MODELS_OWN else _code(default))
+                     for family, default in f.families)
 
 
 def _range(f) -> str:

@@ -1,22 +1,28 @@
-"""Which device and how many threads a process computes with."""
+"""Which device and how many threads a process computes with. torch is imported by the functions
+that need it: command lines read `DEVICES` for their --device before anything heavy loads."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+KINDS = ("cpu", "cuda", "mps")
+DEVICES = ("auto", *KINDS)  # auto: cuda > mps > cpu
 
 
 def _mps_available() -> bool:
+    import torch
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
 def choose_device(wanted: str = "auto") -> tuple[torch.device, str | None]:
     """The device to use (cuda > mps > cpu for `auto`) and, when `wanted` cannot be had, why it fell
     back to the CPU; a worker started for a GPU should still answer rather than die."""
+    import torch
     if wanted not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {wanted!r}")
     if wanted in ("auto", "cuda") and torch.cuda.is_available():
@@ -61,6 +67,7 @@ def _linux_cores(allowed: set[int] | None) -> int | None:
 
 def set_threads(threads: int | None) -> int:
     """Use `threads` intra-op threads (physical cores when None) and return the number."""
+    import torch
     n = threads or physical_cores()
     torch.set_num_threads(n)
     return n
@@ -70,6 +77,7 @@ def memory_budget(device: torch.device) -> int:
     """Bytes the model cache may hold by default: half the machine's memory (a third of it on
     Apple's shared-memory GPUs, which also hold the activations), or 70% of a CUDA device's."""
     if device.type == "cuda":
+        import torch
         return int(0.7 * torch.cuda.get_device_properties(device).total_memory)
     total = total_memory()
     return total // 3 if device.type == "mps" else total // 2
@@ -84,6 +92,7 @@ def total_memory() -> int:
 
 def release_cached_memory(device: torch.device) -> None:
     """Give freed allocator blocks back so the next model (or another process) can use them."""
+    import torch
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps" and _mps_available():

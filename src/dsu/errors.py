@@ -28,18 +28,6 @@ class DSUError(Exception):
         self.message = message
 
 
-def one_line(e: Exception) -> str:
-    """A parser's complaint on one line: YAML's "<problem> at line L, column C (<context>)" rather
-    than its several indented lines; any other exception's text with its line breaks folded."""
-    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
-    if problem and mark is not None:
-        context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
-        if context and where is not None and where.line != mark.line:
-            context = f"{context} from line {where.line + 1}"
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" + (f" ({context})" if context else "")
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def listed(items, most: int, sep: str = ", ") -> str:
     """The first `most` items joined, with ' ...' when there are more."""
     items = list(items)

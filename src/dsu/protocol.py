@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .device import KINDS
 from .errors import CODES, DSUError
 from .errors import shown
 
@@ -75,6 +76,8 @@ class Field:
     aliases: tuple[str, ...] = ()  # other names accepted for the same field (older clients)
     maximum: float | None = None   # integers without one stop at C_INT_MAX
     any_case: bool = False         # a string choice matches in any case (the previous DSU lower-cased it)
+    # a family option: (family, its default) per family that reads it; None: the loaded model's own
+    families: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         assert self.type in TYPES, self.type
@@ -133,9 +136,15 @@ class Message:
     fields: tuple[Field, ...] = field(default_factory=tuple)
 
 
+# the architectures of MSST checkpoints (`model_type`), which the msst family builds; declared here,
+# below the families, for the torch-free rooms that name them too (the catalog's format, the MSST
+# drop-in's help)
+MSST_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
+
 ID = Field("id", "any", "echoed on every message the request causes; `cancel` names the job to stop by it")
 
-MODEL_FIELDS = (
+# the request's model: which files, found where
+MODEL_NAMING = (
     Field("model", "string", "a model name: `dsp` (built in), a Demucs signature or bag in `repo` or the models dir, "
                              "a file name in the models dir with or without its extension, as "
                              "python-audio-separator names models (`x.ckpt` with its YAML beside it, `x.pth`, "
@@ -146,11 +155,14 @@ MODEL_FIELDS = (
                                    "default: the one beside it (`<name>.yaml`, `<name>_config.yaml`, "
                                    "`config_<name>.yaml`, or as UVR and python-audio-separator pair them)"),
     Field("model_type", "string", "the family/architecture of `model_path` when its file name does not tell "
-                                  "(demucs, htdemucs, bs_roformer, mel_band_roformer, scnet, mdx23c, apollo, ...)"),
+                                  f"(demucs, htdemucs, {', '.join(MSST_TYPES)}, apollo, ...)"),
     Field("repo", "string", "a folder of Demucs packages to look `model` up in instead of the models dir"),
     Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
           aliases=("model_file_dir",)),
-    # UVR's per-model settings, for a VR .pth / MDX-Net .onnx that DSU's tables do not know (or to override them)
+)
+# UVR's per-model settings, for a VR .pth / MDX-Net .onnx that DSU's tables do not know (or to override them):
+# they decide how the file loads, so they are part of the model
+UVR_SETTINGS = (
     Field("vr_model_param", "string", "VR: the band-parameter set, e.g. 4band_v2, 4band_v3, 1band_sr44100_hl512"),
     Field("primary_stem", "string", "VR/MDX: the stem the network predicts (Vocals, Instrumental, No Reverb, ...)"),
     Field("nout", "integer", "VR 5.1 networks: channels (e.g. 32, 48, 64)", minimum=1, maximum=1024),
@@ -164,6 +176,7 @@ MODEL_FIELDS = (
     Field("mdx_dim_t_set", "integer", "MDX: log2 of the frames per segment (8: 256 frames)", minimum=1, maximum=12),
     Field("mdx_n_fft_scale_set", "integer", "MDX: the STFT size (e.g. 7680)", minimum=2, maximum=32768),
 )
+MODEL_FIELDS = (*MODEL_NAMING, *UVR_SETTINGS)
 
 OUTPUT_NAMES = Field("output_names", "object", "stem -> file base name (python-audio-separator's custom_output_names; "
                                              "the stem in either spelling, any case): that stem's file is "
@@ -227,50 +240,96 @@ RESTORE_FIELDS = (
 )
 
 # The options of the model families, checked by type and range before any family code sees them
-# (`separate` and every command with `family_options`). One name may serve several families; the
-# range here is the widest any of them accepts, and a family refuses what its loaded model cannot use
-# (a Demucs `segment` longer than it was trained on, MSST's whole-number `overlap`, ...).
+# (`separate` and every command with `family_options`), and read by the families from here (defaults
+# included: `families` pairs each family that reads an option with its default). One name may serve
+# several families; the range here is the widest any of them accepts, and a family refuses what its
+# loaded model cannot use (a Demucs `segment` longer than it was trained on, MSST's whole-number
+# `overlap`, ...).
+MODELS_OWN = None  # a family default that the loaded model gives (its config, its training)
+FAMILY_TITLES = {"demucs": "Demucs", "msst": "MSST", "vr": "UVR VR", "mdx": "MDX-Net", "dsp": "dsp",
+                 "apollo": "Apollo"}
+# python-audio-separator's prefixed names (`vr_window_size`, `mdx_segment_size`) belong to its VR and
+# MDX separators alone; any other alias to every family of its option
+ALIAS_PREFIXES = {"vr_": "vr", "mdx_": "mdx"}
+
+
+def used_by(**defaults) -> tuple[tuple[str, Any], ...]:
+    """A family option's `families`: family=its default."""
+    assert set(defaults) <= set(FAMILY_TITLES), defaults
+    return tuple(defaults.items())
+
+
 FAMILY_OPTIONS = (
     Field("shifts", "integer", "Demucs: random time shifts averaged (the shift trick); each one is a whole "
-                               "extra pass", minimum=0, maximum=20),
+                               "extra pass", minimum=0, maximum=20, families=used_by(demucs=1)),
     Field("overlap", "number", "Demucs and MDX-Net: the fraction of a chunk shared with the next (below 1); "
                                "MSST: how many chunks overlap each sample (a whole number, at least 1)",
-          minimum=0, maximum=64, aliases=("mdx_overlap",)),
+          minimum=0, maximum=64, aliases=("mdx_overlap",), families=used_by(demucs=0.25, msst=MODELS_OWN, mdx=0.25)),
     Field("clip_mode", "string", "Demucs: `rescale` scales a stem peaking past full scale down as a whole (the "
                                  "demucs CLI's default), `none` clips samples when written as integers",
-          choices=("rescale", "none")),
+          choices=("rescale", "none"), families=used_by(demucs="none")),
     Field("segment", "number", "Demucs and dsp: seconds per chunk (Demucs: at most what the model was "
-                               "trained on)", minimum=0.01, maximum=600),
+                               "trained on)", minimum=0.01, maximum=600, families=used_by(demucs=MODELS_OWN, dsp=12.0)),
     Field("batch_size", "integer", "chunks per model call (all families)", minimum=1, maximum=64,
-          aliases=("vr_batch_size", "mdx_batch_size")),
+          aliases=("vr_batch_size", "mdx_batch_size"), families=used_by(demucs=1, msst=MODELS_OWN, vr=1, mdx=1)),
     Field("chunk_size", "integer", "MSST: samples per chunk (default: the model config's)", minimum=1,
-          maximum=1 << 22),
-    Field("use_tta", "boolean", "MSST: also demix with channels swapped and polarity inverted, and average"),
-    Field("extract_instrumental", "boolean", "MSST: also write the mix minus the model's first stem"),
+          maximum=1 << 22, families=used_by(msst=MODELS_OWN)),
+    Field("use_tta", "boolean", "MSST: also demix with channels swapped and polarity inverted, and average",
+          families=used_by(msst=False)),
+    Field("extract_instrumental", "boolean", "MSST: also write the mix minus the model's first stem",
+          families=used_by(msst=False)),
     Field("precision", "string", "MSST: the forward pass's float type (auto: float16 on CUDA when the model "
-                                 "trained with it)", choices=("auto", "float32", "float16", "bfloat16")),
+                                 "trained with it)", choices=("auto", "float32", "float16", "bfloat16"),
+          families=used_by(msst="auto")),
     Field("window_size", "integer", "VR: STFT frames per network window (320, 512 or 1024 in UVR)", minimum=1,
-          maximum=4096, aliases=("vr_window_size",)),
+          maximum=4096, aliases=("vr_window_size",), families=used_by(vr=512)),
     Field("aggression", "integer", "VR: how hard the primary stem is pulled out", minimum=-100, maximum=100,
-          aliases=("vr_aggression",)),
-    Field("enable_tta", "boolean", "VR: test-time augmentation", aliases=("vr_enable_tta",)),
+          aliases=("vr_aggression",), families=used_by(vr=5)),
+    Field("enable_tta", "boolean", "VR: test-time augmentation", aliases=("vr_enable_tta",),
+          families=used_by(vr=False)),
     Field("enable_post_process", "boolean", "VR: remove vocal artefacts from the instrumental",
-          aliases=("vr_enable_post_process", "vr_post_process")),
+          aliases=("vr_enable_post_process", "vr_post_process"), families=used_by(vr=False)),
     Field("post_process_threshold", "number", "VR: the post-process threshold (0.1 to 0.3 in UVR)", minimum=0,
-          maximum=1, aliases=("vr_post_process_threshold",)),
+          maximum=1, aliases=("vr_post_process_threshold",), families=used_by(vr=0.2)),
     Field("high_end_process", "boolean", "VR: mirror the high end the band set cuts",
-          aliases=("vr_high_end_process",)),
+          aliases=("vr_high_end_process",), families=used_by(vr=False)),
     Field("segment_size", "integer", "MDX-Net: STFT frames per network call", minimum=2, maximum=4096,
-          aliases=("mdx_segment_size",)),
-    Field("hop_length", "integer", "MDX-Net: the STFT hop", minimum=1, maximum=8192, aliases=("mdx_hop_length",)),
+          aliases=("mdx_segment_size",), families=used_by(mdx=256)),
+    Field("hop_length", "integer", "MDX-Net: the STFT hop", minimum=1, maximum=8192, aliases=("mdx_hop_length",),
+          families=used_by(mdx=1024)),
     Field("enable_denoise", "boolean", "MDX-Net: run the network on the mix and its negation and average",
-          aliases=("mdx_enable_denoise",)),
+          aliases=("mdx_enable_denoise",), families=used_by(mdx=False)),
+    # audio-separator's normalization_threshold: for MDX-Net a louder mix is scaled down to it before
+    # demixing, and (both families) so is each stem written
     Field("normalization_threshold", "number", "MDX-Net and VR: a louder mix and stem are scaled down to this "
-                                               "peak (above 0)", minimum=0, maximum=1, aliases=("normalization",)),
-    Field("chunk_seconds", "number", "Apollo: seconds per chunk", minimum=0.1, maximum=600),
-    Field("overlap_seconds", "number", "Apollo: crossfade between chunks", minimum=0, maximum=300),
+                                               "peak (above 0)", minimum=0, maximum=1, aliases=("normalization",),
+          families=used_by(vr=0.9, mdx=0.9)),
+    Field("chunk_seconds", "number", "Apollo: seconds per chunk", minimum=0.1, maximum=600,
+          families=used_by(apollo=7.0)),  # the previous DSU worker's `apollo` defaults
+    Field("overlap_seconds", "number", "Apollo: crossfade between chunks", minimum=0, maximum=300,
+          families=used_by(apollo=0.5)),
 )
 FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.aliases)}
+
+
+def option_names(f: Field, family: str) -> tuple[str, ...]:
+    """The names `family` reads option `f` under: its own, then its aliases (other families' prefixed
+    ones left out)."""
+    def owner(alias: str) -> str:
+        return next((fam for prefix, fam in ALIAS_PREFIXES.items() if alias.startswith(prefix)), family)
+    return (f.name, *(a for a in f.aliases if owner(a) == family))
+
+
+def options_of(family: str) -> tuple[Field, ...]:
+    """The options `family` reads, in the table's order."""
+    return tuple(f for f in FAMILY_OPTIONS if family in dict(f.families))
+
+
+def _options_by_family() -> str:
+    """What `separate`'s doc says of the family options: each family with the options it reads."""
+    return "; ".join(f"{title} " + ", ".join(f"`{f.name}`" for f in options_of(family))
+                     for family, title in FAMILY_TITLES.items())
+
 
 ENSEMBLE_ALGORITHMS = ("avg_wave", "median_wave", "min_wave", "max_wave", "avg_fft", "median_fft", "min_fft",
                        "max_fft", "uvr_max_spec", "uvr_min_spec", "ensemble_wav")
@@ -345,16 +404,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             final=("model_loaded",), interim=("loading_model", "cache_evicted")),
     Command("preload_model", "like load_model, for warming the cache ahead of jobs", (ID, *MODEL_FIELDS),
             final=("model_preloaded",), interim=("loading_model", "cache_evicted")),
-    Command("separate", "separate one file into stem files. It also takes the options of the model's family: "
-                        "Demucs `shifts`, `overlap`, `segment`, `batch_size`, `clip_mode` (rescale|none); "
-                        "MSST `overlap`, `batch_size`, `chunk_size`, `use_tta`, `extract_instrumental`, `precision`; "
-                        "UVR VR `window_size`, "
-                        "`aggression`, `enable_tta`, `enable_post_process`, `post_process_threshold`, "
-                        "`high_end_process`, `batch_size`; MDX-Net `segment_size`, `overlap`, `batch_size`, "
-                        "`hop_length`, `enable_denoise` (also with python-audio-separator's `vr_`/`mdx_` "
-                        "prefixes), and for both `normalization_threshold` (0.9: a louder stem is scaled "
-                        "down to it); dsp `segment`. Fields the "
-                        "model does not use are ignored and listed in `done` as `ignored`",
+    Command("separate", "separate one file into stem files. It also takes the options of the model's family "
+                        "(with python-audio-separator's `vr_`/`mdx_` prefixes too): " + _options_by_family()
+                        + ". Fields the model does not use are ignored and listed in `done` as `ignored`",
             (ID, *SEPARATE_FIELDS), final=("done",),
             interim=("loading_model", "cache_evicted", "separating", "progress", "cancelling"),
             cancellable=True, family_options=True),
@@ -428,11 +480,12 @@ LAYOUT_EXAMPLES = (
 _NAME = Field("model", "string", "the model's name")
 _STEMS = Field("stems", "string[]", "its stems")
 _FAMILY = Field("family", "string", "its family (dsp, demucs, msst, ...)")
+_DEVICE = Field("device", "string", f"{', '.join(KINDS[:-1])} or {KINDS[-1]}")
 
 MESSAGES: dict[str, Message] = {m.status: m for m in (
     Message("loading", "first line: the worker started and is importing its libraries"),
     Message("ready", "the worker answers commands from now on", (
-        Field("device", "string", "cpu, cuda or mps"),
+        _DEVICE,
         Field("threads", "integer", "intra-op CPU threads"),
         Field("cache_enabled", "boolean", "models stay loaded between jobs"),
         Field("max_cached_models", "integer", "how many"),
@@ -444,7 +497,7 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
         Field("device_warning", "string", "present when the device asked for was not available"))),
     Message("pong", "answer to ping", (ID, Field("model_loaded", "string", "the last model used (null: none)"))),
     Message("status", "answer to get_status", (
-        ID, Field("model_loaded", "string", "the last model used"), Field("device", "string", "cpu, cuda or mps"),
+        ID, Field("model_loaded", "string", "the last model used"), _DEVICE,
         Field("ready", "boolean", "always true"), Field("busy", "boolean", "a job is running"),
         Field("job", "object", "the running job: `id`, `cmd`, `progress` (null when idle)"),
         Field("queued", "integer", "jobs waiting"), Field("cached_models", "string[]", "names in the cache"),

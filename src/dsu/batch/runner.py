@@ -128,12 +128,6 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def layout_supported() -> bool:
-    """Whether this DSU's `separate` takes the `layout` field (the output-layout contract)."""
-    from .. import protocol as spec
-    return any(f.name == "layout" for f in spec.COMMANDS["separate"].fields)
-
-
 def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | None = None,
         threads: int | None = None, device: str = "auto", models_dir=None, layout: str | None = None,
         keep_folders: bool = True, force: bool = False, retries: int = 1, ray: str | None = None,
@@ -157,9 +151,6 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
     base = {k: v for k, v in (request or {}).items() if v is not None}
     if layout:
-        if not layout_supported():
-            raise DSUError("bad_value", "--filename/layout needs a DSU whose separate takes `layout`; "
-                                        "this one writes each model family's own layout")
         base["layout"] = layout
     for key in ("input", "output_dir", "output", "id"):
         base.pop(key, None)

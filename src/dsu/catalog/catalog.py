@@ -16,10 +16,11 @@ from typing import Any
 
 from .. import untrusted
 from ..errors import DSUError
+from ..protocol import MSST_TYPES
 from .download import Expected
 
 VERSION = 1
-TYPES = ("demucs", "bs_roformer", "mel_band_roformer", "scnet", "mdx23c", "vr", "mdx", "apollo")
+TYPES = ("demucs", *MSST_TYPES, "vr", "mdx", "apollo")
 MODEL_SUFFIXES = (".ckpt", ".pth", ".th", ".onnx", ".pt", ".bin", ".safetensors")  # what a typed name may end in
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 HEX = re.compile(r"[0-9a-f]+")
@@ -215,7 +216,7 @@ def parse_entry(obj: Any, index: int) -> Entry:
         if not safe_relative(config) or not package_config(config).is_file():
             raise ValueError(f"{where}: `config` {config!r} is neither one of its files nor a config shipped "
                              "in the package (dsu/configs/)")
-    if obj["type"] in ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c") and config is None:
+    if obj["type"] in MSST_TYPES and config is None:
         raise ValueError(f"{where}: an MSST model needs its `config`")
     if obj["type"] == "demucs" and checkpoint is None and config is None:
         raise ValueError(f"{where}: a Demucs bag needs its `config` (the bag .yaml)")

@@ -16,12 +16,12 @@ from typing import Callable
 
 from .. import untrusted
 from ..errors import DSUError
+from ..protocol import MODEL_NAMING, MSST_TYPES
 from . import catalog as catalogs
 from .catalog import Catalog, Entry, FileSpec
 from .download import FileLock, fetch, mismatch, sha256_of
 
 LOCK_FILE = "dsu-lock.json"
-MSST_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
 # the most bytes a file may have when the catalog gives no size, well above the largest each kind
 # publishes (configs are kilobytes; Demucs members, UVR .pth/.onnx up to a few hundred MB; RoFormer
 # checkpoints up to about 2 GB), so a server that never ends its body stops there, not at a full disk
@@ -144,8 +144,8 @@ def resolve(request: dict, models_dir: Path | None, default_model: str | None = 
     models_dir = Path(request["models_dir"]) if request.get("models_dir") else Path(models_dir or default_models_dir())
     if not installed(entry, models_dir):
         raise not_installed(name, entry, models_dir)
-    fields = {k: v for k, v in request.items() if k not in ("model", "models_dir", "model_path", "config_path",
-                                                           "model_type", "repo")}
+    naming = {f.name for f in MODEL_NAMING}
+    fields = {k: v for k, v in request.items() if k not in naming}
     fields.update(request_fields(entry, models_dir))
     ref = families.resolve(fields, models_dir)
     return replace(ref, name=entry.name)

@@ -14,14 +14,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 USAGE_CODES = ("model_not_found", "bad_value", "missing_field")
 
 
-class Usage(Exception):
-    """Argument problems, all found before any work starts: one line each, then exit 2."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
 def report(display: Display, problems: list[str], code: int = EXIT_USAGE) -> int:
     """Each problem on its own line; the exit code."""
     for problem in problems:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .separate import FLAGS as SEPARATE_FLAGS, add_model_arguments, add_stem_arguments, model_request
+from ..device import DEVICES
 from ..errors import DSUError, speak
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--flat-folders", action="store_true",
                    help="write every input's stems directly under OUT instead of mirroring the input folders")
     add_stem_arguments(p, "32 = float (default: the family's)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("-j", "--jobs", type=_positive(int), default=None,
                    help="local workers (default: from the cores and the model's memory; 1 on a GPU)")
     p.add_argument("--threads", type=_positive(int), default=None,

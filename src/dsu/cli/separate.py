@@ -11,22 +11,21 @@ import json
 import os
 from pathlib import Path
 
+from ..device import DEVICES
 from ..errors import DSUError
 from .progress import Display, mode_from
 from ..worker.config import _positive
-from ..protocol import MODEL_FIELDS
+from ..protocol import UVR_SETTINGS
 from . import _runner as runner
 from .vocabulary import options_as
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 BIT_DEPTH_HELP = ("16, 24 or 32 (float). Default: 16 for the demucs and uvr layouts (Demucs, MDX-Net and VR "
                   "models), 32 float for the flat layout (MSST models, dsp); flac holds 16 or 24, mp3 none")
 FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab.FILE, without importing shtab
 # request fields `-O` may also set besides the model's own options
 # UVR's per-model settings (`-O primary_stem=Vocals -O mdx_n_fft_scale_set=7680 ...`) for a file DSU's
 # tables do not know: request fields that decide how the model loads
-MODEL_SETTINGS = tuple(f.name for f in MODEL_FIELDS
-                       if f.name not in ("model", "model_path", "config_path", "model_type", "repo", "models_dir"))
+MODEL_SETTINGS = tuple(f.name for f in UVR_SETTINGS)
 REQUEST_OPTIONS = ("layout", "output_names", "sample_rate", "mp3_bitrate", "sanitize", *MODEL_SETTINGS)
 # request fields as `dsu separate` (and `dsu batch`, `dsu restore`) spells them: a flag, else -O FIELD
 FLAGS = {**options_as("-O {}"), "input": "FILE", "output_dir": "-o/--output-dir", "model": "-m/--model",

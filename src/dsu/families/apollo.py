@@ -32,11 +32,10 @@ from .. import memory
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from .packages import load_weights_file
-from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue
+from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, option_names, read_catalogue, read_options
 
 DEFAULTS = {"sr": 44100, "win": 20, "feature_dim": 256, "layer": 6}  # JusperLee's inference.py
 ARCH_KEYS = tuple(DEFAULTS)
-CHUNK_SECONDS, OVERLAP_SECONDS = 7.0, 0.5  # the previous DSU worker's `apollo` defaults
 GENERATOR = "audio_model."
 
 
@@ -145,8 +144,9 @@ def describe(model) -> str:
 
 def chunk_samples(chunk_seconds, overlap_seconds, samplerate: int) -> tuple[int, int]:
     """(chunk, overlap) in samples as Apollo's inference counts them; chunk 0 means the whole file."""
-    chunk_seconds = CHUNK_SECONDS if chunk_seconds is None else float(chunk_seconds)
-    overlap_seconds = OVERLAP_SECONDS if overlap_seconds is None else float(overlap_seconds)
+    defaults = read_options("apollo", {})
+    chunk_seconds = defaults["chunk_seconds"] if chunk_seconds is None else float(chunk_seconds)
+    overlap_seconds = defaults["overlap_seconds"] if overlap_seconds is None else float(overlap_seconds)
     if not (chunk_seconds >= 0 and overlap_seconds >= 0) or chunk_seconds == float("inf"):
         raise DSUError("bad_value", "chunk_seconds and overlap_seconds must be finite numbers >= 0")
     if chunk_seconds == 0:
@@ -198,7 +198,7 @@ def restore_chunks(length: int, chunk: int, overlap: int) -> list[Chunk]:
 class ApolloSeparator(Separator):
     """Restores every channel of a signal on its own; one output, `restored`."""
     family = "apollo"
-    options = frozenset({"chunk_seconds", "overlap_seconds"})
+    options = option_names("apollo")
 
     def __init__(self, name: str, model: torch.nn.Module, device: torch.device):
         from ..models.apollo import Apollo

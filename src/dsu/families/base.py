@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .. import untrusted
+from .. import protocol, untrusted
 from ..engine import Pass, Signal
 from ..errors import DSUError
 
@@ -116,6 +116,28 @@ def whole_number(name: str, value, least: int, default: int | None = None) -> in
         out = least - 1
     if out < least or out != float(value):
         raise DSUError("bad_value", f"{name} must be a whole number >= {least}, not {value!r}")
+    return out
+
+
+def option_names(family: str) -> frozenset[str]:
+    """The request fields `family` reads as its options: the protocol table's, under every name."""
+    return frozenset(n for f in protocol.options_of(family) for n in protocol.option_names(f, family))
+
+
+def read_options(family: str, options: dict, own: dict | None = None) -> dict:
+    """`family`'s options by their plain names: the value under the plain name, else under an alias,
+    else the table's default for the family, or where that is the model's own, `own`'s (else None).
+    A value is checked by the table as a request's are, so a direct call is held to the worker's
+    rules (a true/false option also takes 1/0 and their strings, as older clients send)."""
+    out = {}
+    for f in protocol.options_of(family):
+        given = [(n, options[n]) for n in protocol.option_names(f, family) if options.get(n) is not None]
+        if given:
+            name, value = given[0]
+            out[f.name] = f.check(flag(name, value) if f.type == "boolean" else value, "separate", name)
+        else:
+            default = dict(f.families)[family]
+            out[f.name] = (own or {}).get(f.name) if default is protocol.MODELS_OWN else default
     return out
 
 

@@ -26,7 +26,7 @@ from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, mono_stats
 from ..errors import DSUError, missing_keys_message
 from .packages import first_line, load_package, verify_checksum
 from .model_folder import describe_other_yaml, read_yaml, yaml_kind
-from .base import Family, ModelRef, Separator, make_ref, whole_number
+from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
 
 MODEL_TYPES = ("demucs", "hdemucs", "htdemucs")
 CHECKSUMMED = re.compile(r"^(?P<sig>.+)-(?P<sha>[0-9a-f]{8})$")
@@ -216,7 +216,7 @@ ACTIVATIONS = {"HTDemucs": 64}
 
 class DemucsSeparator(Separator):
     family = "demucs"
-    options = frozenset({"shifts", "overlap", "segment", "batch_size", "clip_mode"})
+    options = option_names("demucs")
 
     # models: demucs' Demucs, HDemucs or HTDemucs, whose sources, samplerate, audio_channels and segment
     # are plain attributes that nn.Module's typing cannot see
@@ -249,15 +249,15 @@ class DemucsSeparator(Separator):
         self.max_segment = min((float(m.segment) for m in models if isinstance(m, HTDemucs)), default=float("inf"))
         self.bag = torch.nn.ModuleList(models).to(device).eval()
 
-    def memory_estimate(self, length: int, shifts=None, segment=None, batch_size=None, overlap=None, **_):
+    def memory_estimate(self, length: int, **options):
         """Every shift of every bag member is a pass whose overlap-add span (about two segments of all
         sources) is held at once; one model call holds `batch_size` segments and their activations."""
-        shifts = whole_number("shifts", shifts, 0, default=1)
-        batch = whole_number("batch_size", batch_size, 1, default=1)
+        opts = read_options("demucs", options)
+        shifts, segment, batch = opts["shifts"], opts["segment"], opts["batch_size"]
         seconds = max(float(segment if segment is not None else m.segment) for m in cast("list[Any]", self.bag))
         span = min(int(seconds * self.samplerate), length + int(seconds * self.samplerate))
         passes = max(shifts, 1) * len(self.bag)
-        stride = max(1, int((1 - float(overlap if overlap is not None else 0.25)) * span))
+        stride = max(1, int((1 - float(opts["overlap"])) * span))
         plan = passes * (length // stride + 1) * 512  # the chunk lists
         host = passes * memory.span_bytes(len(self.stems), self.audio_channels, span) + plan
         factor = max(ACTIVATIONS.get(type(m).__name__, 16) for m in self.bag)
@@ -265,23 +265,18 @@ class DemucsSeparator(Separator):
         return memory.Estimate(host, device, f"shifts={shifts}, {len(self.bag)} model(s), segment={seconds:g} s, "
                                              f"batch_size={batch}")
 
-    def peak_limit(self, clip_mode=None, **_) -> float | None:
+    def peak_limit(self, **options) -> float | None:
         """demucs' `--clip-mode rescale` (its CLI's default): a stem peaking above 1/1.01 is scaled down
         to it as a whole; `none` (this family's default): samples past full scale are clipped when
         written as integers."""
-        if clip_mode not in (None, "none", "rescale"):
-            raise DSUError("bad_value", f"clip_mode must be \"rescale\" or \"none\", not {clip_mode!r}")
-        return 1 / 1.01 if clip_mode == "rescale" else None
+        return 1 / 1.01 if read_options("demucs", options)["clip_mode"] == "rescale" else None
 
-    def passes(self, signal: Signal, shifts=None, overlap=None, segment=None, batch_size=None, **_) -> list[Pass]:
-        shifts = whole_number("shifts", shifts, 0, default=1)
-        batch = whole_number("batch_size", batch_size, 1, default=1)
-        overlap = 0.25 if overlap is None else overlap
-        if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+    def passes(self, signal: Signal, **options) -> list[Pass]:
+        opts = read_options("demucs", options)
+        shifts, overlap, segment, batch = opts["shifts"], opts["overlap"], opts["segment"], opts["batch_size"]
+        if not overlap < 1:  # the table's range is MSST's too
             raise DSUError("bad_value", f"overlap must be a number in [0, 1), not {overlap!r}")
         if segment is not None:
-            if not isinstance(segment, (int, float)) or segment <= 0:
-                raise DSUError("bad_value", f"segment must be a positive number of seconds, not {segment!r}")
             if segment > self.max_segment:
                 raise DSUError("bad_value", f"segment {segment} is longer than {self.name} was trained for "
                                             f"(at most {self.max_segment:g} s)")

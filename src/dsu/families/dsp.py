@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import Pass, grid, triangle
-from .base import Family, Separator, make_ref
+from .base import Family, Separator, make_ref, option_names, read_options
 
 SAMPLERATE = 44100
 N_FFT, HOP = 4096, 1024
@@ -38,7 +38,7 @@ class DSPSeparator(Separator):
     samplerate = SAMPLERATE
     audio_channels = 2
     stems = ["drums", "bass", "other", "vocals"]
-    options = frozenset({"segment"})
+    options = option_names("dsp")
 
     def __init__(self, device: torch.device = torch.device("cpu")):
         self.device = device
@@ -74,15 +74,16 @@ class DSPSeparator(Separator):
         out = torch.istft(stems.reshape(-1, *spec.shape[-2:]), N_FFT, HOP, window=self.window, length=n)
         return out.reshape(b, len(self.stems), c, n)
 
-    def memory_estimate(self, length: int, segment: float = 12.0, **_):
+    def memory_estimate(self, length: int, **options):
         """One chunk's spectrogram, masks and four stems' spectrograms (about 180 floats per sample),
         and the overlap-add of two chunks."""
         from .. import memory
+        segment = read_options("dsp", options)["segment"]
         size = min(int(float(segment) * SAMPLERATE), max(length, 4 * N_FFT))
         return memory.Estimate(memory.span_bytes(4, 2, size), size * 180 * memory.FLOAT, f"segment={segment} s")
 
-    def passes(self, signal, segment: float = 12.0, **_) -> list[Pass]:
-        size = int(float(segment) * SAMPLERATE)
+    def passes(self, signal, **options) -> list[Pass]:
+        size = int(float(read_options("dsp", options)["segment"]) * SAMPLERATE)
         if size < 4 * N_FFT:
             from ..errors import DSUError
             raise DSUError("bad_value", f"segment must be at least {4 * N_FFT / SAMPLERATE:.2f} seconds")

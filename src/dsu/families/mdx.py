@@ -34,15 +34,10 @@ from ..engine import Chunk, Pass, Scaled, Signal, iter_blocks
 from ..errors import DSUError
 from . import uvr
 from .. import memory
-from .base import Family, ModelRef, Separator, flag, make_ref, whole_number
+from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
 
 SAMPLERATE = 44100
 ZEROED_BINS = 3       # UVR silences the lowest STFT bins before the network
-DEFAULTS = {"segment_size": 256, "overlap": 0.25, "batch_size": 1, "hop_length": 1024, "enable_denoise": False,
-            # audio-separator's normalization_threshold: a louder mix is scaled down to it before
-            # demixing, and so is each stem written
-            "normalization_threshold": 0.9}
-ALIASES = {name: f"mdx_{name}" for name in DEFAULTS} | {"normalization_threshold": "normalization"}
 # the request's UVR names -> the table's keys (mdx_dim_t_set is log2 of the frames)
 OVERRIDES = {"primary_stem": "primary_stem", "compensate": "compensate", "mdx_dim_f_set": "dim_f",
              "mdx_dim_t_set": "dim_t", "mdx_n_fft_scale_set": "n_fft", "is_karaoke": "karaoke"}
@@ -108,32 +103,6 @@ def peak_of(signal: Signal) -> float:
     return max((float(block.abs().max()) for block in iter_blocks(signal) if block.numel()), default=0.0)
 
 
-# ---- options -------------------------------------------------------------------------------------
-
-def option(options: dict, name: str):
-    """A plain option, else its python-audio-separator `mdx_` alias, else the default."""
-    for key in (name, ALIASES[name]):
-        if options.get(key) is not None:
-            return options[key]
-    return DEFAULTS[name]
-
-
-def _whole(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool):  # a flag where a count belongs is a mistake, not 0 or 1
-        raise DSUError("bad_value", f"{name} must be a whole number >= {minimum}, not {value!r}")
-    return whole_number(name, value, minimum)
-
-
-def _fraction(name: str, value) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = -1.0
-    if isinstance(value, bool) or not 0 <= out < 1:
-        raise DSUError("bad_value", f"{name} must be a number from 0 up to (not including) 1, not {value!r}")
-    return out
-
-
 # ---- onnxruntime ---------------------------------------------------------------------------------
 
 def providers_for(device: torch.device) -> list[str]:
@@ -187,7 +156,7 @@ def fixed(dim) -> int | None:
 
 class MDXSeparator(Separator):
     family = "mdx"
-    options = frozenset({*DEFAULTS, *ALIASES.values()})
+    options = option_names("mdx")
 
     def __init__(self, name: str, path: str, session, data: dict, device: torch.device):
         self.name, self.path, self.device = name, path, device
@@ -209,20 +178,20 @@ class MDXSeparator(Separator):
     def memory_estimate(self, length: int, **options):
         """One model call holds `batch_size` spectrograms of [4, dim_f, segment_size] and the network's
         activations; the overlap-add about two chunks of both stems."""
-        segment = _whole("segment_size", option(options, "segment_size"), 2)
-        batch = _whole("batch_size", option(options, "batch_size"), 1)
-        hop = _whole("hop_length", option(options, "hop_length"), 1)
+        opts = read_options("mdx", options)
+        segment, batch, hop = opts["segment_size"], opts["batch_size"], opts["hop_length"]
         chunk = hop * (segment - 1)
         spec = 4 * max(self.dim_f, self.n_fft // 2 + 1) * segment * memory.FLOAT
         host = memory.span_bytes(2, 2, chunk) + 4 * chunk * 2 * memory.FLOAT
         return memory.Estimate(host, batch * spec * 16, f"segment_size={segment}, hop_length={hop}, batch_size={batch}")
 
     def passes(self, signal: Signal, **options) -> list[Pass]:
-        segment = _whole("segment_size", option(options, "segment_size"), 2)
-        overlap = _fraction("overlap", option(options, "overlap"))
-        batch = _whole("batch_size", option(options, "batch_size"), 1)
-        hop = _whole("hop_length", option(options, "hop_length"), 1)
-        denoise = flag("enable_denoise", option(options, "enable_denoise"))
+        opts = read_options("mdx", options)
+        segment, batch, hop = opts["segment_size"], opts["batch_size"], opts["hop_length"]
+        denoise, overlap = opts["enable_denoise"], float(opts["overlap"])
+        if overlap >= 1:  # the table's range is MSST's too
+            raise DSUError("bad_value", "overlap must be a number from 0 up to (not including) 1, "
+                                        f"not {opts['overlap']!r}")
         chunk_size = hop * (segment - 1)
         trim = self.n_fft // 2
         if chunk_size - 2 * trim <= 0:
@@ -240,8 +209,8 @@ class MDXSeparator(Separator):
                      batch_size=batch)]
 
     def peak_limit(self, **options) -> float:
-        limit = option(options, "normalization_threshold")
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 1:
+        limit = read_options("mdx", options)["normalization_threshold"]
+        if limit <= 0:
             raise DSUError("bad_value", f"normalization_threshold must be a number in (0, 1], not {limit!r}")
         return float(limit)
 

@@ -26,17 +26,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import memory
+from .. import memory, protocol
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade, mono_stats
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from .packages import load_weights_file
 from .base import capitalised
 from . import uvr
 from .model_folder import ConfigLoader, config_for, missing_config_message, read_yaml  # noqa: F401
-from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, read_catalogue, whole_number
+from .base import (CATALOGUE, Family, ModelRef, Separator, make_ref, option_names, read_catalogue, read_options,
+                   whole_number)
 
-MODEL_TYPES = ("bs_roformer", "mel_band_roformer", "scnet", "mdx23c")
-PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+MODEL_TYPES = protocol.MSST_TYPES  # what build_model builds
 
 
 # ---- config ----------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def demix_chunks(length: int, chunk_size: int, num_overlap: int, batch_size: int
 
 class MSSTSeparator(Separator):
     family = "msst"
-    options = frozenset({"overlap", "batch_size", "extract_instrumental", "use_tta", "chunk_size", "precision"})
+    options = option_names("msst")
 
     def __init__(self, name: str, model_type: str, config: dict, model: torch.nn.Module, device: torch.device):
         self.name, self.model_type, self.config = name, model_type, config
@@ -222,21 +222,25 @@ class MSSTSeparator(Separator):
         self.normalize = config["inference"].get("normalize") is True
         self.use_amp = bool(config["training"].get("use_amp", True))
 
-    def memory_estimate(self, length: int, overlap=None, batch_size=None, chunk_size=None, **_):
+    def memory_estimate(self, length: int, **options):
         """One model call holds `batch_size` chunks with their spectrograms and activations; the
         overlap-add holds about two chunks of every stem."""
-        size = whole_number("chunk_size", chunk_size, 1, default=self.chunk_size)
-        batch = whole_number("batch_size", batch_size, 1, default=self.batch_size)
+        opts = self._settings(options)
+        size, batch = opts["chunk_size"], opts["batch_size"]
         stems = len(self.stems) + 1
         host = memory.span_bytes(stems, self.audio_channels, size) + 2 * size * self.audio_channels * memory.FLOAT
         device = batch * size * self.audio_channels * memory.FLOAT * (1 + stems) * 16
         return memory.Estimate(host, device, f"chunk_size={size}, batch_size={batch}")
 
-    def passes(self, signal: Signal, overlap=None, batch_size=None, chunk_size=None, use_tta=False,
-               precision="auto", **_) -> list[Pass]:
-        size = whole_number("chunk_size", chunk_size, 1, default=self.chunk_size)
-        num_overlap = whole_number("overlap", overlap, 1, default=self.num_overlap)
-        batch = whole_number("batch_size", batch_size, 1, default=self.batch_size)
+    def _settings(self, options: dict) -> dict:
+        """The request's options, the config's chunk_size, num_overlap and batch_size where it gives none."""
+        return read_options("msst", options, own={"chunk_size": self.chunk_size, "overlap": self.num_overlap,
+                                                  "batch_size": self.batch_size})
+
+    def passes(self, signal: Signal, **options) -> list[Pass]:
+        opts = self._settings(options)
+        size, batch = opts["chunk_size"], opts["batch_size"]
+        num_overlap = whole_number("overlap", opts["overlap"], 1)
         if num_overlap > size:
             raise DSUError("bad_value", f"overlap {num_overlap} is more than chunk_size {size} samples")
         source: Signal = signal
@@ -249,7 +253,7 @@ class MSSTSeparator(Separator):
         border = demix_border(signal.length, size, num_overlap)
         if border:
             source = ReflectPad(source, border)
-        fn = self.chunk_fn(self.autocast(precision), bool(use_tta), scale)
+        fn = self.chunk_fn(self.autocast(opts["precision"]), opts["use_tta"], scale)
         # MSST de-normalises after its overlap-add, so a sample no window weighted ends up as the mean
         return [Pass(model=fn, signal=source, chunks=demix_chunks(signal.length, size, num_overlap, batch),
                      batch_size=batch, unweighted=scale[0] if scale else 0.0)]
@@ -257,8 +261,6 @@ class MSSTSeparator(Separator):
     def autocast(self, precision):
         """Mixed precision for the model's forward: MSST's float16 autocast on CUDA (its
         `training.use_amp`, on by default) unless asked otherwise; float32 elsewhere unless asked."""
-        if precision not in PRECISIONS:
-            raise DSUError("bad_value", f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         kind = self.device.type
         if precision == "auto":
             precision = "float16" if kind == "cuda" and self.use_amp else "float32"

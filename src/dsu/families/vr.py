@@ -30,40 +30,19 @@ from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from .packages import load_weights_file
 from . import uvr
-from .base import Family, ModelRef, Separator, flag, make_ref
+from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
 
 UVR_RATE = 44100
 # request field -> model-data key
 OVERRIDES = {"vr_model_param": "band_params", "primary_stem": "primary_stem", "nout": "nout",
              "nout_lstm": "nout_lstm", "is_karaoke": "karaoke", "is_bv_model": "backing_vocals",
              "is_bv_model_rebalanced": "bv_rebalance"}
-# option -> (default, python-audio-separator's prefixed names)
-OPTIONS = {"window_size": (512, ("vr_window_size",)), "aggression": (5, ("vr_aggression",)),
-           "enable_tta": (False, ("vr_enable_tta",)),
-           "enable_post_process": (False, ("vr_enable_post_process", "vr_post_process")),
-           "post_process_threshold": (0.2, ("vr_post_process_threshold",)),
-           "high_end_process": (False, ("vr_high_end_process",)), "batch_size": (1, ("vr_batch_size",)),
-           "normalization_threshold": (0.9, ("normalization",))}
 
 
 def settings(options: dict) -> dict:
-    """The VR options of a request, by their plain names, checked; a plain name wins over its alias."""
-    out = {}
-    for name, (default, aliases) in OPTIONS.items():
-        value = next((options[k] for k in (name, *aliases) if options.get(k) is not None), default)
-        if isinstance(default, bool):
-            value = flag(name, value)
-        else:
-            try:
-                value = type(default)(value)
-            except (TypeError, ValueError):
-                raise DSUError("bad_value", f"{name} must be a number, not {value!r}") from None
-        out[name] = value
-    if not -100 <= out["aggression"] <= 100:
-        raise DSUError("bad_value", f"aggression must be between -100 and 100, not {out['aggression']}")
-    if out["batch_size"] < 1:
-        raise DSUError("bad_value", f"batch_size must be at least 1, not {out['batch_size']}")
-    if not 0 < out["normalization_threshold"] <= 1:
+    """The VR options of a request, by their plain names, checked (`dsu.protocol.FAMILY_OPTIONS`)."""
+    out = read_options("vr", options)
+    if out["normalization_threshold"] <= 0:
         raise DSUError("bad_value", "normalization_threshold must be in (0, 1]")
     return out
 
@@ -76,7 +55,7 @@ def make_padding(frames: int, window: int, offset: int) -> tuple[int, int, int]:
 
 class VRSeparator(Separator):
     family = "vr"
-    options = frozenset(k for name, (_, aliases) in OPTIONS.items() for k in (name, *aliases))
+    options = option_names("vr")
 
     def __init__(self, name: str, net: torch.nn.Module, params: vr_bands.BandParams, data: dict,
                  device: torch.device):
@@ -120,7 +99,7 @@ class VRSeparator(Separator):
         return [Pass(model=run, signal=signal, chunks=[whole], steps=True)]
 
     def peak_limit(self, **options) -> float:
-        return settings(options)["normalization_threshold"]
+        return float(settings(options)["normalization_threshold"])
 
     # ---- the VR pipeline on one whole mix ----------------------------------------------------------
 

@@ -25,7 +25,7 @@ from . import models as model_jobs, outputs
 from ..audio import FORMATS, FileSignal, StemWriter
 from ..errors import DSUError
 from ..paths import safe_component
-from ..protocol import COMMANDS, ENSEMBLE_FIELDS, check_family_options
+from ..protocol import COMMANDS, ENSEMBLE_FIELDS, MODEL_NAMING, check_family_options
 from ..families import ModelRef, Separator
 from ._pipeline import estimate_of, make_passes
 from ..blend import algorithms
@@ -117,7 +117,7 @@ def _members(models, extra: dict) -> list[Member]:
         if not isinstance(m, dict):
             raise DSUError("bad_value", f"`models[{i}]` must be an object like {{\"model\": \"dsp\"}}, "
                                         f"not {json.dumps(m)}")
-        for k in ("model", "model_path", "config_path", "model_type", "repo", "models_dir"):
+        for k in (f.name for f in MODEL_NAMING):
             if k in m and m[k] is not None and not isinstance(m[k], str):
                 raise DSUError("bad_value", f"`models[{i}].{k}` must be a string, not {json.dumps(m[k])}")
         stem_map = m.get("stem_map") or {}

@@ -8,13 +8,11 @@ from .. import families
 from ..cache import ModelCache
 from ..errors import DSUError
 from ..families import ModelRef, Separator
+from ..protocol import MODEL_FIELDS
 from ._pipeline import Emit
 
 
-MODEL_KEYS = ("model", "model_path", "config_path", "model_type", "repo", "models_dir",
-              # UVR per-model settings: they decide how the file loads, so they are part of the model
-              "vr_model_param", "primary_stem", "nout", "nout_lstm", "is_karaoke", "is_bv_model",
-              "is_bv_model_rebalanced", "compensate", "mdx_dim_f_set", "mdx_dim_t_set", "mdx_n_fft_scale_set")
+MODEL_KEYS = tuple(f.name for f in MODEL_FIELDS)  # the request fields that pick the model and how it loads
 APOLLO_KEYS = ("feature_dim", "layer", "sr", "win")
 OPTION_TYPES = (str, int, float, bool, list, type(None))
 

@@ -8,13 +8,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..device import DEVICES
+
 # the names existing integrations spawn, and the model each uses when a request names none
 DEFAULT_MODELS = {"dsu": "dsp", "dsu-demucs": "htdemucs", "dsu-bsroformer": None, "dsu-audio-separator": None,
                   "dsu-denoise": None}
 # workers whose own job needs no model: `load_model` naming none answers with theirs, as the previous
 # DSU's dsu-denoise did (integrations send it at start-up)
 MODEL_FREE = frozenset({"dsu-denoise"})
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ... import __version__
+from ...device import DEVICES
 from ...errors import DSUError
 from ..progress import Display, mode_from
 from . import common
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     apollo.add_argument("--apollo_chunk_seconds", type=float, default=None)
     apollo.add_argument("--apollo_overlap_seconds", type=float, default=None)
     dsu = p.add_argument_group("DSU")
-    dsu.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    dsu.add_argument("--device", choices=DEVICES, default="auto")
     dsu.add_argument("--threads", type=int, default=None)
     loud = dsu.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="errors only")

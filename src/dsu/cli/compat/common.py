@@ -13,10 +13,6 @@ from ..progress import Display
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = runner.EXIT_OK, runner.EXIT_FAILED, runner.EXIT_USAGE
 
 
-class Refused(Exception):
-    """An option of the original tool that DSU does not honour (exit 2, never silently ignored)."""
-
-
 def refuse(prog: str, problems: list[str], flags: dict[str, str] | None = None) -> int:
     """Each problem on stderr, request fields in the tool's flags (`flags`); exit 2."""
     for p in problems:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ...device import KINDS
 from ...errors import DSUError
 from ..progress import Display, mode_from
 from . import common
@@ -74,7 +75,7 @@ def _device(value: str | None) -> tuple[str, str | None]:
     if value is None:
         return "auto", None
     kind, _, index = value.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or index != "0")):
+    if kind not in KINDS or (index and (kind != "cuda" or index != "0")):
         return "auto", f"-d {value}: DSU runs on cpu, cuda (cuda:0) or mps"
     return kind, None
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ...errors import DSUError
+from ...protocol import MSST_TYPES
 from ..progress import Display, mode_from
 from . import common
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(PROG, description="MSST inference.py's command line, run by DSU "
                                                   "(`--worker` for the JSON worker)")
     p.add_argument("--model_type", type=str, default=None,
-                   help="One of bs_roformer, mel_band_roformer, scnet, mdx23c (default: the one the config's "
+                   help=f"One of {', '.join(MSST_TYPES)} (default: the one the config's "
                         "keys imply; MSST's own default is mdx23c)")
     p.add_argument("--config_path", type=str, help="path to config file")
     p.add_argument("--start_check_point", type=str, default="", help="Initial checkpoint to valid weights")
