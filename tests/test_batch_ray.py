@@ -17,6 +17,8 @@ from dsu.batch.manifest import NAME as MANIFEST
 
 from test_batch import tone
 
+pytestmark = pytest.mark.slow  # the fast tier (`-m "not slow"`) leaves this file out
+
 ray = pytest.importorskip("ray")
 
 

@@ -22,6 +22,8 @@ import soundfile as sf
 import dsu
 from dsu.runtime import interpreter_argv
 
+pytestmark = pytest.mark.slow  # the fast tier (`-m "not slow"`) leaves this file out
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = {"dsu": ["worker"], "dsu-demucs": [], "dsu-bsroformer": [], "dsu-audio-separator": [],
            "dsu-denoise": []}

@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from fuzzing import FUZZED_COMMANDS, FuzzWorker, Setting, raw_lines, requests, write_song
 
+pytestmark = pytest.mark.slow  # the fast tier (`-m "not slow"`) leaves this file out
+
 EXAMPLES_PER_COMMAND = 30
 FUZZ = settings(max_examples=EXAMPLES_PER_COMMAND, derandomize=True, deadline=None, database=None,
                 phases=[Phase.explicit, Phase.generate],  # the first failure as it happened: no shrinking

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from . import families
 from .device import release_cached_memory
-from .families.packages import mapped_weights
 from .families import ModelRef, Separator
+from .families.packages import mapped_weights
 
 Evicted = Callable[[str], None]  # told the name of each model pushed out
 

@@ -22,11 +22,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import Any, cast
 
-from .runtime import is_frozen
 from .protocol import COMMANDS, final_statuses, timeout_kinds
+from .runtime import is_frozen
 
 FINAL = final_statuses()
 KINDS = timeout_kinds()

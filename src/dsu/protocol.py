@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .device import KINDS
-from .errors import CODES, DSUError
-from .errors import shown
+from .errors import CODES, DSUError, shown
 
 PROTOCOL = 1
 

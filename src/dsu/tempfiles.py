@@ -23,9 +23,9 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, Iterator
 
 from .errors import DSUError
 

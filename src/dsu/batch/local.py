@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..client import Request, Worker, WorkerError, default_argv
 from ..errors import CODES, DSUError

@@ -12,12 +12,11 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..client import WorkerError
 from ..errors import DSUError
-
 
 POLL = 1.0  # seconds between progress questions to the actors in work
 STOP_POLL = 0.2  # seconds between looks at the batch's stop
@@ -38,9 +37,10 @@ class SeparatorActor:
         self.cancelled: set = set()  # tokens of the calls `cancel` stopped (from the second thread)
 
     def load(self, model_fields: dict) -> dict:
-        from ..jobs import models as model_jobs
-        from .. import protocol as spec
         import ray
+
+        from .. import protocol as spec
+        from ..jobs import models as model_jobs
         try:
             fields, _ = spec.validate(spec.COMMANDS["load_model"], model_fields)
             loaded = model_jobs.load_model(fields, cache=self.cache, models_dir=self.models_dir, default_model=None,
@@ -51,8 +51,8 @@ class SeparatorActor:
 
     def separate(self, request: dict, token: int = 0) -> dict:
         from .. import device as devices
-        from ..jobs import separate
         from .. import protocol as spec
+        from ..jobs import separate
         devices.set_threads(self.threads)  # torch's intra-op setting may be per calling thread
         self.fraction = 0.0
         try:

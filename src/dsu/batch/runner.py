@@ -14,9 +14,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__, paths
 from ..client import WorkerError
@@ -142,9 +142,9 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     Ray actor may spend on one file before it is killed and the file retried. `flags`: the command
     line's words for request fields in the live display (dsu.cli.vocabulary); records and
     `Summary.failures` keep the field names."""
-    from ..jobs import models as model_jobs
-    from ..families import FAMILIES
     from .. import protocol as spec
+    from ..families import FAMILIES
+    from ..jobs import models as model_jobs
 
     started = time.monotonic()
     out = Path(output_dir).expanduser().resolve()

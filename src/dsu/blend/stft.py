@@ -7,7 +7,7 @@ has produced that span, and an output sample is final once every frame touching 
 only n_fft samples of input and output are held per stem, whatever the length of the file."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -284,6 +284,7 @@ def read(source: str | Path, cancelled=None) -> Catalog:
 
 def _fetch_text(url: str, cancelled=None) -> str:
     import httpx
+
     from . import download
     http, _ = download.client(URL_TIMEOUT, cancelled=cancelled)
     body = bytearray()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from .. import untrusted
 from ..errors import DSUError

@@ -137,8 +137,8 @@ def _run_one(display: Display, request: dict, job) -> bool:
 
 def run_separations(requests: list[dict], *, cache, models_dir, default_model, display: Display) -> int:
     """Each request (one input each) through `dsu.jobs.separate`; failures are said and counted."""
-    from ..jobs import separate
     from .. import protocol as spec
+    from ..jobs import separate
 
     def job(request):
         fields, extra = spec.validate(spec.COMMANDS["separate"], request)
@@ -149,8 +149,8 @@ def run_separations(requests: list[dict], *, cache, models_dir, default_model, d
 
 def run_restore(request: dict, *, cache, display: Display) -> bool:
     """One `apollo` request through `dsu.jobs.restore`; False (said) when it failed."""
-    from ..jobs import restore
     from .. import protocol as spec
+    from ..jobs import restore
 
     def job():
         fields, _ = spec.validate(spec.COMMANDS["apollo"], request)

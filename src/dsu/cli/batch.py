@@ -6,9 +6,10 @@ import signal
 import sys
 from pathlib import Path
 
-from .separate import FLAGS as SEPARATE_FLAGS, add_model_arguments, add_stem_arguments, model_request
 from ..device import DEVICES
 from ..errors import DSUError, speak
+from .separate import FLAGS as SEPARATE_FLAGS
+from .separate import add_model_arguments, add_stem_arguments, model_request
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 # request fields as `dsu batch` spells them (dsu.cli.vocabulary); the rest as `dsu separate`

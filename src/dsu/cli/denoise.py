@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DSUError
-from .progress import Display, mode_from
 from .. import protocol as spec
+from ..errors import DSUError
 from . import _runner as runner
+from .progress import Display, mode_from
 from .restore import output_file
 from .separate import FILES, add_verbosity
 

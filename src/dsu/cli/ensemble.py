@@ -14,8 +14,8 @@ import math
 import sys
 from pathlib import Path
 
-from .vocabulary import options_as
 from ..protocol import ENSEMBLE_ALGORITHMS, MAX_WEIGHT, number_text
+from .vocabulary import options_as
 
 # request fields as `dsu ensemble` spells them (dsu.cli.vocabulary): a member's fields in --member JSON
 FLAGS = {**options_as("--member's {}"), "model": "-m/--model", "model_path": "--model-path",
@@ -111,12 +111,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import protocol as spec
     from ..cache import ModelCache
+    from ..errors import DSUError
+    from ..jobs import ensemble as job
     from . import _runner as runner
     from .progress import Display, mode_from
-    from ..errors import DSUError
-    from .. import protocol as spec
-    from ..jobs import ensemble as job
 
     if args.list_presets:
         for name, preset in job.presets().items():

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import DSUError
 from ..catalog import catalog as catalogs
 from ..catalog import store
+from ..errors import DSUError
 
 EXIT_FAILED = 1
 

@@ -24,6 +24,7 @@ def audio_seconds(path: str | Path) -> float | None:
     """The duration of an audio file from its header (None when the header does not tell)."""
     try:
         import soundfile as sf
+
         from ..paths import native
         info = sf.info(native(path))
         return info.frames / info.samplerate if info.frames > 0 else None

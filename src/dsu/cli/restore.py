@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 from ..cache import ModelCache
-from .progress import Display, mode_from
 from . import _runner as runner
-from .separate import FILES, FLAGS as SEPARATE_FLAGS, add_common
+from .progress import Display, mode_from
+from .separate import FILES, add_common
+from .separate import FLAGS as SEPARATE_FLAGS
 
 SUFFIX = "_restored"
 FLAGS = {**SEPARATE_FLAGS, "output": "-o/--output", "chunk_seconds": "--chunk-seconds",
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     output = output_file(args.output, args.input)
     problems += runner.output_file_problems(output, args.output, args.bit_depth)
     if args.model:
-        from ..jobs import models as model_jobs
         from ..catalog import default_models_dir
         from ..errors import DSUError
+        from ..jobs import models as model_jobs
         try:  # the worker's lookup: the models dir, then the catalog
             args.model_path, args.config_path = model_jobs.apollo_files(
                 {"model": args.model, "config_path": args.config_path}, args.models_dir or default_models_dir())

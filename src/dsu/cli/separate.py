@@ -13,10 +13,10 @@ from pathlib import Path
 
 from ..device import DEVICES
 from ..errors import DSUError
-from .progress import Display, mode_from
-from ..worker.config import _positive
 from ..protocol import UVR_SETTINGS
+from ..worker.config import _positive
 from . import _runner as runner
+from .progress import Display, mode_from
 from .vocabulary import options_as
 
 BIT_DEPTH_HELP = ("16, 24 or 32 (float). Default: 16 for the demucs and uvr layouts (Demucs, MDX-Net and VR "

@@ -11,14 +11,14 @@ not grow with the length of the file.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .signals import (ReflectPad, Scaled, Signal, Standardised, TensorSignal,  # noqa: F401 (the engine's signals)
-                      iter_blocks, mono_stats)
+from .signals import ReflectPad, Scaled, Signal, Standardised, TensorSignal, iter_blocks, mono_stats  # noqa: F401 (the engine's signals)
 
 
 class Cancelled(Exception):

@@ -4,7 +4,8 @@ A view has `inner` and `inner_position(pos)`, so the engine can tell the one und
 no pass will read again."""
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -31,8 +31,8 @@ from torch import Tensor
 from .. import memory
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError, listed, missing_keys_message, state_differences
-from .packages import load_weights_file
 from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, option_names, read_catalogue, read_options
+from .packages import load_weights_file
 
 DEFAULTS = {"sr": 44100, "win": 20, "feature_dim": 256, "layer": 6}  # JusperLee's inference.py
 ARCH_KEYS = tuple(DEFAULTS)

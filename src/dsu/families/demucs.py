@@ -24,9 +24,9 @@ from torch import Tensor
 from .. import memory
 from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, mono_stats, triangle
 from ..errors import DSUError, missing_keys_message
-from .packages import first_line, load_package, verify_checksum
-from .model_folder import describe_other_yaml, read_yaml, yaml_kind
 from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
+from .model_folder import describe_other_yaml, read_yaml, yaml_kind
+from .packages import first_line, load_package, verify_checksum
 
 MODEL_TYPES = ("demucs", "hdemucs", "htdemucs")
 CHECKSUMMED = re.compile(r"^(?P<sig>.+)-(?P<sha>[0-9a-f]{8})$")

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from .. import memory
 from ..engine import Chunk, Pass, Scaled, Signal, iter_blocks
 from ..errors import DSUError
 from . import uvr
-from .. import memory
 from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
 
 SAMPLERATE = 44100

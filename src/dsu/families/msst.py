@@ -29,12 +29,21 @@ from torch import Tensor
 from .. import memory, protocol
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade, mono_stats
 from ..errors import DSUError, listed, missing_keys_message, state_differences
-from .packages import load_weights_file
-from .base import capitalised
 from . import uvr
+from .base import (
+    CATALOGUE,
+    Family,
+    ModelRef,
+    Separator,
+    capitalised,
+    make_ref,
+    option_names,
+    read_catalogue,
+    read_options,
+    whole_number,
+)
 from .model_folder import ConfigLoader, config_for, missing_config_message, read_yaml  # noqa: F401
-from .base import (CATALOGUE, Family, ModelRef, Separator, make_ref, option_names, read_catalogue, read_options,
-                   whole_number)
+from .packages import load_weights_file
 
 MODEL_TYPES = protocol.MSST_TYPES  # what build_model builds
 

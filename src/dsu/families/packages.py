@@ -13,14 +13,14 @@ import contextvars
 import hashlib
 import pickle
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
 from .. import untrusted
 from ..errors import DSUError
-
 
 # Whether weight files are memory-mapped (read as the model takes them) rather than read whole first:
 # the worker's `set_storage_type` (ssd: mapped, hdd: read whole, DSU's default) sets it around each

@@ -25,12 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import memory
-from . import vr_bands
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
-from .packages import load_weights_file
-from . import uvr
+from . import uvr, vr_bands
 from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
+from .packages import load_weights_file
 
 UVR_RATE = 44100
 # request field -> model-data key

@@ -3,9 +3,10 @@ stem writers (partials removed on any failure), and the fields of the job's answ
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

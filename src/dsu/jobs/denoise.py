@@ -13,8 +13,8 @@ overlap-added and written block by block, so memory does not grow with the file'
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from .. import paths
 from ..audio import FileSignal, StemWriter, output_format
 from ..engine import Cancelled
 from ..errors import DSUError
-from ._pipeline import Cancelled as CancelCheck, Emit, JobResult, Progress, clean_debris, result_fields, write_all
+from ._pipeline import Cancelled as CancelCheck
+from ._pipeline import Emit, JobResult, Progress, clean_debris, result_fields, write_all
 
 N_FFT, HOP = 2048, 512
 LEVEL_SECONDS = 0.05      # the window a frame's level is measured over

@@ -12,24 +12,25 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .. import engine, memory, paths
-from . import models as model_jobs, outputs
 from ..audio import FORMATS, FileSignal, StemWriter
-from ..errors import DSUError
-from ..paths import safe_component
-from ..protocol import COMMANDS, ENSEMBLE_FIELDS, MODEL_NAMING, check_family_options
-from ..families import ModelRef, Separator
-from ._pipeline import estimate_of, make_passes
 from ..blend import algorithms
 from ..blend.blender import StemBlend
+from ..errors import DSUError
+from ..families import ModelRef, Separator
+from ..paths import safe_component
+from ..protocol import COMMANDS, ENSEMBLE_FIELDS, MODEL_NAMING, check_family_options
+from . import models as model_jobs
+from . import outputs
+from ._pipeline import estimate_of, make_passes
 
 Progress = Callable[..., None]  # progress(fraction, member=name)
 

@@ -11,7 +11,6 @@ from ..families import ModelRef, Separator
 from ..protocol import MODEL_FIELDS
 from ._pipeline import Emit
 
-
 MODEL_KEYS = tuple(f.name for f in MODEL_FIELDS)  # the request fields that pick the model and how it loads
 APOLLO_KEYS = ("feature_dim", "layer", "sr", "win")
 OPTION_TYPES = (str, int, float, bool, list, type(None))

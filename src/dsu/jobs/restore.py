@@ -6,15 +6,15 @@ and renamed when complete."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import families, paths
 from ..audio import FileSignal, StemWriter, output_format
-from ..families import FAMILIES, Separator
-from . import models as model_jobs
 from ..cache import ModelCache
 from ..errors import DSUError
+from ..families import FAMILIES, Separator
+from . import models as model_jobs
 from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
 
 STEM = "restored"

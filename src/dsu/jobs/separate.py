@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from .. import families, paths
-from . import models as model_jobs, outputs
 from ..audio import FileSignal, StemWriter
 from ..cache import ModelCache
 from ..errors import DSUError
 from ..families import FAMILIES, Separator
+from . import models as model_jobs
+from . import outputs
 from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
 
 

@@ -15,8 +15,16 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .roformer_parts import (STFT, BandSplit, MaskEstimator, RMSNorm, axial_transformers, check_channels,
-                             estimate_masks, run_axial)
+from .roformer_parts import (
+    STFT,
+    BandSplit,
+    MaskEstimator,
+    RMSNorm,
+    axial_transformers,
+    check_channels,
+    estimate_masks,
+    run_axial,
+)
 
 DEFAULT_FREQS_PER_BANDS = ((2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129))
 

@@ -18,7 +18,15 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from .mel import mel_filterbank
-from .roformer_parts import STFT, BandSplit, MaskEstimator, axial_transformers, check_channels, estimate_masks, run_axial
+from .roformer_parts import (
+    STFT,
+    BandSplit,
+    MaskEstimator,
+    axial_transformers,
+    check_channels,
+    estimate_masks,
+    run_axial,
+)
 
 
 def mel_bands(sample_rate: float, n_fft: int, num_bands: int) -> np.ndarray:

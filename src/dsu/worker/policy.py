@@ -11,9 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from .. import protocol as spec
 from .. import untrusted
 from ..errors import DSUError
-from .. import protocol as spec
 
 DEFAULT_PATH = "~/.dsu/runtime_policy.json"
 MAX_BYTES = 64 * 1024  # the documented file is a few hundred bytes

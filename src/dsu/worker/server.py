@@ -13,15 +13,19 @@ from typing import Any
 
 import torch
 
-from .. import __version__, device as devices, families
-from ..jobs import clean as clean_job, denoise as denoise_job, models as model_jobs, outputs
-from ..jobs import restore as restore_job, separate as separate_job
-from ..cache import ModelCache
-from ..errors import DSUError
+from .. import __version__, families
+from .. import device as devices
 from .. import protocol as spec
+from ..cache import ModelCache
+from ..errors import DSUError, shown
+from ..jobs import clean as clean_job
+from ..jobs import denoise as denoise_job
+from ..jobs import models as model_jobs
+from ..jobs import outputs
+from ..jobs import restore as restore_job
+from ..jobs import separate as separate_job
 from .config import WorkerConfig
 from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines
-from ..errors import shown
 
 MiB = 1 << 20
 

@@ -14,7 +14,8 @@ import re
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..errors import DSUError, shown_text
 

@@ -192,6 +192,7 @@ def input_bit_depth(path, fmt: str) -> int | None:
         return None
     try:
         import soundfile as sf
+
         from ...paths import native
         subtype = sf.info(native(path)).subtype
     except Exception:
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.env_info:
         import platform
+
         import torch
         print(f"DSU {__version__}, Python {platform.python_version()}, torch {torch.__version__}, "
               f"CUDA {torch.cuda.is_available()}, {platform.platform()}")

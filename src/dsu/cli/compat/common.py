@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from .. import _runner as runner
 from ...errors import DSUError, speak
+from .. import _runner as runner
 from ..progress import Display
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = runner.EXIT_OK, runner.EXIT_FAILED, runner.EXIT_USAGE

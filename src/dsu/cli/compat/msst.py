@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return common.fail(display, e)
     display.result(f"Total files found: {len(files)}. Using sample rate: {model.samplerate}")
     display.result(f"Instruments: {model.stems}")
-    from ...jobs import separate
     from ... import protocol as spec
+    from ...jobs import separate
     failed = 0
     model_name = Path(args.start_check_point).stem
     for path in files:
