@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .signals import ReflectPad, Scaled, Signal, Standardised, TensorSignal, iter_blocks, mono_stats  # noqa: F401 (the engine's signals)
+from .signals import ReflectPad, Scaled, Signal, Standardised, TensorSignal, iter_blocks, mono_stats
+
+__all__ = ["Cancelled", "Chunk", "Pass", "ReflectPad", "Scaled", "Signal", "Standardised", "TensorSignal",
+           "blocks", "cancel_point", "grid", "iter_blocks", "linear_fade", "mono_stats", "run", "triangle"]
 
 
 class Cancelled(Exception):
