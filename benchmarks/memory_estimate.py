@@ -1,4 +1,4 @@
-"""A job's memory estimate (`Separator.memory_estimate`, what `out_of_memory` refusals are based on)
+"""A job's memory estimate (`LoadedModel.memory_estimate`, what `out_of_memory` refusals are based on)
 side by side with the peak RSS the job really added, each job in a fresh process:
 
     PYTHONPATH=src .venv/bin/python benchmarks/memory_estimate.py [--seconds 60] [--real]

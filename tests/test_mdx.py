@@ -1,5 +1,5 @@
 """UVR MDX-Net `.onnx` models through the family, the job runner and a real worker, against what
-python-audio-separator's MDXSeparator produced (tests/fixtures/mdx/README.md)."""
+python-audio-separator's MDXModel produced (tests/fixtures/mdx/README.md)."""
 import shutil
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def fixture_input(tmp_path: Path, gain: float = 1.0, name: str = "song") -> tupl
     return path, mix
 
 
-def load(model_path, **request) -> mdx.MDXSeparator:
+def load(model_path, **request) -> mdx.MDXModel:
     return families.load(families.resolve({"model_path": str(model_path), **request}, None), CPU)
 
 

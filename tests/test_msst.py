@@ -99,7 +99,7 @@ class PositionalToy(torch.nn.Module):
 def toy_separator(chunk_size, num_overlap, batch_size, normalize=False):
     config = {"audio": {"chunk_size": chunk_size}, "model": {}, "training": {"instruments": ["a", "b"]},
               "inference": {"num_overlap": num_overlap, "batch_size": batch_size, "normalize": normalize}}
-    return msst.MSSTSeparator("toy", "bs_roformer", config, PositionalToy(), CPU)
+    return msst.MSSTModel("toy", "bs_roformer", config, PositionalToy(), CPU)
 
 
 @pytest.mark.parametrize("length,size,overlap,batch", [

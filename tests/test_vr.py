@@ -1,5 +1,5 @@
 """UVR VR-architecture `.pth` models through the family, `separate_file` and a real worker, against
-what python-audio-separator's VRSeparator produced for the same weights and input
+what python-audio-separator's VRModel produced for the same weights and input
 (tests/fixtures/vr_pipeline/README.md)."""
 import json
 from pathlib import Path
@@ -88,7 +88,7 @@ def mix() -> torch.Tensor:
 
 
 def network_settings(options: dict) -> dict:
-    """The options `VRSeparator.separate` takes (the peak normalisation is the writer's)."""
+    """The options `VRModel.separate` takes (the peak normalisation is the writer's)."""
     out = vr.settings(options)
     out.pop("normalization_threshold")
     return out

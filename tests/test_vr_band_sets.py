@@ -22,7 +22,7 @@ def snr(want: np.ndarray, got: np.ndarray) -> float:
 
 
 def band_pipeline(wave: torch.Tensor, name: str) -> torch.Tensor:
-    """What VRSeparator.separate does to the mix with a mask of one: the network aside, all of it."""
+    """What VRModel.separate does to the mix with a mask of one: the network aside, all of it."""
     params = vr_bands.load(name)
     v51 = any(k in name for k in ("v3", "v4", "_sn"))  # the network generation each set is published for
     top = vr_bands.resample(wave, UVR_RATE, params.top.samplerate, params.top.resampler)

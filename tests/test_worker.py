@@ -323,12 +323,12 @@ def test_sigkill_leaves_no_finished_looking_file(tmp, long_song):
 NOISY = """
 import os
 from dsu.families import dsp
-plain = dsp.DSPSeparator.separate_chunk
+plain = dsp.DSPModel.separate_chunk
 def chatty(self, x):
     print("a library printing to stdout")
     os.write(1, b"a C library writing to fd 1\\n")
     return plain(self, x)
-dsp.DSPSeparator.separate_chunk = chatty
+dsp.DSPModel.separate_chunk = chatty
 from dsu.worker import main
 main()
 """
@@ -456,11 +456,11 @@ def test_a_null_family_option_is_absent(worker, song, tmp):
 
 def test_every_family_option_is_in_the_protocol_table():
     from dsu import families  # noqa: F401 (registers every family)
-    from dsu.families.base import Separator
+    from dsu.families.base import LoadedModel
 
     def subclasses(cls):
         return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
-    separators = subclasses(Separator)
+    separators = subclasses(LoadedModel)
     assert len(separators) >= 6
     for cls in separators:
         assert set(cls.options) <= set(spec.FAMILY_OPTION_NAMES), (cls.__name__, set(cls.options) - set(spec.FAMILY_OPTION_NAMES))

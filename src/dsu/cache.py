@@ -10,7 +10,7 @@ import torch
 
 from . import families
 from .device import release_cached_memory
-from .families import ModelRef, Separator
+from .families import LoadedModel, ModelRef
 from .families.packages import mapped_weights
 
 Evicted = Callable[[str], None]  # told the name of each model pushed out
@@ -19,7 +19,7 @@ Evicted = Callable[[str], None]  # told the name of each model pushed out
 @dataclass
 class Entry:
     ref: ModelRef
-    model: Separator
+    model: LoadedModel
     nbytes: int
 
 
@@ -43,7 +43,7 @@ class ModelCache:
         return self.max_models > 0
 
     def get(self, ref: ModelRef, on_evict: Evicted | None = None,
-            on_load: Callable[[], None] | None = None) -> tuple[Separator, bool]:
+            on_load: Callable[[], None] | None = None) -> tuple[LoadedModel, bool]:
         """The loaded model for `ref` and whether it came from the cache; `on_load` is called
         before a model has to be loaded (it can take a while)."""
         key = ref.cache_key()

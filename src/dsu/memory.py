@@ -1,5 +1,5 @@
 """Memory a job will need, checked before it allocates: each family estimates the peak of one job from
-its options, the model and the input's length (`Separator.memory_estimate`), and a job whose estimate
+its options, the model and the input's length (`LoadedModel.memory_estimate`), and a job whose estimate
 exceeds what the machine has available is refused as `out_of_memory` before it starts, instead of
 growing the worker until the system kills it."""
 from __future__ import annotations

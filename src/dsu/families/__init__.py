@@ -12,7 +12,7 @@ import torch
 
 from .. import paths
 from ..errors import DSUError
-from .base import Family, ModelRef, Separator, make_ref
+from .base import Family, LoadedModel, ModelRef, make_ref
 
 ORDER = ("dsp", "apollo", "msst", "demucs", "mdx", "vr")
 
@@ -82,7 +82,7 @@ def resolve(request: dict, models_dir: str | Path | None, default_model: str | N
                                       "`list_models` shows what is there, `dsp` needs no files")
 
 
-def load(ref: ModelRef, device: torch.device) -> Separator:
+def load(ref: ModelRef, device: torch.device) -> LoadedModel:
     return FAMILIES[ref.family].loader(ref, device)
 
 
@@ -95,5 +95,5 @@ def list_models(models_dir: str | Path | None) -> list[dict]:
     return out
 
 
-__all__ = ["FAMILIES", "Family", "ModelRef", "Separator", "make_ref", "resolve", "load", "list_models",
+__all__ = ["FAMILIES", "Family", "ModelRef", "LoadedModel", "make_ref", "resolve", "load", "list_models",
            "family_of_type"]

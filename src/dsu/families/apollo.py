@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import memory
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError, listed, missing_keys_message, state_differences
-from .base import CATALOGUE, Family, ModelRef, Separator, make_ref, option_names, read_catalogue, read_options
+from .base import CATALOGUE, Family, LoadedModel, ModelRef, make_ref, option_names, read_catalogue, read_options
 from .packages import load_weights_file
 
 DEFAULTS = {"sr": 44100, "win": 20, "feature_dim": 256, "layer": 6}  # JusperLee's inference.py
@@ -195,7 +195,7 @@ def restore_chunks(length: int, chunk: int, overlap: int) -> list[Chunk]:
 
 # ---- the loaded model ------------------------------------------------------------------------------
 
-class ApolloSeparator(Separator):
+class ApolloModel(LoadedModel):
     """Restores every channel of a signal on its own; one output, `restored`."""
     family = "apollo"
     options = option_names("apollo")
@@ -302,7 +302,7 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     return _ref(name, files[0], files[1], request)
 
 
-def _load(ref: ModelRef, device: torch.device) -> ApolloSeparator:
+def _load(ref: ModelRef, device: torch.device) -> ApolloModel:
     from ..models.apollo import Apollo
     checkpoint = ref.files[0]
     state = read_weights(checkpoint)
@@ -314,7 +314,7 @@ def _load(ref: ModelRef, device: torch.device) -> ApolloSeparator:
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         raise DSUError("config_mismatch", f"cannot build an Apollo with {values}: {e}") from None
     load_weights(model, state, checkpoint, given, sources)
-    return ApolloSeparator(ref.name, model, device)
+    return ApolloModel(ref.name, model, device)
 
 
 def _list(models_dir: Path | None) -> list[dict]:

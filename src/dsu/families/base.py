@@ -50,7 +50,7 @@ def _hashable(v):
     return v
 
 
-class Separator:
+class LoadedModel:
     """A loaded model, ready to separate. Subclasses set the attributes and implement `passes`."""
     name: str
     family: str                  # key in dsu.families.FAMILIES
@@ -101,7 +101,7 @@ class Family:
     default_bit_depth: int = 32
     model_types: tuple[str, ...] = ()  # values of `model_type` that pick this family
     extensions: tuple[str, ...] = ()   # model_path endings this family claims when no model_type says otherwise
-    loader: Any = field(default=None, repr=False)  # callable (ModelRef, torch.device) -> Separator
+    loader: Any = field(default=None, repr=False)  # callable (ModelRef, torch.device) -> LoadedModel
     resolver: Any = field(default=None, repr=False)  # callable (request, models_dir) -> ModelRef | None
     lister: Any = field(default=None, repr=False)  # callable (models_dir) -> list[dict]
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from .. import memory
 from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, mono_stats, triangle
 from ..errors import DSUError, missing_keys_message
-from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
+from .base import Family, LoadedModel, ModelRef, make_ref, option_names, read_options
 from .model_folder import describe_other_yaml, read_yaml, yaml_kind
 from .packages import first_line, load_package, verify_checksum
 
@@ -214,7 +214,7 @@ def replay_forward_draws(model: torch.nn.Module, chunks: int) -> None:
 ACTIVATIONS = {"HTDemucs": 64}
 
 
-class DemucsSeparator(Separator):
+class DemucsModel(LoadedModel):
     family = "demucs"
     options = option_names("demucs")
 
@@ -353,9 +353,9 @@ def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:
     return ref
 
 
-def _load(ref: ModelRef, device: torch.device) -> DemucsSeparator:
+def _load(ref: ModelRef, device: torch.device) -> DemucsModel:
     if not ref.option("bag"):
-        return DemucsSeparator(ref.name, [load_model(Path(ref.files[0]), device)], device=device)
+        return DemucsModel(ref.name, [load_model(Path(ref.files[0]), device)], device=device)
     bag_file, *members = (Path(f) for f in ref.files)
     bag = read_bag(bag_file)
     if bag is None:
@@ -363,7 +363,7 @@ def _load(ref: ModelRef, device: torch.device) -> DemucsSeparator:
     segment = bag.get("segment")
     if segment is not None and (not isinstance(segment, (int, float)) or segment <= 0):
         raise DSUError("bad_value", f"{bag_file.name}: `segment` must be a positive number of seconds")
-    return DemucsSeparator(ref.name, [load_model(p, device) for p in members], bag.get("weights"), segment, device)
+    return DemucsModel(ref.name, [load_model(p, device) for p in members], bag.get("weights"), segment, device)
 
 
 def _describe(path: Path) -> dict:

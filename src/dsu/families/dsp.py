@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import Pass, grid, triangle
-from .base import Family, Separator, make_ref, option_names, read_options
+from .base import Family, LoadedModel, make_ref, option_names, read_options
 
 SAMPLERATE = 44100
 N_FFT, HOP = 4096, 1024
@@ -32,7 +32,7 @@ def _soft(a: Tensor, b: Tensor, power: float = 2.0) -> Tensor:
     return a / (a + b + 1e-12)
 
 
-class DSPSeparator(Separator):
+class DSPModel(LoadedModel):
     family = "dsp"
     name = "dsp"
     samplerate = SAMPLERATE
@@ -103,8 +103,8 @@ def _resolve(request: dict, models_dir):
 
 FAMILY = Family(
     name="dsp", layout="flat", default_bit_depth=32, model_types=("dsp",),
-    loader=lambda ref, device: DSPSeparator(device),
+    loader=lambda ref, device: DSPModel(device),
     resolver=_resolve,
-    lister=lambda models_dir: [{"name": "dsp", "family": "dsp", "stems": DSPSeparator.stems,
+    lister=lambda models_dir: [{"name": "dsp", "family": "dsp", "stems": DSPModel.stems,
                                 "description": "built-in signal-processing separator (no weights)"}],
 )

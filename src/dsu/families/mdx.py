@@ -8,7 +8,7 @@ come from UVR's model-data table by the file's md5 (`dsu.families.uvr`), with th
 overrides on top; dim_f and dim_t are read from the network's input when it fixes them and neither
 says.
 
-Inference reproduces python-audio-separator's MDXSeparator: the mix is scaled down to a 0.9 peak
+Inference reproduces python-audio-separator's MDXModel: the mix is scaled down to a 0.9 peak
 when louder, cut into chunks of hop * (segment_size - 1) samples every (1 - overlap) of a chunk over
 the mix with n_fft / 2 zeros in front and zeros behind up to whole chunks, each chunk weighted by a
 Hann window over the part of it that lies inside that padded mix, the first three STFT bins zeroed
@@ -34,7 +34,7 @@ from .. import memory
 from ..engine import Chunk, Pass, Scaled, Signal, iter_blocks
 from ..errors import DSUError
 from . import uvr
-from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
+from .base import Family, LoadedModel, ModelRef, make_ref, option_names, read_options
 
 SAMPLERATE = 44100
 ZEROED_BINS = 3       # UVR silences the lowest STFT bins before the network
@@ -154,7 +154,7 @@ def fixed(dim) -> int | None:
 
 # ---- the loaded model ----------------------------------------------------------------------------
 
-class MDXSeparator(Separator):
+class MDXModel(LoadedModel):
     family = "mdx"
     options = option_names("mdx")
 
@@ -294,7 +294,7 @@ def check_input(data: dict, shape: list, path: str) -> None:
                                               f"`{override}` (or the table entry for md5 {uvr.model_hash(path)})")
 
 
-def _load(ref: ModelRef, device: torch.device) -> MDXSeparator:
+def _load(ref: ModelRef, device: torch.device) -> MDXModel:
     (path,) = ref.files
     data = model_settings(path, dict(ref.options))
     session = open_session(path, providers_for(device), Path(path).name)
@@ -307,7 +307,7 @@ def _load(ref: ModelRef, device: torch.device) -> MDXSeparator:
         raise DSUError("config_mismatch", f"{Path(path).name}: n_fft {n_fft} with dim_f {dim_f} is not an MDX-Net "
                                           "setting (n_fft even, dim_f <= n_fft / 2 + 1): check "
                                           "`mdx_n_fft_scale_set` and `mdx_dim_f_set`")
-    return MDXSeparator(ref.name, path, session, data, device)
+    return MDXModel(ref.name, path, session, data, device)
 
 
 def _resolve(request: dict, models_dir: Path | None) -> ModelRef | None:

@@ -33,8 +33,8 @@ from . import uvr
 from .base import (
     CATALOGUE,
     Family,
+    LoadedModel,
     ModelRef,
-    Separator,
     capitalised,
     make_ref,
     option_names,
@@ -207,7 +207,7 @@ def demix_chunks(length: int, chunk_size: int, num_overlap: int, batch_size: int
 
 # ---- the loaded model ------------------------------------------------------------------------------
 
-class MSSTSeparator(Separator):
+class MSSTModel(LoadedModel):
     family = "msst"
     options = option_names("msst")
 
@@ -385,14 +385,14 @@ def _checkpoint_ref(checkpoint: Path, config: Path, model_type: str | None, stri
     return make_ref("msst", checkpoint.stem, (checkpoint, config), model_type=model_type)
 
 
-def _load(ref: ModelRef, device: torch.device) -> MSSTSeparator:
+def _load(ref: ModelRef, device: torch.device) -> MSSTModel:
     checkpoint, config_path = ref.files
     config = load_config(config_path)
     model_type = ref.option("model_type")
     model = memory.build(lambda: build_model(model_type, config), device,
                          f"the {model_type} {Path(config_path).name} describes")
     load_weights(model, read_state_dict(checkpoint))
-    return MSSTSeparator(ref.name, model_type, config, model, device)
+    return MSSTModel(ref.name, model_type, config, model, device)
 
 
 def _list(models_dir: Path | None) -> list[dict]:

@@ -6,7 +6,7 @@ stem of a `.pth` file in the models dir. Its band parameters and primary stem co
 data (by the file's md5, `dsu.families.uvr`) or from the request (`vr_model_param`, `primary_stem`,
 `nout`, `nout_lstm`, `is_karaoke`, `is_bv_model`, `is_bv_model_rebalanced`).
 
-Inference is python-audio-separator's VRSeparator on the whole file at once: the magnitude, zero
+Inference is python-audio-separator's VRModel on the whole file at once: the magnitude, zero
 padded by the network's offset and scaled by its maximum, is cut into windows of `window_size` frames
 whose centre crops are stitched back into one mask (TTA: again with the windows shifted by half a
 crop, the two averaged); the mask is sharpened by `aggression` and optionally post-processed; the
@@ -28,7 +28,7 @@ from .. import memory
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from . import uvr, vr_bands
-from .base import Family, ModelRef, Separator, make_ref, option_names, read_options
+from .base import Family, LoadedModel, ModelRef, make_ref, option_names, read_options
 from .packages import load_weights_file
 
 UVR_RATE = 44100
@@ -52,7 +52,7 @@ def make_padding(frames: int, window: int, offset: int) -> tuple[int, int, int]:
     return offset, roi - frames % roi + offset, roi
 
 
-class VRSeparator(Separator):
+class VRModel(LoadedModel):
     family = "vr"
     options = option_names("vr")
 
@@ -191,12 +191,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
-def _load(ref: ModelRef, device: torch.device) -> VRSeparator:
+def _load(ref: ModelRef, device: torch.device) -> VRModel:
     from ..models.vr_nets import build_vr_net
     data = dict(ref.options)
     params = vr_bands.load(data["band_params"])
     net = build_vr_net(read_state_dict(ref.files[0]), params.bins, data.get("nout"), data.get("nout_lstm"))
-    return VRSeparator(ref.name, net, params, data, device)
+    return VRModel(ref.name, net, params, data, device)
 
 
 def _list(models_dir: Path | None) -> list[dict]:

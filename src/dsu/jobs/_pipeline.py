@@ -13,7 +13,7 @@ import torch
 from .. import engine, memory, tempfiles
 from ..audio import StemWriter
 from ..errors import DSUError
-from ..families import ModelRef, Separator
+from ..families import LoadedModel, ModelRef
 
 Emit = Callable[..., None]          # emit(status, **fields): an interim message of this job
 Progress = Callable[[float], None]
@@ -40,7 +40,7 @@ def clean_debris(folders) -> list[Path]:
 LOWER = "`batch_size`, `shifts`, chunk/segment/window sizes"
 
 
-def estimate_of(model: Separator, length: int, options: dict, label: str = "") -> memory.Estimate | None:
+def estimate_of(model: LoadedModel, length: int, options: dict, label: str = "") -> memory.Estimate | None:
     """The model's memory estimate for this job (`label` names the model in it), None when unknown."""
     try:
         estimate = model.memory_estimate(length, **options)
@@ -51,7 +51,7 @@ def estimate_of(model: Separator, length: int, options: dict, label: str = "") -
     return estimate
 
 
-def make_passes(model: Separator, signal, options: dict, cancelled, needed: memory.Estimate | None = None) -> list:
+def make_passes(model: LoadedModel, signal, options: dict, cancelled, needed: memory.Estimate | None = None) -> list:
     """The model's passes over `signal` once the memory the job needs fits (`needed`, else the model's
     own estimate); the decoding they need first (statistics, peaks) stops at the next block when the
     job is cancelled."""

@@ -25,7 +25,7 @@ from ..audio import FORMATS, FileSignal, StemWriter
 from ..blend import algorithms
 from ..blend.blender import StemBlend
 from ..errors import DSUError
-from ..families import ModelRef, Separator
+from ..families import LoadedModel, ModelRef
 from ..paths import safe_component
 from ..protocol import COMMANDS, ENSEMBLE_FIELDS, MODEL_NAMING, check_family_options
 from . import models as model_jobs
@@ -98,7 +98,7 @@ class Member:
     stem_map: dict[str, str]
     label: str = ""
     ref: ModelRef | None = None
-    model: Separator | None = None
+    model: LoadedModel | None = None
     from_cache: bool = False
     mapping: dict[str, str] = field(default_factory=dict)  # member stem -> ensemble stem
 
@@ -260,7 +260,7 @@ class _MemberRun:
         # every member's overlap-add is held at once: each is checked beside those before it
         self.held = memory.beside(held, estimate_of(model, self.length, member.options, member.label))
         passes = make_passes(model, self.signal, member.options, cancelled, self.held)
-        needs_mix = type(model).finish is not Separator.finish
+        needs_mix = type(model).finish is not LoadedModel.finish
         self.mix = self.signal.fresh() if needs_mix else None
         self.blocks = engine.blocks(passes, self.length, report, cancelled)
         self.position = 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import families
 from ..cache import ModelCache
 from ..errors import DSUError
-from ..families import ModelRef, Separator
+from ..families import LoadedModel, ModelRef
 from ..protocol import MODEL_FIELDS
 from ._pipeline import Emit
 
@@ -48,13 +48,13 @@ def apollo_files(fields: dict, models_dir: Path | None) -> tuple[str, str | None
     return str(ref.files[0]), fields.get("config_path") or (str(ref.files[1]) if len(ref.files) > 1 else None)
 
 
-def load(ref: ModelRef, cache: ModelCache, emit: Emit) -> tuple[Separator, bool]:
+def load(ref: ModelRef, cache: ModelCache, emit: Emit) -> tuple[LoadedModel, bool]:
     """The model through the cache, announcing a real load and any eviction."""
     return cache.get(ref, on_evict=lambda name: emit("cache_evicted", model=name),
                      on_load=lambda: emit("loading_model", model=ref.name))
 
 
-def family_options(model: Separator, extra: dict) -> tuple[dict, list[str]]:
+def family_options(model: LoadedModel, extra: dict) -> tuple[dict, list[str]]:
     """(the request fields `model` understands, the names of the others)."""
     options = {k: v for k, v in extra.items() if k in model.options}
     for k, v in options.items():

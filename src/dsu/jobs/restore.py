@@ -13,14 +13,14 @@ from .. import families, paths
 from ..audio import FileSignal, StemWriter, output_format
 from ..cache import ModelCache
 from ..errors import DSUError
-from ..families import FAMILIES, Separator
+from ..families import FAMILIES, LoadedModel
 from . import models as model_jobs
 from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
 
 STEM = "restored"
 
 
-def restore_file(model: Separator, input_path: str | Path, output_path: str | Path, *,
+def restore_file(model: LoadedModel, input_path: str | Path, output_path: str | Path, *,
                  chunk_seconds: float | None = None, overlap_seconds: float | None = None,
                  fmt: str | None = None, bit_depth: int | None = None, sanitize: bool = False,
                  progress: Callable[[float], None] | None = None,

@@ -13,13 +13,13 @@ from .. import families, paths
 from ..audio import FileSignal, StemWriter
 from ..cache import ModelCache
 from ..errors import DSUError
-from ..families import FAMILIES, Separator
+from ..families import FAMILIES, LoadedModel
 from . import models as model_jobs
 from . import outputs
 from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
 
 
-def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list[str]:
+def _pick_stems(model: LoadedModel, produced: list[str], stems, two_stems) -> list[str]:
     """The stems to write, asked for in any case and named in the model's own spelling."""
     spelled = {s.lower(): s for s in produced}
     if two_stems:
@@ -38,7 +38,7 @@ def _pick_stems(model: Separator, produced: list[str], stems, two_stems) -> list
     return produced
 
 
-def separate_file(model: Separator, input_path: str | Path, output_dir: str | Path, *,
+def separate_file(model: LoadedModel, input_path: str | Path, output_dir: str | Path, *,
                   family: str | None = None, fmt: str = "wav", bit_depth: int | None = None,
                   stems=None, two_stems: str | None = None, sample_rate="model",
                   options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
@@ -69,7 +69,7 @@ def separate_file(model: Separator, input_path: str | Path, output_dir: str | Pa
                                  labels=getattr(model, "labels", None))
     clean_debris([output_dir, *(p.parent for p in targets.values())])
     passes = make_passes(model, signal, options, cancelled)
-    needs_mix = type(model).finish is not Separator.finish or bool(two_stems)
+    needs_mix = type(model).finish is not LoadedModel.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
     writer = StemWriter(targets, model.samplerate, model.audio_channels, fmt,
