@@ -1,20 +1,15 @@
 """Checks shared by the architecture tests that compare DSU's models with reference fixtures."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import snr
 
 
 def layout(model: torch.nn.Module) -> list:
     """[key, shape] per state-dict entry, in order: what a strict load of the reference's checkpoint needs."""
     return [[k, list(v.shape)] for k, v in model.state_dict().items()]
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    noise = np.sum((reference.astype(np.float64) - estimate) ** 2)
-    return 10 * math.log10(np.sum(reference.astype(np.float64) ** 2) / max(noise, 1e-300))
 
 
 def fixture_snr_db(model: torch.nn.Module, case: Path) -> float:
@@ -27,4 +22,4 @@ def fixture_snr_db(model: torch.nn.Module, case: Path) -> float:
         out = model.eval()(torch.from_numpy(np.load(case / "input.npy"))).numpy()
     expected = np.load(case / "expected.npy")
     assert out.shape == expected.shape
-    return snr_db(expected, out)
+    return snr(expected, out)

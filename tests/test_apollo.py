@@ -19,8 +19,9 @@ from dsu.errors import DSUError
 from dsu.families.apollo import restore_chunks
 from dsu.models.apollo import Apollo
 from dsu.jobs.restore import restore_file
-from model_checks import layout, snr_db
-from test_worker import RawWorker
+from helpers import snr
+from model_checks import layout
+from helpers import RawWorker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "apollo"
 SMALL = {"sr": 16000, "win": 20, "feature_dim": 16, "layer": 2}  # what the fixtures were made with
@@ -97,7 +98,7 @@ def test_forward_matches_the_reference():
         out = model.eval()(mix[None])[0].numpy()
     expected = np.load(FIXTURES / "forward.npy")
     assert out.shape == expected.shape and np.abs(out).max() > 0.01
-    assert np.allclose(out, expected, rtol=1e-5, atol=1e-6), snr_db(expected, out)
+    assert np.allclose(out, expected, rtol=1e-5, atol=1e-6), snr(expected, out)
 
 
 def test_chunks_are_apollos():
@@ -124,7 +125,7 @@ def test_lightning_ckpt_with_yaml_restores_like_the_reference(files, tmp_path):
     expected = np.load(FIXTURES / "chunked.npy")
     out = read(tmp_path / "out.wav")
     assert out.shape == expected.shape
-    assert np.allclose(out, expected, rtol=1e-5, atol=1e-6), snr_db(expected, out)
+    assert np.allclose(out, expected, rtol=1e-5, atol=1e-6), snr(expected, out)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]  # no partial file left
 
 

@@ -19,18 +19,11 @@ from dsu.batch import run
 from dsu.batch.inputs import check_collisions, expand, plan
 from dsu.batch.manifest import NAME as MANIFEST, sha256_of
 from dsu.errors import DSUError
+from helpers import tone
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DSP = {"model": "dsp"}
 STEMS = ("drums", "bass", "other", "vocals")
-
-
-def tone(path: Path, seconds: float = 1.0, freq: float = 220.0, rate: int = 22050) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * np.random.default_rng(int(freq)).standard_normal(len(t))
-    sf.write(path, np.stack([x, x * 0.5], 1).astype(np.float32), rate)
-    return path
 
 
 def lines(out: Path) -> list[dict]:

@@ -15,7 +15,7 @@ import soundfile as sf
 from dsu.batch import run
 from dsu.batch.manifest import NAME as MANIFEST
 
-from test_batch import tone
+from helpers import tone
 
 pytestmark = pytest.mark.slow  # the fast tier (`-m "not slow"`) leaves this file out
 

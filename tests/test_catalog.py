@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import Ran, in_process
 
 from dsu.catalog import catalog as catalogs
+from dsu.cli import main
 from dsu.catalog import download, store
 from dsu.client import Worker, WorkerError
 from dsu.errors import DSUError
@@ -159,9 +161,9 @@ def write_catalog(path: Path, *entries) -> Path:
     return path
 
 
-def dsu(*args, cwd: Path, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([*DSU, *map(str, args)], capture_output=True, text=True, env=env or ENV, cwd=cwd,
-                          timeout=timeout)
+def dsu(*args, cwd: Path, env=None) -> Ran:
+    """`dsu ARGS` in this process, against the test's server (two at once and the worker: real processes)."""
+    return in_process(main, args, cwd=cwd, env=env or ENV)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -501,7 +503,7 @@ def test_a_body_that_never_ends_stops_at_the_kinds_maximum(server, tmp_path):
     catalog = write_catalog(tmp_path / "catalog.json", entry)
     models = tmp_path / "models"
     run = dsu("models", "download", "tiny_vocals", "--catalog", catalog, "--models-dir", models, "-q",
-              cwd=tmp_path, timeout=60)
+              cwd=tmp_path)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"sent more than {store.MOST_BYTES['config']} bytes, more than any model config can be" in run.stderr
     assert not (models / "tiny.yaml").exists() and leftovers(models) == []
@@ -515,7 +517,7 @@ def test_a_trickling_server_fails_like_a_stalled_one_and_each_retry_is_said(serv
     catalog = write_catalog(tmp_path / "catalog.json", entry)
     models = tmp_path / "models"
     run = dsu("models", "download", "tiny_vocals", "--catalog", catalog, "--models-dir", models, "--timeout", "1",
-              "--retries", "1", "-q", cwd=tmp_path, timeout=60)
+              "--retries", "1", "-q", cwd=tmp_path)
     assert run.returncode == 1 and "download_failed" in run.stderr, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("dsu: tiny.ckpt: ReadTimeout: fewer than 1024 bytes arrived "

@@ -1,4 +1,5 @@
-"""`dsu` on the command line: real processes, their files, streams and exit codes."""
+"""`dsu` on the command line, run in this process through `dsu.cli.main` (files, streams and exit codes);
+the worker subcommand and a strict locale in real processes."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from helpers import Ran, in_process
+
+from dsu.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DSU = [sys.executable, "-m", "dsu.cli"]
 
 
-def dsu(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*DSU, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=120)
+def dsu(*args, cwd: Path) -> Ran:
+    """`dsu ARGS` in this process (the real process: the worker and locale tests below)."""
+    return in_process(main, args, cwd=cwd, env=ENV)
 
 
 def test_separate_files_with_progress_and_errors(tmp_path):
@@ -94,8 +99,8 @@ def quiet_env(**extra) -> dict:
     return {**env, **extra}
 
 
-def dsu_env(*args, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([*DSU, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+def dsu_env(*args, cwd: Path, env: dict) -> Ran:
+    return in_process(main, args, cwd=cwd, env=env)
 
 
 def test_separate_needs_only_a_file(tmp_path):

@@ -1,5 +1,5 @@
 """The drop-in command lines (`dsu-demucs`, `dsu-audio-separator`, `dsu-bsroformer`) run as their tools'
-READMEs show them, as real processes on real files with tiny random-weight models: output folders,
+READMEs show them, on real files with tiny random-weight models: output folders,
 file names, formats, exit codes, and the options DSU refuses by name."""
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from helpers import Ran, in_process
 from tiny_models import song, tiny_apollo, tiny_htdemucs
+
+from dsu import cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -20,10 +23,14 @@ ENTRY = {"dsu-demucs": "demucs_worker", "dsu-audio-separator": "audio_separator_
          "dsu-bsroformer": "bsroformer_worker", "dsu-denoise": "denoise_worker"}
 
 
-def tool(name: str, *args, cwd: Path, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+def tool(name: str, *args, cwd: Path, env: dict | None = None, stdin: str | None = None) -> Ran:
+    """The drop-in in this process; given `stdin` (a worker's requests) its real console process."""
+    if stdin is None:
+        return in_process(getattr(cli, ENTRY[name]), args, cwd=cwd, env={**ENV, **(env or {})})
     code = f"from dsu.cli import {ENTRY[name]} as main; raise SystemExit(main())"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, cwd=cwd, timeout=300, input=stdin)
+    run = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                         env={**ENV, **(env or {})}, cwd=cwd, timeout=300, input=stdin)
+    return Ran(run.args, run.returncode, run.stdout, run.stderr)
 
 
 @pytest.fixture(scope="module")

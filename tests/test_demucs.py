@@ -28,6 +28,7 @@ from demucs.hdemucs import HDemucs  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
 from demucs.pretrained import get_model  # noqa: E402
 from demucs.states import get_state, save_with_checksum  # noqa: E402
+from helpers import snr
 
 SR = 8000
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -76,11 +77,6 @@ def mix_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mix") / "song.wav"
     sf.write(path, np.stack([left, right], 1).astype(np.float32), SR, subtype="FLOAT")
     return path
-
-
-def snr(want, got) -> float:
-    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
-    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
 
 
 def demucs_cli(model, wav: torch.Tensor, seed: int, **options) -> torch.Tensor:

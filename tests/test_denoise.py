@@ -11,14 +11,11 @@ import pytest
 import soundfile as sf
 
 from dsu import cli
-from test_worker import RawWorker
+from helpers import RawWorker
+from helpers import snr
 
 SR = 22050
 DENOISE_WORKER = [sys.executable, "-c", "from dsu.cli import denoise_worker; raise SystemExit(denoise_worker())"]
-
-
-def snr(clean: np.ndarray, other: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(clean ** 2) / np.sum((other - clean) ** 2)))
 
 
 @pytest.fixture(scope="module")

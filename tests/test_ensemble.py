@@ -17,17 +17,13 @@ from dsu.blend import algorithms
 from dsu.blend.blender import blend_arrays
 from dsu.jobs.ensemble import canonical_stem
 from tiny_models import tiny_htdemucs
+from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = np.load(FIXTURES / "ensemble" / "expected.npz")
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "primary_stem": "Vocals", "segment_size": 8}
 
 torch.set_num_threads(1)
-
-
-def snr(want: np.ndarray, got: np.ndarray) -> float:
-    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
-    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
 
 
 def fixture_members() -> torch.Tensor:

@@ -15,6 +15,7 @@ from dsu.engine import TensorSignal
 from dsu.errors import DSUError
 from dsu.families import mdx, uvr
 from dsu.jobs.separate import separate_file
+from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mdx"
 CPU = torch.device("cpu")
@@ -22,10 +23,6 @@ CPU = torch.device("cpu")
 SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "primary_stem": "Vocals"}
 
 torch.set_num_threads(1)
-
-
-def snr(want: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
 
 
 def tiny_onnx(path: Path, dim_f: int = 64, dim_t: int | str = 8, batch: int | str = "batch", seed: int = 0) -> Path:

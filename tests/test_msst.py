@@ -16,16 +16,13 @@ from dsu.engine import TensorSignal
 from dsu.errors import DSUError
 from dsu.families import msst
 from dsu.jobs.separate import separate_file
+from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 TYPES = ["bs_roformer", "mel_band_roformer", "scnet", "mdx23c"]
 CPU = torch.device("cpu")
 
 torch.set_num_threads(1)
-
-
-def snr(want: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
 
 
 def fixture_request(model_type: str) -> dict:

@@ -15,7 +15,7 @@ import pytest
 from dsu import paths, tempfiles
 from dsu.errors import DSUError
 from dsu.jobs.outputs import stem_paths
-from test_worker import ENV, song, tmp, worker  # noqa: F401 (module fixtures: one worker for these tests)
+from helpers import ENV
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}

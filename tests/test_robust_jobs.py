@@ -3,7 +3,6 @@ files, concurrent writers of one folder, workers killed mid-job, jobs too big fo
 Everything through real worker processes on real files."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from test_worker import ENV, RawWorker, tmp, worker, write_song  # noqa: F401 (module fixtures)
+from helpers import ENV, RawWorker, write_song
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}

@@ -2,7 +2,6 @@
 and librosa, run outside this repo: tiny random-weight checkpoints with the reference's output on a
 fixed input, the state-dict layout of public configs, and librosa's mel filterbanks."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from dsu.models.bs_roformer import BSRoformer
 from dsu.models.mel import mel_filterbank
 from dsu.models.mel_band_roformer import MelBandRoformer, mel_bands
+from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "roformer"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
@@ -23,11 +23,6 @@ def model_class(name: str):
 
 def layout(model: torch.nn.Module) -> list:
     return [[k, list(v.shape)] for k, v in model.state_dict().items()]
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    noise = np.sum((reference.astype(np.float64) - estimate) ** 2)
-    return 10 * math.log10(np.sum(reference.astype(np.float64) ** 2) / max(noise, 1e-300))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -43,7 +38,7 @@ def test_tiny_checkpoint_reproduces_msst(name):
         out = model(torch.from_numpy(np.load(case / "input.npy"))).numpy()
     expected = np.load(case / "expected.npy")
     assert out.shape == expected.shape
-    assert snr_db(expected, out) > 100
+    assert snr(expected, out) > 100
 
 
 def test_public_configs_have_msst_state_dict_layout():

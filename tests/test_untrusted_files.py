@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_worker import ENV, FIXTURES, RawWorker, write_song
+from helpers import ENV, FIXTURES, RawWorker, write_song
 
 QUICK = 10.0  # seconds: a quick command waits for nothing slow, so this is far more than it needs
 GiB = 1 << 30

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dsu.families import packages
-from test_worker import ENV, RawWorker, write_song
+from helpers import ENV, RawWorker, write_song
 from tiny_models import tiny_apollo
 
 

@@ -16,16 +16,13 @@ from dsu.families import vr
 from dsu.models.vr_cascade import CascadedASPPNet
 from dsu.models.vr_cascade_v51 import CascadedNetV51
 from dsu.jobs.separate import separate_file
+from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vr_pipeline"
 RUNS = json.loads((FIXTURES / "runs.json").read_text())
 CPU = torch.device("cpu")
 
 torch.set_num_threads(1)
-
-
-def snr(want: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
 
 
 def seeded_state(template: dict, seed: int) -> dict:

@@ -12,13 +12,10 @@ import torch
 
 from dsu.families import vr_bands
 from dsu.families.vr import UVR_RATE
+from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vr_bands"
 REFERENCE = np.load(FIXTURES / "bands.npz")
-
-
-def snr(want: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10((want ** 2).sum() / max(((want - got) ** 2).sum(), 1e-30)))
 
 
 def band_pipeline(wave: torch.Tensor, name: str) -> torch.Tensor:

@@ -14,7 +14,8 @@ from dsu.errors import DSUError
 from dsu.models.vr_cascade import SIZE_CLASSES, ASPPUNet, CascadedASPPNet
 from dsu.models.vr_cascade_v51 import CascadedNetV51
 from dsu.models.vr_nets import build_vr_net
-from model_checks import layout, snr_db
+from helpers import snr
+from model_checks import layout
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vr"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
@@ -53,7 +54,7 @@ def test_tiny_checkpoint_reproduces_audio_separator(name):
             assert full.shape == x.shape
             np.testing.assert_array_equal(full[..., model.offset:-model.offset].numpy(), out)
     assert out.shape == expected.shape
-    assert snr_db(expected, out) > 100
+    assert snr(expected, out) > 100
 
 
 @pytest.mark.parametrize("name", sorted(PUBLIC))

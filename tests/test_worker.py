@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,111 +15,7 @@ import soundfile as sf
 
 from dsu.errors import CODES
 from dsu import protocol as spec
-
-# a runtime policy file of the machine's user (~/.dsu/runtime_policy.json) must not change the workers tested
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-       "DSU_RUNTIME_POLICY_PATH": str(Path(__file__).parent / "no-runtime-policy.json")}
-FIXTURES = Path(__file__).parent / "fixtures" / "msst"
-
-
-def write_song(path: Path, seconds: float, sr: int = 44100, channels: int = 2) -> Path:
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sr)) / sr
-    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
-    audio = np.stack([tone * (0.5 + 0.5 * c) for c in range(channels)], 1)
-    sf.write(path, audio.astype(np.float32), sr, subtype="PCM_16")
-    return path
-
-
-class RawWorker:
-    """A worker process, JSON lines both ways; `log` keeps every message read."""
-
-    def __init__(self, tmp: Path, *args: str, argv: list[str] | None = None, env: dict | None = None):
-        self.stderr = open(tmp / f"worker-{time.monotonic_ns()}.stderr", "w+")
-        argv = argv or [sys.executable, "-m", "dsu.worker"]
-        self.proc = subprocess.Popen([*argv, "--threads", "1", *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env or ENV, cwd=tmp)
-        self.log: list[dict] = []
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout] + [self.lines.put(b"")],
-                         daemon=True).start()
-
-    def read(self, timeout: float = 60) -> dict:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no message within {timeout} s; last ones: {self.log[-3:]}") from None
-        if not line:
-            self.stderr.seek(0)
-            raise AssertionError(f"worker ended (rc {self.proc.poll()}); stderr:\n{self.stderr.read()[-3000:]}")
-        message = json.loads(line)  # the protocol promise: nothing but JSON objects on stdout
-        assert isinstance(message, dict) and message.get("status") in spec.MESSAGES, message
-        self.log.append(message)
-        return message
-
-    def send_line(self, line: str | bytes) -> None:
-        self.proc.stdin.write(line.encode() if isinstance(line, str) else line)
-        self.proc.stdin.flush()
-
-    def send(self, **message) -> None:
-        self.send_line(json.dumps(message) + "\n")
-
-    def until(self, status: str, id=None) -> list[dict]:
-        """Messages up to `status` (or an error) for request `id`; fails on an error unless asked for."""
-        seen = []
-        while True:
-            m = self.read()
-            seen.append(m)
-            if m.get("id") == id and m["status"] in (status, "error"):
-                assert m["status"] == status, m
-                return seen
-
-    def ask(self, id=None, **message) -> dict:
-        self.send(**message, **({} if id is None else {"id": id}))
-        return self.until(_final(message["cmd"]), id)[-1]
-
-    def error(self, **message) -> dict:
-        self.send(**message)
-        return self.until("error", message.get("id"))[-1]
-
-    def __enter__(self) -> "RawWorker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.stderr.close()
-
-
-def _final(cmd: str) -> str:
-    return spec.COMMANDS[spec.ALIASES.get(cmd, cmd)].final[0]
-
-
-@pytest.fixture(scope="module")
-def tmp(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("worker")
-
-
-@pytest.fixture(scope="module")
-def song(tmp) -> Path:
-    return write_song(tmp / "song.wav", 3.0)
-
-
-@pytest.fixture(scope="module")
-def long_song(tmp) -> Path:
-    return write_song(tmp / "long.wav", 60.0)
-
-
-@pytest.fixture(scope="module")
-def worker(tmp):
-    with RawWorker(tmp) as w:
-        assert w.read() == {"status": "loading"}
-        w.ready = w.read()
-        yield w
+from helpers import FIXTURES, RawWorker
 
 
 # ---- start, quick commands, validation ---------------------------------------------------------------
