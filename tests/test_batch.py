@@ -19,7 +19,9 @@ from dsu.batch import run
 from dsu.batch.inputs import check_collisions, expand, plan
 from dsu.batch.manifest import NAME as MANIFEST, sha256_of
 from dsu.errors import DSUError
-from helpers import tone
+from helpers import in_process, tone
+
+from dsu.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 DSP = {"model": "dsp"}
@@ -126,6 +128,7 @@ def test_batch_resume_force_and_failures(tmp_path):
     assert len(lines(out)) == 4 + 2 + 2 + 4
 
 
+@pytest.mark.slow  # processes killed, stalled or interrupted mid-file: seconds of waiting each
 def test_worker_killed_mid_file_is_retried_once_then_failed(tmp_path):
     lib = tmp_path / "lib"
     victim, doomed = tone(lib / "victim.wav", seconds=10), tone(lib / "doomed.wav", seconds=10, freq=330)
@@ -162,6 +165,7 @@ def test_worker_killed_mid_file_is_retried_once_then_failed(tmp_path):
     assert not list((tmp_path / "out").rglob("*.partial"))  # which the batch removes once its workers are gone
 
 
+@pytest.mark.slow  # processes killed, stalled or interrupted mid-file: seconds of waiting each
 def test_kill_9_then_rerun_does_every_file_exactly_once(tmp_path):
     lib = tmp_path / "lib"
     files = [tone(lib / f"d{i % 2}" / f"s{i}.wav", seconds=4, freq=200 + 40 * i) for i in range(6)]
@@ -202,16 +206,14 @@ def test_kill_9_then_rerun_does_every_file_exactly_once(tmp_path):
 
 def test_cli_usage_and_second_batch_on_one_folder(tmp_path):
     tone(tmp_path / "a.wav")
-    run_ = subprocess.run([sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o")],
-                          env=ENV, capture_output=True, text=True, timeout=60)
+    run_ = in_process(main, ["batch", tmp_path / "a.wav", "-o", tmp_path / "o"], cwd=tmp_path, env=ENV)
     assert run_.returncode == 2 and "-m/--model" in run_.stderr
     from dsu.batch.manifest import Manifest
     with Manifest(tmp_path / "o"):  # another batch holds the folder
         with pytest.raises(DSUError, match="another dsu batch .* is writing to"):
             run([tmp_path / "a.wav"], tmp_path / "o", DSP, progress=False)
-    bad = subprocess.run([sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "a.wav"), "-m", "dsp", "-o",
-                          str(tmp_path / "o"), "-O", "segment=-3", "-q"], env=ENV, capture_output=True, text=True,
-                         timeout=120)
+    bad = in_process(main, ["batch", tmp_path / "a.wav", "-m", "dsp", "-o", tmp_path / "o", "-O", "segment=-3", "-q"],
+                     cwd=tmp_path, env=ENV)
     assert bad.returncode == 1 and "-O segment of separate must be at least 0.01" in bad.stderr  # as separate says
     assert "`segment`" not in bad.stderr, bad.stderr
 
@@ -282,6 +284,7 @@ def test_progress_display_bar_and_plain_lines():
             assert "[2/2] b/two.wav failed: unsupported_audio: no frames (worker 2)" in text
 
 
+@pytest.mark.slow  # processes killed, stalled or interrupted mid-file: seconds of waiting each
 def test_stuck_worker_is_killed_after_timeout_and_its_file_retried(tmp_path):
     stuck = tone(tmp_path / "lib" / "stuck.wav")
     stopped: list[int] = []
@@ -323,7 +326,8 @@ def _memory_capped() -> None:
 
 
 @pytest.mark.parametrize("name", [MANIFEST, ".dsu-batch.lock"])
-@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "folder"])
+@pytest.mark.parametrize("kind", [pytest.param("dev-zero", marks=pytest.mark.slow), "fifo",
+                                  pytest.param("folder", marks=pytest.mark.slow)])  # each a batch run
 def test_a_manifest_or_lock_that_is_no_file_is_a_coded_error(tmp_path, kind, name):
     tone(tmp_path / "lib" / "song.wav")
     out = tmp_path / "out"
@@ -367,9 +371,8 @@ def test_bad_inputs_are_failed_files_and_the_others_go_on(tmp_path):
     os.mkfifo(lib / "pipe.wav")
     os.symlink("/dev/zero", lib / "zero.wav")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "dsu.cli", "batch", str(lib), "-m", "dsp", "-o", str(out), "--jobs", "1",
-               "--threads", "1", "--stems", "vocals", "-q"]
-    first = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    command = ["batch", lib, "-m", "dsp", "-o", out, "--jobs", "1", "--threads", "1", "--stems", "vocals", "-q"]
+    first = in_process(main, command, cwd=tmp_path, env=ENV)
     assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr
     records = {Path(r["input"]).name: r for r in lines(out)}
     assert set(records) == {"good.wav", "deep.wav", "caf\udce9.wav", "loop.wav", "gone.wav", "pipe.wav", "zero.wav"}
@@ -383,11 +386,12 @@ def test_bad_inputs_are_failed_files_and_the_others_go_on(tmp_path):
     assert latin_record["input"] == os.fsdecode(latin)  # read back as the same name
     assert latin_record["status"] == "done", latin_record  # a file name is bytes: not UTF-8 is no reason to fail
     assert os.path.exists(os.path.join(os.fsencode(out), b"caf\xe9", b"vocals.wav"))
-    again = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=180)
+    again = in_process(main, command, cwd=tmp_path, env=ENV)
     assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
     assert "3 already done, of 7" in again.stderr
 
 
+@pytest.mark.slow  # processes killed, stalled or interrupted mid-file: seconds of waiting each
 def test_input_replaced_during_its_job_is_not_recorded_done(tmp_path):
     song = tone(tmp_path / "lib" / "song.wav", seconds=10)
     stat = song.stat()
@@ -441,6 +445,7 @@ def _interrupted(batch: subprocess.Popen, out: Path, bound: float = 10) -> str:
     return err
 
 
+@pytest.mark.slow  # processes killed, stalled or interrupted mid-file: seconds of waiting each
 def test_ctrl_c_stops_at_once_and_the_rerun_does_the_rest(tmp_path):
     lib = tmp_path / "lib"
     files = [tone(lib / f"s{i}.wav", freq=200 + 40 * i) for i in range(2)]
@@ -499,8 +504,7 @@ def test_cli_live_failure_line_speaks_its_flags(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "sub").write_text("in the way")  # b.wav's track folder cannot be made: a worker-side error
-    cli = subprocess.run([sys.executable, "-m", "dsu.cli", "batch", str(tmp_path / "crate"), "-m", "dsp", "-o",
-                          str(out)], env=ENV, capture_output=True, text=True, timeout=120)
+    cli = in_process(main, ["batch", tmp_path / "crate", "-m", "dsp", "-o", out], cwd=tmp_path, env=ENV)
     live = [line for line in cli.stderr.splitlines() if "] sub/b.wav failed:" in line]
     assert cli.returncode == 1 and len(live) == 1, cli.stderr
     assert "-o/--output-dir" in live[0] and "`output_dir`" not in live[0], live[0]

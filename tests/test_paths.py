@@ -15,7 +15,9 @@ import pytest
 from dsu import paths, tempfiles
 from dsu.errors import DSUError
 from dsu.jobs.outputs import stem_paths
-from helpers import ENV
+from helpers import ENV, in_process
+
+from dsu.cli import main
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}
@@ -196,8 +198,7 @@ def test_clean_command_and_cli(worker, tmp):
     assert live.exists() and (folder / "model" / "song" / "bass.wav").exists()
     assert worker.error(cmd="clean", id="m", dir=str(folder / "missing"))["code"] == "input_not_found"
     stale[0].write_bytes(b"RIFF")
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "clean", str(folder)], capture_output=True, text=True,
-                         env=ENV, timeout=120)
+    run = in_process(main, ["clean", folder], cwd=tmp, env=ENV)
     assert run.returncode == 0 and run.stdout.split() == [str(stale[0])] and "removed 1" in run.stderr
     assert live.exists() and not stale[0].exists()
 
@@ -219,9 +220,8 @@ def test_a_file_name_that_is_not_utf8_is_read_and_named_after(worker, tmp, song)
     old(folder / "w" / os.fsdecode(b"caf\xe9") / os.fsdecode(b".x\xe9.wav.1-ab.partial"))
     cleaned = worker.ask(cmd="clean", id="l2", dir=str(folder))
     assert cleaned["removed"] == [os.fsdecode(os.fsencode(folder) + b"/w/caf\xe9/.x\xe9.wav.1-ab.partial")]
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "separate", str(track), "-m", "dsp", "-o",
-                          str(folder / "c"), "--json"], capture_output=True, env=ENV, timeout=300)
-    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    run = in_process(main, ["separate", track, "-m", "dsp", "-o", folder / "c", "--json"], cwd=tmp, env=ENV)
+    assert run.returncode == 0, run.stderr
     done = [m for m in map(json.loads, run.stdout.splitlines()) if m["status"] == "done"][-1]
     assert all(os.path.isfile(os.fsencode(p)) for p in done["paths"]) and len(done["paths"]) == 4
     assert sorted(os.listdir(os.fsencode(folder / "c"))) == [b"caf\xe9"]

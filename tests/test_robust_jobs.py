@@ -15,7 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import ENV, RawWorker, write_song
+from helpers import ENV, RawWorker, in_process, write_song
+
+from dsu.cli import main
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}
@@ -62,9 +64,7 @@ def test_truncated_files_are_read_as_far_as_they_go_with_a_warning(worker, tmp):
     done = worker.ask(cmd="separate", id="f", input=str(flac), output_dir=str(tmp / "cutflac"), model="dsp")
     (warning,) = done["warnings"]
     assert "damaged or truncated" in warning and "could not be read" in warning, warning
-    cli = subprocess.run([sys.executable, "-m", "dsu.cli", "separate", str(cut), "-m", "dsp", "-o",
-                          str(tmp / "cli"), "-q", "--threads", "1"], capture_output=True, text=True, env=ENV,
-                         timeout=300)
+    cli = in_process(main, ["separate", cut, "-m", "dsp", "-o", tmp / "cli", "-q", "--threads", "1"], cwd=tmp, env=ENV)
     assert cli.returncode == 0 and "warning:" in cli.stderr and "truncated" in cli.stderr, cli.stderr
 
 
@@ -75,6 +75,7 @@ def _separate_in(worker: RawWorker, request: dict, answers: list) -> None:
     answers.append(worker.until("done", request["id"])[-1])
 
 
+@pytest.mark.slow  # two workers racing over long songs: seconds of waiting
 def test_two_workers_writing_the_same_files_never_mix(tmp):
     """Same track name, different content, one output folder: both jobs finish, the files on disk
     all come from one of them (dsp's stems sum to their mix), no temporaries are left."""
@@ -109,6 +110,7 @@ def test_two_workers_writing_the_same_files_never_mix(tmp):
         assert partials(out) == []
 
 
+@pytest.mark.slow  # a worker killed mid-job, then a fresh one: seconds of waiting
 def test_a_job_after_kill_9_leaves_no_partial(tmp):
     song = write_song(tmp / "long.wav", 40.0)
     out = tmp / "killed"
@@ -203,8 +205,7 @@ def test_a_live_job_in_another_pid_namespace_keeps_its_partials(tmp):
         left = partials(out)
         assert left and {tempfiles.owner(p.name) for p in left} == {gone.pid}, left
         assert not tempfiles.alive(gone.pid)  # so a pid-only rule would take them for a dead job's
-        run = subprocess.run([sys.executable, "-m", "dsu.cli", "clean", str(out)], capture_output=True, text=True,
-                             env=ENV, timeout=120)
+        run = in_process(main, ["clean", out], cwd=tmp, env=ENV)
         assert run.returncode == 0 and "removed 0" in run.stderr, run.stderr
         assert all(p.exists() for p in left)
         done = w.until("done", "ns")[-1]
@@ -278,6 +279,7 @@ def test_a_failed_job_leaves_no_track_folder_it_made(worker, tmp, small_disk):
     assert (small_disk / "sep" / "full").is_dir()
 
 
+@pytest.mark.slow  # a long song, removed while it runs: seconds of waiting
 def test_an_output_folder_removed_mid_job_is_output_not_writable(worker, tmp):
     import shutil
     song = write_song(tmp / "removed.wav", 20.0)
