@@ -22,6 +22,11 @@ from dsu.jobs import outputs, separate
 WATCHED = {Path(paths.__file__).resolve(): "paths.py", Path(outputs.__file__).resolve(): "outputs.py"}
 
 
+def _room(filename: str) -> str:
+    parts = Path(filename).parts
+    return "/".join(parts[parts.index("dsu") + 1:]) if "dsu" in parts else Path(filename).name
+
+
 def _job(folder: Path, cache: ModelCache, name: str) -> None:
     fields, extra = protocol.validate(protocol.COMMANDS["separate"],
                                       {"cmd": "separate", "input": str(folder / "song.wav"),
@@ -45,6 +50,7 @@ def main() -> None:
             caller = frame.f_back.f_code.co_filename if frame.f_back is not None else ""
             if files.get(caller, WATCHED.get(Path(caller).resolve())) != where:
                 calls[where] += 1  # entered from outside the module
+                calls[f"{where} <- {_room(caller)}"] += 1
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -58,7 +64,10 @@ def main() -> None:
             sys.setprofile(None)
     for key in ("paths.py", "outputs.py"):
         print(f"{key}: entered {calls[key]} times from outside it")
-    print("function calls:")
+        for entry, n in sorted(calls.items()):
+            if entry.startswith(f"{key} <- "):
+                print(f"  from {entry.split(' <- ')[1]}: {n}")
+    print("calls of each function:")
     for key, n in sorted(calls.items()):
         if ":" in key:
             print(f"  {key}: {n}")

@@ -133,10 +133,10 @@ def run(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None
     model, from_cache = model_jobs.load(ref, cache, emit)
     stop_if_cancelled(cancelled, "before it started")
     options, ignored = model_jobs.family_options(model, extra)
-    options = outputs.upstream_options(worker, model, options)
+    layout, bit_depth, options = outputs.for_worker(worker, model, families.FAMILIES[model.family].layout,
+                                                    fields.get("layout"), fields.get("bit_depth"), input_path,
+                                                    options)
     emit("separating", input=fields["input"], model=ref.name)
-    layout = outputs.layout_for(fields.get("layout"), worker, families.FAMILIES[model.family].layout)
-    bit_depth = fields.get("bit_depth") or outputs.default_bit_depth(worker, input_path)
     result = _separate(model, input_path, output_dir, family=None, fmt=fields.get("format", "wav"),
                        bit_depth=bit_depth, stems=fields.get("stems"), layout=layout, output_names=output_names,
                        two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
