@@ -57,8 +57,8 @@ def make_passes(model: LoadedModel, signal, options: dict, cancelled, needed: me
     signal.cancelled = cancelled
     try:
         return model.passes(signal, **options)
-    except Exception as e:
-        failures.reraise(e)
+    except engine.Cancelled:
+        raise failures.cancelled_error() from None
 
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:

@@ -104,6 +104,12 @@ class Member:
     from_cache: bool = False
     mapping: dict[str, str] = field(default_factory=dict)  # member stem -> ensemble stem
 
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model, once `ensemble` has loaded it."""
+        assert self.model is not None
+        return self.model
+
     def fail(self, e: DSUError) -> DSUError:
         return DSUError(e.code, f"ensemble member {self.index + 1} ({self.label}): {e.message}")
 
@@ -348,13 +354,10 @@ def _member_answer(m: Member, stems: list[str]) -> dict:
 
 def _common_format(members: list[Member]) -> tuple[int, int]:
     """(the sample rate, the channel count) every member works at, `bad_value` when they differ."""
-    models = [m.model for m in members]
-    assert all(models)  # loaded before any runs
-    rates = {model.samplerate for model in models if model}
-    channels = {model.audio_channels for model in models if model}
+    rates = {m.loaded.samplerate for m in members}
+    channels = {m.loaded.audio_channels for m in members}
     if len(rates) > 1 or len(channels) > 1:
-        said = ", ".join(f"{m.label}: {model.samplerate} Hz, {model.audio_channels} ch"
-                         for m, model in zip(members, models, strict=True) if model)
+        said = ", ".join(f"{m.label}: {m.loaded.samplerate} Hz, {m.loaded.audio_channels} ch" for m in members)
         raise DSUError("bad_value", f"ensemble members must work at one sample rate and channel count ({said}); "
                                     "ensemble their stem files with `files` instead, which resamples")
     return rates.pop(), channels.pop()
