@@ -1,6 +1,7 @@
 """Jobs that never leave something that looks like a result but is not one: bad samples, truncated
 files, concurrent writers of one folder, workers killed mid-job, jobs too big for memory, cancel.
-Everything through real worker processes on real files."""
+Everything through real worker processes on real files, or real jobs in this process where a failure
+must be made to happen (a device out of memory)."""
 from __future__ import annotations
 
 import os
@@ -14,10 +15,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from helpers import ENV, RawWorker, in_process, write_song
 
+from dsu import protocol
 from dsu.cli import main
+
+from dsu.cache import ModelCache
+from dsu.errors import DSUError
+from dsu.families.dsp import DSPModel
+from dsu.jobs import ensemble as ensemble_job
+from dsu.jobs import failures, separate
+from dsu.jobs.separate import separate_file
 
 MDX = Path(__file__).parent / "fixtures" / "mdx"
 MDX_SETTINGS = {"mdx_n_fft_scale_set": 2048, "compensate": 1.03, "mdx_segment_size": 8}
@@ -335,3 +343,79 @@ def test_a_file_where_a_track_folder_must_be_is_said_so(tmp_path):
     assert f"{tmp_path / 'song'} is a file where a folder must be" in error.message, error.message
     gone = tempfiles.write_failure(tmp_path / "gone" / "vocals.wav", errno.ENOENT)
     assert "was removed or moved" in gone.message, gone.message
+
+
+# ---- one mapping of a job's failures to coded errors --------------------------------------------------
+
+class _OutOfMemoryInSecondChunk(DSPModel):
+    """The built-in model, whose device runs out of memory in its second chunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.chunks = 0
+
+    def separate_chunk(self, x):
+        self.chunks += 1
+        if self.chunks == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().separate_chunk(x)
+
+
+def _separate_job(song: Path, output_dir: Path, **kw) -> dict:
+    fields, extra = protocol.validate(protocol.COMMANDS["separate"], {"cmd": "separate", "input": str(song),
+                                                                    "output_dir": str(output_dir),
+                                                                    "model": "dsp", "segment": 1.0})
+    return separate.run(fields, extra, cache=ModelCache(torch.device("cpu")), models_dir=None, default_model=None,
+                        emit=lambda *a, **k: None, **kw)
+
+
+def test_a_job_out_of_device_memory_is_coded_with_its_hint_and_keeps_nothing(tmp):
+    song = write_song(tmp / "oom.wav", 4.0)
+    model = _OutOfMemoryInSecondChunk()
+    with pytest.raises(DSUError) as e:
+        separate_file(model, song, tmp / "oom", options={"segment": 1.0})
+    assert (e.value.code, e.value.message) == (
+        "out_of_memory", "the device ran out of memory: lower `batch_size` or `segment`, or use --device cpu")
+    assert model.chunks == 2 and not partials(tmp / "oom") and not list((tmp / "oom").rglob("*.wav"))
+
+
+def test_a_job_cancelled_before_or_while_it_runs_is_coded_and_keeps_nothing(tmp):
+    song = write_song(tmp / "cancel.wav", 4.0)
+    with pytest.raises(DSUError) as e:
+        _separate_job(song, tmp / "before", cancelled=lambda: True)
+    assert (e.value.code, e.value.message) == ("cancelled", "the job was cancelled before it started")
+    reports: list[float] = []
+    with pytest.raises(DSUError) as e:
+        _separate_job(song, tmp / "while", progress=reports.append, cancelled=lambda: bool(reports))
+    assert (e.value.code, e.value.message) == ("cancelled", "the job was cancelled; none of its output was kept")
+    assert reports and not partials(tmp / "while") and not list((tmp / "while").rglob("*.wav"))
+    first, second = write_song(tmp / "a.wav", 1.0), write_song(tmp / "b.wav", 1.0)
+    with pytest.raises(DSUError) as e:
+        ensemble_job.ensemble_files({"files": [str(first), str(second)], "output": str(tmp / "blend.wav")},
+                                    cancelled=lambda: True)
+    assert (e.value.code, e.value.message) == ("cancelled", "the ensemble was cancelled; none of its output was kept")
+    assert not (tmp / "blend.wav").exists() and not partials(tmp)
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_at_the_jobs_door(tmp):
+    song = write_song(tmp / "door.wav", 1.0)
+    (tmp / "a-file").write_text("not a folder")
+    with pytest.raises(DSUError) as e:
+        _separate_job(song, tmp / "a-file" / "out")
+    assert e.value.code == "output_not_writable" and "is a file, not a folder" in e.value.message, e.value.message
+
+
+@pytest.mark.parametrize("error, lower, code, message", [
+    (torch.OutOfMemoryError("CUDA"), "`chunk_seconds`", "out_of_memory",
+     "the device ran out of memory: lower `chunk_seconds`, or use --device cpu"),
+    (torch.OutOfMemoryError("CUDA"), None, "out_of_memory", failures.GENERAL_HINT),
+    (MemoryError(), "`chunk_seconds`", "out_of_memory", failures.GENERAL_HINT),
+    (PermissionError(13, "Permission denied", "/music/out/vocals.wav"), None, "bad_value",
+     "cannot write /music/out/vocals.wav: Permission denied; choose another output folder"),
+    (IsADirectoryError(21, "Is a directory", "/music/out"), None, "bad_value",
+     "cannot write /music/out: Is a directory; choose another output folder"),
+])
+def test_the_one_mapping_words_each_failure(error, lower, code, message):
+    coded = failures.coded(error, lower)
+    assert coded is not None and (coded.code, coded.message) == (code, message)
+    assert failures.coded(ValueError("a bug")) is None  # left to the caller's `internal`

@@ -144,11 +144,13 @@ def _ffmpeg_to_wav(path: Path, why: Exception) -> Path:
 
 class FileSignal:
     """An audio file decoded on demand at `samplerate` with `channels`, holding only the samples not yet
-    forgotten, so a long file costs memory in proportion to the chunk span, not its duration."""
+    forgotten, so a long file costs memory in proportion to the chunk span, not its duration.
+    `checked`: `path` is what `paths.check_input` returned to the job, not checked again; `scanned`: its
+    samples were read through once already (a `fresh` reader), not scanned again."""
 
     def __init__(self, path: str | os.PathLike, samplerate: int | None = None, channels: int | None = None,
-                 sanitize: bool = False, checked: bool = False):
-        self.path = paths.check_input(path)
+                 sanitize: bool = False, checked: bool = False, scanned: bool = False):
+        self.path = Path(path) if checked else paths.check_input(path)
         self.sanitize = sanitize
         self.warnings: list[str] = []   # what a finished job reports about its input
         self.cancelled = None           # a job's cancel check, asked before every block decoded
@@ -166,12 +168,12 @@ class FileSignal:
         self._buf_start = 0  # timeline position of _buf[0]
         self._produced = 0   # samples decoded so far (== _buf_start + len(_buf))
         self._exhausted = False
-        if not checked:
+        if not scanned:
             self._check_input()
 
     def fresh(self) -> FileSignal:
         """An independent reader of the same file (for a statistics pass before the real one)."""
-        other = FileSignal(self.path, self.samplerate, self.channels, self.sanitize, checked=True)
+        other = FileSignal(self.path, self.samplerate, self.channels, self.sanitize, checked=True, scanned=True)
         other.cancelled = self.cancelled
         return other
 

@@ -8,12 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import engine, memory, tempfiles
 from ..audio import StemWriter
-from ..errors import DSUError
 from ..families import LoadedModel, ModelRef
+from . import failures
 
 Emit = Callable[..., None]          # emit(status, **fields): an interim message of this job
 Progress = Callable[[float], None]
@@ -60,7 +58,7 @@ def make_passes(model: LoadedModel, signal, options: dict, cancelled, needed: me
     try:
         return model.passes(signal, **options)
     except engine.Cancelled:
-        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
+        raise failures.cancelled_error() from None
 
 
 def run_into(writer: StemWriter, passes, length: int, sink, progress, cancelled, lower: str) -> list[Path]:
@@ -75,15 +73,9 @@ def write_all(writer: StemWriter, work: Callable[[], None], lower: str) -> list[
     try:
         work()
         return writer.commit()
-    except engine.Cancelled:
+    except BaseException as e:
         writer.abort()
-        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
-    except torch.OutOfMemoryError:
-        writer.abort()
-        raise DSUError("out_of_memory", f"the device ran out of memory: lower {lower}, or use --device cpu") from None
-    except BaseException:
-        writer.abort()
-        raise
+        failures.reraise(e, lower)
 
 
 def done_fields(result: JobResult, ref: ModelRef, from_cache: bool, started: float) -> dict[str, Any]:

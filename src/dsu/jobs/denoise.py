@@ -21,10 +21,9 @@ import torch
 
 from .. import paths
 from ..audio import FileSignal, StemWriter, output_format
-from ..engine import Cancelled
-from ..errors import DSUError
 from ._pipeline import Cancelled as CancelCheck
 from ._pipeline import Emit, JobResult, Progress, clean_debris, result_fields, write_all
+from .failures import stop_if_cancelled
 
 N_FFT, HOP = 2048, 512
 LEVEL_SECONDS = 0.05      # the window a frame's level is measured over
@@ -62,8 +61,7 @@ def _blocks(signal: FileSignal, size: int, cancelled, progress, span: tuple[floa
     """(first frame, frames [channels, n, size]) over the whole signal, forgetting what is done."""
     total = _frame_count(signal.length)
     for first in range(0, total, BLOCK_FRAMES):
-        if cancelled is not None and cancelled():
-            raise Cancelled()
+        stop_if_cancelled(cancelled)
         count = min(BLOCK_FRAMES, total - first)
         yield first, _frames(signal, first, count, size)
         signal.forget((first + count) * HOP - size // 2)
@@ -138,8 +136,8 @@ def denoise_file(input_path: str | Path, noise_path: str | Path, output_path: st
     paths.check_not_input(output_path, {input_path: "the `input`", noise_path: "the `noise_profile`"})
     fmt = output_format(output_path, None)
     release = RELEASE_SECONDS[mode] if release_time is None else release_time
-    signal = FileSignal(input_path)
-    noise_signal = FileSignal(noise_path, signal.samplerate, channels=1)
+    signal = FileSignal(input_path, checked=True)
+    noise_signal = FileSignal(noise_path, signal.samplerate, channels=1, checked=True)
     try:
         noise, noise_level = noise_profile(noise_signal)
         clean_debris([output_path.parent])
@@ -149,8 +147,6 @@ def denoise_file(input_path: str | Path, noise_path: str | Path, output_path: st
         writer = StemWriter({STEM: output_path}, signal.samplerate, signal.channels, fmt, bit_depth)
         write_all(writer, lambda: _overlap_add(signal, noise, scale, subtraction_factor, writer, cancelled, progress),
                   lower="nothing: the denoiser holds only a few blocks")
-    except Cancelled:
-        raise DSUError("cancelled", "the job was cancelled; none of its output was kept") from None
     finally:
         signal.close()
         noise_signal.close()

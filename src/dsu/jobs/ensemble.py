@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..protocol import COMMANDS, ENSEMBLE_FIELDS, MODEL_NAMING, check_family_opt
 from . import models as model_jobs
 from . import outputs
 from ._pipeline import estimate_of, make_passes
+from .failures import reraise, stop_if_cancelled
 
 Progress = Callable[..., None]  # progress(fraction, member=name)
 
@@ -101,6 +103,12 @@ class Member:
     model: LoadedModel | None = None
     from_cache: bool = False
     mapping: dict[str, str] = field(default_factory=dict)  # member stem -> ensemble stem
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model, once `ensemble` has loaded it."""
+        assert self.model is not None
+        return self.model
 
     def fail(self, e: DSUError) -> DSUError:
         return DSUError(e.code, f"ensemble member {self.index + 1} ({self.label}): {e.message}")
@@ -194,10 +202,11 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
             raise DSUError("bad_value", f"`layout` must be one of {', '.join(LAYOUTS)} or a template, "
                                         f"not {layout_name!r}")
         outputs.template_of(layout_name)  # before the output folder is made
-    outputs.check_output_names(fields.get("output_names"))
+    output_names = outputs.check_output_names(fields.get("output_names"))
     input_path = paths.check_input(fields["input"])
     # separate's check, before any member resolves or loads; the stems go under this absolute folder
-    fields["output_dir"] = str(paths.check_output_dir(fields["output_dir"]))
+    out = _Output(paths.check_output_dir(fields["output_dir"]), LAYOUTS.get(layout_name, layout_name),
+                  output_names, fields.get("format", "wav"), fields.get("bit_depth") or 32)
 
     for m in members:  # every name resolved before anything heavy is loaded
         try:
@@ -210,8 +219,7 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
         cache.set_limits(max_models=len(members), on_evict=lambda name: emit("cache_evicted", model=name))
     try:
         for m in members:
-            if cancelled is not None and cancelled():
-                raise DSUError("cancelled", "the job was cancelled while loading its members")
+            stop_if_cancelled(cancelled, "while loading its members")
             assert m.ref is not None  # every member was resolved above
             try:
                 m.model, m.from_cache = model_jobs.load(m.ref, cache, emit)
@@ -219,8 +227,8 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
             except DSUError as e:
                 raise m.fail(e) from None
             m.label = m.ref.name
-        return _run_members(fields, members, algorithm, weights, reference, LAYOUTS.get(layout_name, layout_name),
-                            input_path, emit, progress, cancelled, started)
+        return _run_members(fields, members, _Blend(algorithm, weights, reference), input_path, out, emit,
+                            progress, cancelled, started)
     finally:
         if restore is not None:
             cache.set_limits(max_models=restore, on_evict=lambda name: emit("cache_evicted", model=name))
@@ -255,7 +263,7 @@ class _MemberRun:
         model = member.model
         assert model is not None  # every member is loaded before any runs
         self.member, self.model = member, model
-        self.signal = FileSignal(input_path, model.samplerate, model.audio_channels)
+        self.signal = FileSignal(input_path, model.samplerate, model.audio_channels, checked=True)
         self.length = self.signal.length
         # every member's overlap-add is held at once: each is checked beside those before it
         self.held = memory.beside(held, estimate_of(model, self.length, member.options, member.label))
@@ -296,28 +304,75 @@ class _MemberRun:
             self.mix.close()
 
 
-def _run_members(fields, members, algorithm, weights, reference, layout, input_path, emit, progress,
-                 cancelled, started) -> dict:
-    rates = {m.model.samplerate for m in members}
-    channels = {m.model.audio_channels for m in members}
+@dataclass
+class _Output:
+    """Where the ensemble's stems go, checked before any member loads."""
+    folder: Path
+    layout: str
+    names: dict[str, str]   # output_names, checked
+    fmt: str
+    bit_depth: int
+
+
+@dataclass
+class _Blend:
+    algorithm: str
+    weights: Tensor | None   # one per member
+    reference: str
+
+
+MEMBERS_LOWER = "members' `batch_size`/`segment`"
+
+
+def _run_members(fields: dict, members: list[Member], blend: _Blend, input_path: Path, out: _Output, emit,
+                 progress: Progress | None, cancelled, started: float) -> dict:
+    """The loaded members over `input_path`, their stems blended into files under `out`; the answer."""
+    samplerate, nch = _common_format(members)
+    stems, contributors = _plan(members, fields.get("stems"))
+    _check_stem_weights(blend.weights, contributors)
+    name = ensemble_name(fields, members)
+    targets = outputs.stem_paths(out.layout, out.folder, name, input_path, stems, out.fmt, output_names=out.names)
+    used = [m for m in members if any(m.index in c for c in contributors.values())]
+    emit("ensembling", input=fields["input"], model=name, members=[m.label for m in used],
+         algorithm=blend.algorithm)
+    written = _blend_members(used, stems, input_path, targets, blend, out, samplerate, nch,
+                             _member_progress(used, progress), cancelled)
+    folder, names = outputs.written_folder(written, out.folder)
+    return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(folder),
+            "files": names, "paths": [str(p.resolve()) for p in written], "stems": stems,
+            "model": name, "algorithm": blend.algorithm,
+            "weights": fields.get("weights"),
+            "members": [_member_answer(m, stems) for m in members],
+            "model_from_cache": all(m.from_cache for m in members)}
+
+
+def _member_answer(m: Member, stems: list[str]) -> dict:
+    assert m.ref is not None  # every member was resolved before any ran
+    return {"model": m.label, "family": m.ref.family, "stems": list(m.mapping), "model_from_cache": m.from_cache,
+            "blended": sorted({v for v in m.mapping.values() if v in stems})}
+
+
+def _common_format(members: list[Member]) -> tuple[int, int]:
+    """(the sample rate, the channel count) every member works at, `bad_value` when they differ."""
+    rates = {m.loaded.samplerate for m in members}
+    channels = {m.loaded.audio_channels for m in members}
     if len(rates) > 1 or len(channels) > 1:
-        said = ", ".join(f"{m.label}: {m.model.samplerate} Hz, {m.model.audio_channels} ch" for m in members)
+        said = ", ".join(f"{m.label}: {m.loaded.samplerate} Hz, {m.loaded.audio_channels} ch" for m in members)
         raise DSUError("bad_value", f"ensemble members must work at one sample rate and channel count ({said}); "
                                     "ensemble their stem files with `files` instead, which resamples")
-    samplerate, nch = rates.pop(), channels.pop()
-    stems, contributors = _plan(members, fields.get("stems"))
+    return rates.pop(), channels.pop()
+
+
+def _check_stem_weights(weights: Tensor | None, contributors: dict[str, list[int]]) -> None:
     for s, makers in contributors.items():
         if weights is not None and len(makers) > 1 and float(weights[makers].sum()) <= 0:
             raise DSUError("bad_value", f"`weights` give every member that makes `{s}` weight 0 (members "
                                         f"{', '.join(str(k + 1) for k in makers)}): give one of them a positive "
                                         f"weight, or leave `{s}` out of `stems`")
-    name = ensemble_name(fields, members)
-    fmt = fields.get("format", "wav")
-    targets = outputs.stem_paths(layout, Path(fields["output_dir"]), name, input_path, stems, fmt,
-                       output_names=outputs.check_output_names(fields.get("output_names")))
-    used = [m for m in members if any(m.index in c for c in contributors.values())]
-    emit("ensembling", input=fields["input"], model=name, members=[m.label for m in used], algorithm=algorithm)
 
+
+def _member_progress(used: list[Member], progress: Progress | None) -> list[Callable[[float], None]]:
+    """Each member's progress report: the ensemble's is the mean of its members', naming the one reporting."""
     fractions = [0.0] * len(used)
 
     def reporter(k: int):
@@ -326,68 +381,71 @@ def _run_members(fields, members, algorithm, weights, reference, layout, input_p
             if progress is not None:
                 progress(sum(fractions) / len(used), member=used[k].label)
         return report
+    return [reporter(k) for k in range(len(used))]
 
+
+@contextmanager
+def _blamed(member: Member):
+    """A coded error raised in the block names `member`; a cancel names no one."""
+    try:
+        yield
+    except DSUError as e:
+        if e.code == "cancelled":
+            raise
+        raise member.fail(e) from None
+
+
+def _blend_members(used: list[Member], stems: list[str], input_path: Path, targets: dict[str, Path], blend: _Blend,
+                   out: _Output, samplerate: int, nch: int, reports, cancelled) -> list[Path]:
+    """Every member stepped over the file, each stem's blend written as it is ready; the files written,
+    or on any failure none of them (coded by the one mapping)."""
     runs: list[_MemberRun] = []
     writers: dict[str, StemWriter] = {}
     blends: dict[str, StemBlend] = {}
-    current: Member | None = None  # the member whose code runs now, named when it fails
     try:
-        for k, m in enumerate(used):
-            current = m
-            runs.append(_MemberRun(m, input_path, stems, reporter(k), cancelled, runs[-1].held if runs else None))
-        current = None
-        length = runs[0].length
+        for m, report in zip(used, reports, strict=True):
+            with _blamed(m):
+                runs.append(_MemberRun(m, input_path, stems, report, cancelled, runs[-1].held if runs else None))
         for s in stems:
             idx = [k for k, r in enumerate(runs) if s in r.pending]
-            w = None if weights is None else weights[[used[k].index for k in idx]]
-            blends[s] = StemBlend(algorithm, len(idx), nch, length, w, reference, targets[s].parent, stem=s)
-            writers[s] = StemWriter({s: targets[s]}, samplerate, nch, fmt, fields.get("bit_depth") or 32)
-        emitted = 0
-        while not all(r.done for r in runs):
-            behind = min((r for r in runs if not r.done), key=lambda r: r.position)
-            current = behind.member
-            behind.step()
-            current = None
-            ready = min(r.position if not r.done else length for r in runs)
-            if ready > emitted:
-                n = ready - emitted
-                for s in stems:
-                    block = torch.stack([r.take(s, n) for r in runs if s in r.pending])
-                    out = blends[s].push(block)
-                    if out.shape[-1]:
-                        writers[s].write({s: out})
-                emitted = ready
+            w = None if blend.weights is None else blend.weights[[used[k].index for k in idx]]
+            blends[s] = StemBlend(blend.algorithm, len(idx), nch, runs[0].length, w, blend.reference,
+                                  targets[s].parent, stem=s)
+            writers[s] = StemWriter({s: targets[s]}, samplerate, nch, out.fmt, out.bit_depth)
+        _step_all(runs, stems, blends, writers)
         for s in stems:
-            for out in blends[s].finish():
-                writers[s].write({s: out})
-        written = [writers[s].commit()[0] for s in stems]
-    except engine.Cancelled:
+            for block in blends[s].finish():
+                writers[s].write({s: block})
+        return [writers[s].commit()[0] for s in stems]
+    except BaseException as e:
         _abort(writers)
-        raise DSUError("cancelled", "the ensemble was cancelled; none of its output was kept") from None
-    except torch.OutOfMemoryError:
-        _abort(writers)
-        raise DSUError("out_of_memory", "the device ran out of memory: lower members' `batch_size`/`segment`, "
-                                        "or use --device cpu") from None
-    except DSUError as e:
-        _abort(writers)
-        raise (current.fail(e) if current is not None and e.code != "cancelled" else e) from None
-    except BaseException:
-        _abort(writers)
-        raise
+        reraise(e, MEMBERS_LOWER, what="the ensemble")
     finally:
         for b in blends.values():
             b.close()
         for r in runs:
             r.close()
-    folder, names = outputs.written_folder(written, Path(fields["output_dir"]))
-    return {"elapsed": round(time.perf_counter() - started, 3), "output_dir": str(folder),
-            "files": names, "paths": [str(p.resolve()) for p in written], "stems": stems,
-            "model": name, "algorithm": algorithm,
-            "weights": fields.get("weights"),
-            "members": [{"model": m.label, "family": m.ref.family, "stems": list(m.mapping),
-                         "model_from_cache": m.from_cache,
-                         "blended": sorted({v for v in m.mapping.values() if v in stems})} for m in members],
-            "model_from_cache": all(m.from_cache for m in members)}
+
+
+def _step_all(runs: list[_MemberRun], stems: list[str], blends: dict[str, StemBlend],
+              writers: dict[str, StemWriter]) -> None:
+    """Step the member furthest behind until all are done, blending and writing what every member has
+    reached."""
+    length = runs[0].length
+    emitted = 0
+    while not all(r.done for r in runs):
+        behind = min((r for r in runs if not r.done), key=lambda r: r.position)
+        with _blamed(behind.member):
+            behind.step()
+        ready = min(r.position if not r.done else length for r in runs)
+        if ready > emitted:
+            n = ready - emitted
+            for s in stems:
+                block = torch.stack([r.take(s, n) for r in runs if s in r.pending])
+                blended = blends[s].push(block)
+                if blended.shape[-1]:
+                    writers[s].write({s: blended})
+            emitted = ready
 
 
 def _abort(writers: dict[str, StemWriter]) -> None:
@@ -415,11 +473,11 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
     files = [paths.check_input(f, f"files[{i}]") for i, f in enumerate(fields["files"])]
     output = paths.check_output_file(fields["output"])  # separate's check of its folder, before any reading
     paths.check_not_input(output, dict.fromkeys(files, "one of `files`"))
-    signals = [FileSignal(files[0])]
+    signals = [FileSignal(files[0], checked=True)]
     rate = signals[0].input_samplerate
     try:
         for f in files[1:]:
-            signals.append(FileSignal(f, rate))
+            signals.append(FileSignal(f, rate, checked=True))
         counts = [s.input_channels for s in signals]
         distinct = sorted(set(counts) - {1})
         if len(distinct) > 1:
@@ -433,8 +491,7 @@ def ensemble_files(fields: dict, *, reference: str = "msst", progress: Progress 
         blend = StemBlend(algorithm, len(files), nch, length, weights, reference, output.parent, stem=output.name)
         try:
             for pos in range(0, length, BLOCK):
-                if cancelled is not None and cancelled():
-                    raise DSUError("cancelled", "the ensemble was cancelled; none of its output was kept")
+                stop_if_cancelled(cancelled, what="the ensemble")
                 # a mono file is copied to every channel
                 block = torch.stack([s.read(pos, min(pos + BLOCK, length)).expand(nch, -1) for s in signals])
                 for s in signals:

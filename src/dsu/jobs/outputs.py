@@ -66,6 +66,12 @@ def layout_for(requested: str | None, worker: str | None, family_layout: str) ->
     return requested or WORKER_LAYOUTS.get(worker or "") or family_layout
 
 
+def for_worker(worker: str | None, model, family_layout: str, layout: str | None, bit_depth: int | None,
+               input_path: Path, options: dict) -> tuple[str, int | None, dict]:
+    """(layout, bit depth, family options) of a separation the worker name `worker` runs: the request's
+    layout and bit depth where it gives them, else what the tool the name stands in for writes."""
+    return (layout_for(layout, worker, family_layout), bit_depth or default_bit_depth(worker, input_path),
+            upstream_options(worker, model, options))
 
 
 def audio_separator_model_name(name: str) -> str:
@@ -84,12 +90,13 @@ def stem_paths(layout: str, output_dir: Path, model_name: str, input_path: Path,
     if preset == "uvr":
         model_name = audio_separator_model_name(model_name)
     custom = {str(k).lower(): v for k, v in (output_names or {}).items()}
+    safe = safe_component  # every name a request or a file brings stays one path component
+    names = {"track": safe(input_path.stem), "trackext": safe(input_path.suffix.lstrip(".")),
+             "model": safe(model_name), "ext": ext}  # the same for every stem
     out = {}
     for stem in stems:
         spelled = (labels or {}).get(stem) or capitalised(stem, family)
-        safe = safe_component  # every name a request or a file brings stays one path component
-        relative = template.format(track=safe(input_path.stem), trackext=safe(input_path.suffix.lstrip(".")),
-                                   stem=safe(stem), Stem=safe(spelled), model=safe(model_name), ext=ext)
+        relative = template.format(stem=safe(stem), Stem=safe(spelled), **names)
         base = custom.get(stem.lower(), custom.get(spelled.lower()))
         if base is not None:
             relative = str(Path(relative).with_name(f"{safe(base)}.{ext}"))

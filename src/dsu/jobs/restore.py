@@ -12,12 +12,20 @@ from pathlib import Path
 from .. import families, paths
 from ..audio import FileSignal, StemWriter, output_format
 from ..cache import ModelCache
-from ..errors import DSUError
 from ..families import FAMILIES, LoadedModel
 from . import models as model_jobs
 from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
+from .failures import stop_if_cancelled
 
 STEM = "restored"
+
+
+def _checked_output(output_path, input_path: Path) -> Path:
+    """The output file checked, its name made safe, and refused when it is the input itself."""
+    output_path = paths.check_output_file(output_path)
+    output_path = output_path.parent / paths.safe_component(output_path.name)
+    paths.check_not_input(output_path, {input_path: "the `input`"})
+    return output_path
 
 
 def restore_file(model: LoadedModel, input_path: str | Path, output_path: str | Path, *,
@@ -25,14 +33,23 @@ def restore_file(model: LoadedModel, input_path: str | Path, output_path: str | 
                  fmt: str | None = None, bit_depth: int | None = None, sanitize: bool = False,
                  progress: Callable[[float], None] | None = None,
                  cancelled: Callable[[], bool] | None = None) -> JobResult:
-    started = time.perf_counter()
+    """`model` over the file at `input_path` into `output_path`, both checked here (`run` checks them
+    before the model loads and hands them to `_restore`)."""
     input_path = paths.check_input(input_path)
-    output_path = paths.check_output_file(output_path)
-    output_path = output_path.parent / paths.safe_component(output_path.name)
-    paths.check_not_input(output_path, {input_path: "the `input`"})
+    return _restore(model, input_path, _checked_output(output_path, input_path), chunk_seconds=chunk_seconds,
+                    overlap_seconds=overlap_seconds, fmt=fmt, bit_depth=bit_depth, sanitize=sanitize,
+                    progress=progress, cancelled=cancelled)
+
+
+def _restore(model: LoadedModel, input_path: Path, output_path: Path, *, chunk_seconds: float | None = None,
+             overlap_seconds: float | None = None, fmt: str | None = None, bit_depth: int | None = None,
+             sanitize: bool = False, progress: Callable[[float], None] | None = None,
+             cancelled: Callable[[], bool] | None = None) -> JobResult:
+    """`restore_file` with the input and the output file already checked."""
+    started = time.perf_counter()
     fmt = output_format(output_path, fmt)
     clean_debris([output_path.parent])
-    signal = FileSignal(input_path, model.samplerate, sanitize=sanitize)  # the input's own channels
+    signal = FileSignal(input_path, model.samplerate, sanitize=sanitize, checked=True)  # the input's own channels
     try:
         passes = make_passes(model, signal, {"chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds},
                              cancelled)
@@ -51,19 +68,17 @@ def restore_file(model: LoadedModel, input_path: str | Path, output_path: str | 
 def run(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: Emit,
             progress: Progress | None = None, cancelled: Cancelled | None = None) -> dict:
     started = time.perf_counter()
-    paths.check_input(fields["input"])
-    paths.check_output_file(fields["output"])
+    input_path = paths.check_input(fields["input"])
+    output_path = _checked_output(fields["output"], input_path)
     model_path, config_path = model_jobs.apollo_files(fields, models_dir)
     ref = families.resolve({"model_path": model_path, "config_path": config_path,
                             "model_type": "apollo", **{k: fields[k] for k in model_jobs.APOLLO_KEYS if k in fields}},
                            models_dir)
     model, from_cache = model_jobs.load(ref, cache, emit)
-    if cancelled is not None and cancelled():
-        raise DSUError("cancelled", "the job was cancelled before it started")
+    stop_if_cancelled(cancelled, "before it started")
     emit("restoring", input=fields["input"], model=ref.name)
     tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds", "format", "bit_depth", "sanitize")
               if fields.get(k) is not None}
     tuning["fmt"] = tuning.pop("format", None)
-    result = restore_file(model, fields["input"], fields["output"], progress=progress,
-                          cancelled=cancelled, **tuning)
+    result = _restore(model, input_path, output_path, progress=progress, cancelled=cancelled, **tuning)
     return done_fields(result, ref, from_cache, started)

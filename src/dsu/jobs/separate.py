@@ -17,6 +17,7 @@ from ..families import FAMILIES, LoadedModel
 from . import models as model_jobs
 from . import outputs
 from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
+from .failures import stop_if_cancelled
 
 
 def _pick_stems(model: LoadedModel, produced: list[str], stems, two_stems) -> list[str]:
@@ -44,28 +45,42 @@ def separate_file(model: LoadedModel, input_path: str | Path, output_dir: str | 
                   options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
                   sanitize: bool = False, mp3_bitrate: int | None = None,
                   progress: Progress | None = None, cancelled: Cancelled | None = None) -> JobResult:
+    """`model` over the file at `input_path`, its stems written under `output_dir`; both are checked
+    here (`run` checks them before the model loads and hands them to `_separate`)."""
+    return _separate(model, paths.check_input(input_path), paths.check_output_dir(output_dir), family=family,
+                     fmt=fmt, bit_depth=bit_depth, stems=stems, two_stems=two_stems, sample_rate=sample_rate,
+                     options=options, layout=layout, output_names=outputs.check_output_names(output_names),
+                     sanitize=sanitize, mp3_bitrate=mp3_bitrate, progress=progress, cancelled=cancelled)
+
+
+def _out_rate(sample_rate, model: LoadedModel, signal: FileSignal) -> int:
+    if sample_rate in (None, "model"):
+        return model.samplerate
+    if sample_rate == "input":
+        return signal.input_samplerate
+    try:
+        return int(sample_rate)
+    except (TypeError, ValueError):
+        raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, "
+                                    f"not {sample_rate!r}") from None
+
+
+def _separate(model: LoadedModel, input_path: Path, output_dir: Path, *, family: str | None, fmt: str,
+              bit_depth: int | None, stems, two_stems: str | None, sample_rate, options: dict | None,
+              layout: str | None, output_names: dict[str, str], sanitize: bool, mp3_bitrate: int | None,
+              progress: Progress | None, cancelled: Cancelled | None) -> JobResult:
+    """`separate_file` with the input, the output folder and `output_names` already checked."""
     started = time.perf_counter()
     fam = FAMILIES[family or model.family]
     options = dict(options or {})
-    input_path = paths.check_input(input_path)
-    output_dir = paths.check_output_dir(output_dir)
-    signal = FileSignal(input_path, model.samplerate, model.audio_channels, sanitize=sanitize)
-    if sample_rate in (None, "model"):
-        out_rate = model.samplerate
-    elif sample_rate == "input":
-        out_rate = signal.input_samplerate
-    else:
-        try:
-            out_rate = int(sample_rate)
-        except (TypeError, ValueError):
-            raise DSUError("bad_value", f"sample_rate must be 'model', 'input' or a number, "
-                                        f"not {sample_rate!r}") from None
+    signal = FileSignal(input_path, model.samplerate, model.audio_channels, sanitize=sanitize, checked=True)
+    out_rate = _out_rate(sample_rate, model, signal)
     produced = model.output_stems(**options)
     wanted = _pick_stems(model, produced, stems, two_stems)
     if two_stems:
         two_stems = wanted[0]
     targets = outputs.stem_paths(layout or fam.layout, output_dir, model.name, input_path, wanted, fmt,
-                                 family=fam.name, output_names=outputs.check_output_names(output_names),
+                                 family=fam.name, output_names=output_names,
                                  labels=getattr(model, "labels", None))
     clean_debris([output_dir, *(p.parent for p in targets.values())])
     passes = make_passes(model, signal, options, cancelled)
@@ -109,26 +124,24 @@ def run(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None
     """`worker`: the name the worker was started as, whose output layout and bit depth are the defaults
     (see `dsu.jobs.outputs`)."""
     started = time.perf_counter()
-    paths.check_input(fields["input"])  # before a model load that could take seconds
+    input_path = paths.check_input(fields["input"])  # before a model load that could take seconds
     if fields.get("layout"):  # before the output folder is made
         outputs.template_of(fields["layout"])
-    outputs.check_output_names(fields.get("output_names"))
-    paths.check_output_dir(fields["output_dir"])
+    output_names = outputs.check_output_names(fields.get("output_names"))
+    output_dir = paths.check_output_dir(fields["output_dir"])
     ref = model_jobs.resolve(fields, models_dir, default_model)
     model, from_cache = model_jobs.load(ref, cache, emit)
-    if cancelled is not None and cancelled():
-        raise DSUError("cancelled", "the job was cancelled before it started")
+    stop_if_cancelled(cancelled, "before it started")
     options, ignored = model_jobs.family_options(model, extra)
-    options = outputs.upstream_options(worker, model, options)
+    layout, bit_depth, options = outputs.for_worker(worker, model, families.FAMILIES[model.family].layout,
+                                                    fields.get("layout"), fields.get("bit_depth"), input_path,
+                                                    options)
     emit("separating", input=fields["input"], model=ref.name)
-    layout = outputs.layout_for(fields.get("layout"), worker, families.FAMILIES[model.family].layout)
-    bit_depth = fields.get("bit_depth") or outputs.default_bit_depth(worker, fields["input"])
-    result = separate_file(model, fields["input"], fields["output_dir"], fmt=fields.get("format", "wav"),
-                           bit_depth=bit_depth, stems=fields.get("stems"), layout=layout,
-                           output_names=fields.get("output_names"),
-                           two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
-                           options=options, sanitize=bool(fields.get("sanitize")),
-                           mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled)
+    result = _separate(model, input_path, output_dir, family=None, fmt=fields.get("format", "wav"),
+                       bit_depth=bit_depth, stems=fields.get("stems"), layout=layout, output_names=output_names,
+                       two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
+                       options=options, sanitize=bool(fields.get("sanitize")),
+                       mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled)
     done = done_fields(result, ref, from_cache, started)
     if ignored:
         done["ignored"] = ignored

@@ -24,6 +24,7 @@ from ..jobs import models as model_jobs
 from ..jobs import outputs
 from ..jobs import restore as restore_job
 from ..jobs import separate as separate_job
+from ..jobs.failures import coded, stop_if_cancelled
 from .config import WorkerConfig
 from .stdio import MAX_LINE_BYTES, BadField, ProtocolOut, TooLong, check_encodable, parse_request, read_lines
 
@@ -325,19 +326,14 @@ class Server:
     def run(self, job: Job) -> tuple[str, dict]:
         """The job's final message, an `error` one when it failed."""
         try:
-            if job.cancel.is_set():
-                raise DSUError("cancelled", "the job was cancelled before it started")
+            stop_if_cancelled(job.cancel.is_set, "before it started")
             return getattr(self, f"job_{job.command.name}")(job)
-        except DSUError as e:
-            return _error(e.code, e.message)
-        except (torch.OutOfMemoryError, MemoryError):
-            return _error("out_of_memory", "out of memory: use a smaller `batch_size`/`segment`, fewer cached "
-                                           "models (set_cache_size), or --device cpu")
-        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
-            return _error("bad_value", f"cannot write {e.filename}: {e.strerror}; choose another output folder")
         except Exception as e:
-            traceback.print_exc(file=sys.stderr)
-            return _error("internal", f"{type(e).__name__}: {e} (see the worker's stderr)")
+            error = coded(e)
+            if error is None:  # a bug
+                traceback.print_exc(file=sys.stderr)
+                return _error("internal", f"{type(e).__name__}: {e} (see the worker's stderr)")
+            return _error(error.code, error.message)
 
     def _progress(self, job: Job):
         def report(fraction: float, **fields) -> None:
