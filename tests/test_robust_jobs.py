@@ -19,7 +19,6 @@ from helpers import ENV, RawWorker, in_process, write_song
 
 from dsu import protocol
 from dsu.cli import main
-
 from dsu.cache import ModelCache
 from dsu.errors import DSUError
 from dsu.families.dsp import DSPModel
