@@ -274,6 +274,7 @@ def test_default_model_is_a_bag_not_one_of_its_members(tmp_path):
     assert run.returncode == 0 and "model htdemucs_ft: the best installed 4-stem model" in run.stderr, run.stderr
 
 
+@pytest.mark.slow  # three real processes under a strict locale
 def test_names_that_are_not_utf8_print_under_a_strict_locale(tmp_path):
     """Linux file names are bytes; a CLI prints a Latin-1 `caf\\xe9.wav` as those bytes, even where
     Python's streams are strict UTF-8 (a locale such as en_US.UTF-8; PYTHONIOENCODING forces it here)."""

@@ -198,6 +198,7 @@ def test_msst_refusals(models, tmp_path):
 
 # ---- bare on a terminal, early-closing readers -----------------------------------------------------
 
+@pytest.mark.slow  # a real process per drop-in on a pty, then on a pipe
 def test_bare_drop_ins_print_usage_on_a_terminal_and_serve_a_pipe(tmp_path):
     import pty
     for name in ("dsu-demucs", "dsu-audio-separator", "dsu-denoise"):
@@ -228,6 +229,7 @@ def closed_reader(args, cwd: Path) -> subprocess.CompletedProcess:
         os.close(write)
 
 
+@pytest.mark.slow  # a real process per drop-in, each into a closed pipe
 def test_lists_into_a_closed_pipe_end_quietly(models, tmp_path):
     listings = [["-m", "dsu.cli", "models", "list"], ["-m", "dsu.cli", "ensemble", "--list-presets"],
                 ["-c", "from dsu.cli import demucs_worker as m; raise SystemExit(m())", "--list-models", "--repo",

@@ -191,6 +191,7 @@ def _can_unshare_pid() -> bool:
 
 
 @pytest.mark.skipif(not _can_unshare_pid(), reason="needs `unshare --pid` and ns_last_pid (root)")
+@pytest.mark.slow  # a worker in its own pid namespace (root)
 def test_a_live_job_in_another_pid_namespace_keeps_its_partials(tmp):
     """The shared-folder case (Ray nodes on NFS, containers on one volume): a worker in its own PID
     namespace, whose pid is one that is dead out here, writes partials; a clean from here keeps them,
@@ -252,6 +253,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
 
 
+@pytest.mark.slow  # a long song into a 200 kB tmpfs (root); the fast tier keeps the failed-job one
 def test_a_full_disk_is_output_not_writable_and_leaves_nothing(worker, tmp, small_disk):
     song = write_song(tmp / "full.wav", 3.0)  # 4 stems of 0.5 MB each: more than the disk holds
     error = worker.error(cmd="separate", id="full", input=str(song), output_dir=str(small_disk / "sep"), model="dsp")
