@@ -9,6 +9,7 @@ A SIGINT or SIGTERM stops the batch: no file more, the files in work cancelled (
 kills their workers), nothing of theirs recorded; `run` then raises `Interrupted`."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__, paths
 from ..client import WorkerError
@@ -142,21 +144,61 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     Ray actor may spend on one file before it is killed and the file retried. `flags`: the command
     line's words for request fields in the live display (dsu.cli.vocabulary); records and
     `Summary.failures` keep the field names."""
+    started = time.monotonic()
+    plan = _plan(inputs, output_dir, request, models_dir, layout, keep_folders)
+    summary = Summary(total=len(plan.items))
+    outcomes = _Outcomes(summary, plan, retries, on_event, flags)
+    with Manifest(plan.out) as manifest, _Stop(outcomes.say) as stop:
+        outcomes.manifest, outcomes.stop = manifest, stop
+        summary.manifest = str(manifest.path)
+        _warn_skipped(manifest)
+        tasks, refused = _tasks(plan, manifest, force, summary)
+        if not tasks and not refused:
+            summary.elapsed = time.monotonic() - started
+            return summary
+        show = outcomes.show = BatchDisplay(len(tasks) + len(refused), summary.skipped,
+                                            progress if progress is not None else True)
+        backend = functools.partial(_backend, ray, jobs, threads, device, plan.models_dir, len(tasks), plan.ref,
+                                    plan.out, ray_actors, ray_cpus, ray_gpus, outcomes.started, outcomes.progressed,
+                                    timeout)
+        try:
+            _run_tasks(plan, tasks, refused, outcomes, stop, backend)
+        except KeyboardInterrupt:
+            stop.signals = stop.signals or 1
+        finally:
+            show.close()
+    summary.elapsed = time.monotonic() - started
+    if stop.signals:
+        summary.stopped = stop.name or "SIGINT"
+        raise Interrupted(summary)
+    return summary
+
+
+@dataclass
+class _Plan:
+    """What the batch separates, decided before any file is looked at in the manifest."""
+    out: Path
+    models_dir: Path | None
+    base: dict          # the request's fields common to every file
+    fields: dict        # `base` validated
+    ref: Any            # the model, resolved
+    model_id: dict      # the model as records name it
+    options: dict       # the options as records name them
+    items: list         # the files and where their stems go
+    layout: str
+    model_fields: dict  # the fields that load the model
+
+
+def _plan(inputs: list, output_dir, request: dict | None, models_dir, layout: str | None,
+          keep_folders: bool) -> _Plan:
+    """The inputs expanded and the request validated, the model resolved, output collisions refused."""
     from .. import protocol as spec
     from ..families import FAMILIES
     from ..jobs import models as model_jobs
 
-    started = time.monotonic()
     out = Path(output_dir).expanduser().resolve()
     models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
-    base = {k: v for k, v in (request or {}).items() if v is not None}
-    if layout:
-        base["layout"] = layout
-    for key in ("input", "output_dir", "output", "id"):
-        base.pop(key, None)
-    for key in ("model_path", "config_path", "repo", "models_dir"):  # workers and actors may start elsewhere
-        if isinstance(base.get(key), str):
-            base[key] = str(Path(base[key]).expanduser().resolve())
+    base = _base_request(request, layout)
     fields, extra = spec.validate(spec.COMMANDS["separate"], {**base, "input": "-", "output_dir": str(out)})
     files = batch_inputs.expand(inputs, exclude=out)
     if not files:
@@ -173,117 +215,153 @@ def run(inputs: list, output_dir, request: dict | None = None, *, jobs: int | No
     model_fields = {k: v for k, v in fields.items() if k in model_jobs.MODEL_KEYS}
     if models_dir is not None and "models_dir" not in model_fields and "repo" not in model_fields:
         model_fields["models_dir"] = str(models_dir)
+    return _Plan(out, models_dir, base, fields, ref, model_id, options, items, layout, model_fields)
 
-    summary = Summary(total=len(items))
-    show = None
-    with Manifest(out) as manifest, _Stop(lambda text: show.note(text) if show else _say(text)) as stop:
-        summary.manifest = str(manifest.path)
-        _warn_skipped(manifest)
-        latest = manifest.latest()
-        tasks, refused = [], []
-        for item in items:
-            request_fields = {**base, **model_fields, "input": str(item.input), "output_dir": str(item.output_dir)}
-            try:  # a dangling link, a loop, a pipe, a device: failed, before anything opens it
-                paths.check_input(item.input)
-                st = os.stat(item.input)
-            except (DSUError, OSError) as e:
-                error = e if isinstance(e, DSUError) else DSUError("input_not_found", f"{item.input}: {e.strerror}")
-                refused.append((Task(item, request_fields, None, None), WorkerError(error.code, error.message)))
-                continue
-            record_key = (str(item.input), canonical(model_id), canonical(options))
-            # a manifest of a DSU that named inputs by where their links point
-            record = latest.get(record_key) or latest.get((str(batch_inputs.real(item.input)), *record_key[1:]))
-            if not force and record is not None and record.get("output_dir") == str(item.output_dir) and \
-                    is_done(record, st.st_size, st.st_mtime_ns, lambda p=item.input: sha256_of(p)):
-                summary.skipped += 1
-                continue
-            tasks.append(Task(item, request_fields, st.st_size, st.st_mtime_ns, _duration(item.input)))
-        if not tasks and not refused:
-            summary.elapsed = time.monotonic() - started
-            return summary
 
-        show = BatchDisplay(len(tasks) + len(refused), summary.skipped, progress if progress is not None else True)
-        lock = threading.Lock()
+def _base_request(request: dict | None, layout: str | None) -> dict:
+    base = {k: v for k, v in (request or {}).items() if v is not None}
+    if layout:
+        base["layout"] = layout
+    for key in ("input", "output_dir", "output", "id"):
+        base.pop(key, None)
+    for key in ("model_path", "config_path", "repo", "models_dir"):  # workers and actors may start elsewhere
+        if isinstance(base.get(key), str):
+            base[key] = str(Path(base[key]).expanduser().resolve())
+    return base
 
-        def emit(event: dict) -> None:
-            if on_event is not None:
-                on_event(event)
 
-        def started_task(task: Task, where: str, pid: int | None) -> None:
-            if task.first_start is None:
-                task.first_start = time.monotonic()
-            _fingerprint(task)
-            show.started(task.name)
-            emit({"event": "start", "input": str(task.item.input), "where": where, "pid": pid,
-                  "attempt": task.attempts + 1})
+def _tasks(plan: _Plan, manifest: Manifest, force: bool, summary: Summary) -> tuple[list, list]:
+    """(the files to separate, (task, error) of the files refused before anything opens them); the
+    files the manifest says are done are counted skipped."""
+    latest = manifest.latest()
+    tasks, refused = [], []
+    for item in plan.items:
+        request_fields = {**plan.base, **plan.model_fields, "input": str(item.input),
+                          "output_dir": str(item.output_dir)}
+        try:  # a dangling link, a loop, a pipe, a device: failed, before anything opens it
+            paths.check_input(item.input)
+            st = os.stat(item.input)
+        except (DSUError, OSError) as e:
+            error = e if isinstance(e, DSUError) else DSUError("input_not_found", f"{item.input}: {e.strerror}")
+            refused.append((Task(item, request_fields, None, None), WorkerError(error.code, error.message)))
+            continue
+        if not force and _done_before(plan, latest, item, st):
+            summary.skipped += 1
+            continue
+        tasks.append(Task(item, request_fields, st.st_size, st.st_mtime_ns, _duration(item.input)))
+    return tasks, refused
 
-        def progressed(task: Task, fraction: float) -> None:
-            show.progress(task.name, fraction)
-            if on_event is not None:
-                on_event({"event": "progress", "input": str(task.item.input), "progress": fraction})
 
-        def finished(task: Task, done: dict | None, error, retryable: bool, where: str = "") -> bool:
-            """Called once per attempt; True: run the task again."""
-            if done is not None and task.identity is not None and _identity(task.item.input) != task.identity:
-                task.stale, done, retryable = done["paths"], None, True  # stems of content the input no longer has
-                error = WorkerError(CHANGED, f"{task.item.input} changed while it was separated; "
-                                             "its stems were of the old content")
-            if error is not None and (error.code == "cancelled" or (stop.signals and retryable)):
-                # cancelled by this batch's stop (or killed by it), or by a signal to the worker alone:
-                # the file is simply not done
-                with lock:
-                    summary.interrupted += 1
-                return False
-            with lock:
-                task.attempts += 1
-                if error is not None and retryable and task.attempts <= retries:
-                    emit({"event": "retry", "input": str(task.item.input), "code": error.code,
-                          "message": error.message, "where": where})
-                    return True
-                if error is not None and error.code == CHANGED:
-                    _remove_stale(task)
-                record = _record(task, done, error, model_id, options, where, started_wall=task.first_start)
-                manifest.append(record)
-                if done is not None:
-                    summary.done += 1
-                    summary.audio_seconds += task.duration or 0.0
-                else:
-                    summary.failed += 1
-                    summary.failures.append({"input": record["input"], **record["error"]})
-                show.finished(task.name, record["status"] if done is not None else
-                              f"failed: {record['error']['code']}: {speak(record['error']['message'], flags)}",
-                              done["elapsed"] if done else None, task.duration, where)
-                emit({"event": "finished", "record": record})
-                return False
+def _done_before(plan: _Plan, latest: dict, item: batch_inputs.Item, st: os.stat_result) -> bool:
+    """Whether the manifest records this file, as it is now, done into the same folder."""
+    record_key = (str(item.input), canonical(plan.model_id), canonical(plan.options))
+    # a manifest of a DSU that named inputs by where their links point
+    record = latest.get(record_key) or latest.get((str(batch_inputs.real(item.input)), *record_key[1:]))
+    return record is not None and record.get("output_dir") == str(item.output_dir) and \
+        is_done(record, st.st_size, st.st_mtime_ns, lambda p=item.input: sha256_of(p))
 
-        try:
-            for task, refusal in refused:
-                finished(task, None, refusal, False, "driver")
-            if tasks:
-                backend = _backend(ray, jobs, threads, device, models_dir, len(tasks), ref, out,
-                                   ray_actors, ray_cpus, ray_gpus, started_task, progressed, timeout)
-                summary.backend, summary.workers = backend.kind, backend.size
-                stop.install()
-                stop.raising = False  # the backend looks at `stop` from here on, and stops what it started
-                try:
-                    info = backend.start(model_fields, stop)
-                    written = _written_stems(info["stems"], fields)
-                    batch_inputs.check_collisions(items, layout, info["model"], fields["format"], written, ref.family)
-                    if stop.signals:
-                        raise KeyboardInterrupt
-                    backend.run(tasks, finished, stop)
-                finally:
-                    backend.close()
-                    _clean_debris(out)
-        except KeyboardInterrupt:
-            stop.signals = stop.signals or 1
-        finally:
-            show.close()
-    summary.elapsed = time.monotonic() - started
-    if stop.signals:
-        summary.stopped = stop.name or "SIGINT"
-        raise Interrupted(summary)
-    return summary
+
+def _run_tasks(plan: _Plan, tasks: list, refused: list, outcomes: _Outcomes, stop: _Stop,
+               make_backend: Callable[[], Any]) -> None:
+    """The refused files recorded failed, then the rest through a backend; KeyboardInterrupt when stopped."""
+    for task, refusal in refused:
+        outcomes.finished(task, None, refusal, False, "driver")
+    if not tasks:
+        return
+    backend = make_backend()
+    outcomes.summary.backend, outcomes.summary.workers = backend.kind, backend.size
+    stop.install()
+    stop.raising = False  # the backend looks at `stop` from here on, and stops what it started
+    try:
+        info = backend.start(plan.model_fields, stop)
+        written = _written_stems(info["stems"], plan.fields)
+        batch_inputs.check_collisions(plan.items, plan.layout, info["model"], plan.fields["format"], written,
+                                      plan.ref.family)
+        if stop.signals:
+            raise KeyboardInterrupt
+        backend.run(tasks, outcomes.finished, stop)
+    finally:
+        backend.close()
+        _clean_debris(plan.out)
+
+
+class _Outcomes:
+    """What the backend reports (starts, progress, each attempt's end), into the summary, the
+    manifest, the display and `on_event`. Backends call it from their threads."""
+
+    def __init__(self, summary: Summary, plan: _Plan, retries: int, on_event: Callable[[dict], None] | None,
+                 flags: dict[str, str] | None):
+        self.summary, self.plan, self.retries, self.on_event, self.flags = summary, plan, retries, on_event, flags
+        self.manifest: Manifest | None = None
+        self.stop: _Stop | None = None
+        self.show: BatchDisplay | None = None
+        self.lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        if self.show:
+            self.show.note(text)
+        else:
+            _say(text)
+
+    def emit(self, event: dict) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def started(self, task: Task, where: str, pid: int | None) -> None:
+        assert self.show is not None  # the backend runs once the display is up
+        if task.first_start is None:
+            task.first_start = time.monotonic()
+        _fingerprint(task)
+        self.show.started(task.name)
+        self.emit({"event": "start", "input": str(task.item.input), "where": where, "pid": pid,
+                   "attempt": task.attempts + 1})
+
+    def progressed(self, task: Task, fraction: float) -> None:
+        assert self.show is not None
+        self.show.progress(task.name, fraction)
+        self.emit({"event": "progress", "input": str(task.item.input), "progress": fraction})
+
+    def finished(self, task: Task, done: dict | None, error, retryable: bool, where: str = "") -> bool:
+        """Called once per attempt; True: run the task again."""
+        assert self.stop is not None
+        if done is not None and task.identity is not None and _identity(task.item.input) != task.identity:
+            task.stale, done, retryable = done["paths"], None, True  # stems of content the input no longer has
+            error = WorkerError(CHANGED, f"{task.item.input} changed while it was separated; "
+                                         "its stems were of the old content")
+        if error is not None and (error.code == "cancelled" or (self.stop.signals and retryable)):
+            # cancelled by this batch's stop (or killed by it), or by a signal to the worker alone:
+            # the file is simply not done
+            with self.lock:
+                self.summary.interrupted += 1
+            return False
+        with self.lock:
+            task.attempts += 1
+            if error is not None and retryable and task.attempts <= self.retries:
+                self.emit({"event": "retry", "input": str(task.item.input), "code": error.code,
+                           "message": error.message, "where": where})
+                return True
+            self._record(task, done, error, where)
+            return False
+
+    def _record(self, task: Task, done: dict | None, error, where: str) -> None:
+        """The attempt that ends the task: its manifest line, the summary, the display (under the lock)."""
+        assert self.manifest is not None and self.show is not None
+        if error is not None and error.code == CHANGED:
+            _remove_stale(task)
+        record = _record(task, done, error, self.plan.model_id, self.plan.options, where,
+                         started_wall=task.first_start)
+        self.manifest.append(record)
+        summary = self.summary
+        if done is not None:
+            summary.done += 1
+            summary.audio_seconds += task.duration or 0.0
+        else:
+            summary.failed += 1
+            summary.failures.append({"input": record["input"], **record["error"]})
+        self.show.finished(task.name, record["status"] if done is not None else
+                           f"failed: {record['error']['code']}: {speak(record['error']['message'], self.flags)}",
+                           done["elapsed"] if done else None, task.duration, where)
+        self.emit({"event": "finished", "record": record})
 
 
 def _say(text: str) -> None:

@@ -270,7 +270,7 @@ class _Pace:
         """(the timeout for the next read, whether this window's quota is what limits it)."""
         import httpcore
         if self.cancelled():
-            raise DSUError("cancelled", "the download was cancelled; nothing was kept")
+            raise _cancelled()
         now = time.monotonic()
         if now - self.start >= self.window:
             if self.got < self.need:
@@ -371,95 +371,152 @@ def _transfer(url: str, part: Path, expected: Expected, on_progress: Progress | 
     """Stream `url` into `part` (resuming what it holds); the sha256 of the whole file."""
     import httpx
 
-    digest = sha256_of(part) if part.exists() else hashlib.sha256()
-    have = part.stat().st_size if part.exists() else 0
-    failures, started, start_bytes = 0, time.monotonic(), have
-    last_report = 0.0
-    limit = expected.limit
+    transfer = _Transfer(url, part, expected, on_progress, cancelled)
+    failures = 0
     http, pace = client(timeout, min_rate, cancelled)
-    ranges = True  # False once the server encodes the transfer: its ranges are of the encoding, not the file
     with http:
         while True:
             if cancelled():
-                raise DSUError("cancelled", "the download was cancelled; nothing was kept")
-            headers = {"Range": f"bytes={have}-"} if have and ranges else {}
-            received, total = 0, None
+                raise _cancelled()
             pace.restart()
             try:
-                with http.stream("GET", url, headers=headers) as response:
-                    status = response.status_code
-                    if status == 416 and have and (expected.size in (None, have)):
-                        return digest  # the part already holds the whole file
-                    if status == 416:
-                        part.unlink(missing_ok=True)
-                        digest, have = hashlib.sha256(), 0
-                        raise httpx.RemoteProtocolError("range not satisfiable; starting over")
-                    if status in TRANSIENT_STATUS:
-                        raise httpx.RemoteProtocolError(f"HTTP {status}")
-                    if status >= 400:
-                        raise DSUError("download_failed", f"{url} answered HTTP {status}"
-                                       + (" (not found: the catalog may be out of date)" if status == 404 else ""))
-                    encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
-                    if encoded:
-                        ranges = False
-                        if status == 206:
-                            raise httpx.RemoteProtocolError("a range of an encoded transfer; starting over")
-                    resumed = status == 206 and _range_start(response) == have
-                    if not resumed:  # the server sent the whole file again (or ranges of an encoding)
-                        digest, have = hashlib.sha256(), 0
-                    total = None if encoded else _total(response, have)  # an encoded length is not the file's
-                    if expected.size is not None and total is not None and total != expected.size:
-                        raise DSUError("checksum_mismatch", f"{url} offers {total} bytes, not the "
-                                                            f"{expected.size} the catalog says; nothing was kept")
-                    if limit is not None and total is not None and total > limit:
-                        raise _too_big(url, expected)
-                    _room(part, total, have)
-                    try:
-                        out = open(part, "ab" if resumed else "wb", buffering=0)  # a full disk shows at write
-                    except OSError as e:
-                        raise _unwritable(part, have, total, e) from None
-                    with out:
-                        for block in response.iter_bytes():  # decoded, as it arrives: a drop loses nothing received
-                            if cancelled():
-                                raise DSUError("cancelled", "the download was cancelled; nothing was kept")
-                            if limit is not None and have + len(block) > limit:
-                                raise _too_big(url, expected)
-                            try:
-                                view = memoryview(block)
-                                while view:
-                                    view = view[out.write(view):]
-                            except OSError as e:
-                                raise _unwritable(part, have, total, e) from None
-                            digest.update(block)
-                            have += len(block)
-                            received += len(block)
-                            now = time.monotonic()
-                            if on_progress is not None and now - last_report >= REPORT_EVERY:
-                                last_report = now
-                                on_progress(have, total, (have - start_bytes) / max(now - started, 1e-6))
-                        try:
-                            os.fsync(out.fileno())
-                        except OSError as e:  # a full disk can show only when the data is written back
-                            raise _unwritable(part, have, total, e) from None
-                if on_progress is not None:
-                    on_progress(have, total, (have - start_bytes) / max(time.monotonic() - started, 1e-6))
-                return digest
+                return transfer.attempt(http)
             except httpx.HTTPError as e:  # dropped connection, timeout, refused, transient status
-                gai = unresolved(e)
-                if gai is not None:  # retrying will not make a name resolve
-                    raise no_host(url, gai) from None
-                failures = 0 if received >= CHUNK else failures + 1  # a trickle is no progress
-                why = f"{type(e).__name__}: {e or 'no detail'}"
-                if failures > retries:
-                    what = "timed out" if isinstance(e, httpx.TimeoutException) else "failed"
-                    kept = (f"the {have} bytes received are kept, and the next download of this model resumes "
-                            "from them") if have else "nothing was received"
-                    raise DSUError("download_failed", f"downloading {url} {what} {retries + 1} times in a row "
-                                   f"({why}); {kept}") from None
-                wait = min(backoff * 2 ** max(failures - 1, 0), 10.0)
-                if on_retry is not None:
-                    on_retry(failures, retries, why, wait)
-                time.sleep(wait)
+                failures = transfer.failed(e, failures, retries)
+                _pause(failures, retries, _why(e), backoff, on_retry)
+
+
+def _cancelled() -> DSUError:
+    return DSUError("cancelled", "the download was cancelled; nothing was kept")
+
+
+def _why(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error or 'no detail'}"
+
+
+def _pause(failures: int, retries: int, why: str, backoff: float, on_retry: Retry | None) -> None:
+    """Back off before the next attempt, exponentially, at most 10 s."""
+    wait = min(backoff * 2 ** max(failures - 1, 0), 10.0)
+    if on_retry is not None:
+        on_retry(failures, retries, why, wait)
+    time.sleep(wait)
+
+
+class _Transfer:
+    """What one download holds across its attempts: the part's bytes and their sha256, whether the
+    server's ranges can resume it, and what the current attempt has received."""
+
+    def __init__(self, url: str, part: Path, expected: Expected, on_progress: Progress | None,
+                 cancelled: Callable[[], bool]):
+        self.url, self.part, self.expected = url, part, expected
+        self.on_progress, self.cancelled = on_progress, cancelled
+        self.digest = sha256_of(part) if part.exists() else hashlib.sha256()
+        self.have = part.stat().st_size if part.exists() else 0
+        self.started, self.start_bytes, self.last_report = time.monotonic(), self.have, 0.0
+        self.ranges = True  # False once the server encodes the transfer: its ranges are of the encoding, not the file
+        self.received = 0  # by the current attempt
+        self.total: int | None = None  # the file's size, as the current attempt's answer gives it
+
+    def attempt(self, http):
+        """One GET of the rest of the file; the digest of the whole file once the part holds it."""
+        headers = {"Range": f"bytes={self.have}-"} if self.have and self.ranges else {}
+        self.received, self.total = 0, None
+        with http.stream("GET", self.url, headers=headers) as response:
+            if self._complete(response):
+                return self.digest  # the part already holds the whole file
+            self._write(response, self._accept(response))
+        self._report(final=True)
+        return self.digest
+
+    def failed(self, error: BaseException, failures: int, retries: int) -> int:
+        """The failures in a row after `error`; raises the coded error when they are too many (or
+        the host does not resolve: retrying will not make a name resolve)."""
+        import httpx
+        gai = unresolved(error)
+        if gai is not None:
+            raise no_host(self.url, gai) from None
+        failures = 0 if self.received >= CHUNK else failures + 1  # a trickle is no progress
+        if failures <= retries:
+            return failures
+        what = "timed out" if isinstance(error, httpx.TimeoutException) else "failed"
+        kept = (f"the {self.have} bytes received are kept, and the next download of this model resumes "
+                "from them") if self.have else "nothing was received"
+        raise DSUError("download_failed", f"downloading {self.url} {what} {retries + 1} times in a row "
+                       f"({_why(error)}); {kept}") from None
+
+    def _complete(self, response) -> bool:
+        """Whether the answer says the part is the whole file; raises on the statuses that end this attempt."""
+        import httpx
+        status = response.status_code
+        if status == 416 and self.have and (self.expected.size in (None, self.have)):
+            return True
+        if status == 416:
+            self.part.unlink(missing_ok=True)
+            self.digest, self.have = hashlib.sha256(), 0
+            raise httpx.RemoteProtocolError("range not satisfiable; starting over")
+        if status in TRANSIENT_STATUS:
+            raise httpx.RemoteProtocolError(f"HTTP {status}")
+        if status >= 400:
+            raise DSUError("download_failed", f"{self.url} answered HTTP {status}"
+                           + (" (not found: the catalog may be out of date)" if status == 404 else ""))
+        return False
+
+    def _accept(self, response) -> bool:
+        """Whether the body resumes the part (else it starts over); checks the size it announces."""
+        import httpx
+        status, expected = response.status_code, self.expected
+        encoded = response.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+        if encoded:
+            self.ranges = False
+            if status == 206:
+                raise httpx.RemoteProtocolError("a range of an encoded transfer; starting over")
+        resumed = status == 206 and _range_start(response) == self.have
+        if not resumed:  # the server sent the whole file again (or ranges of an encoding)
+            self.digest, self.have = hashlib.sha256(), 0
+        total = self.total = None if encoded else _total(response, self.have)  # an encoded length is not the file's
+        if expected.size is not None and total is not None and total != expected.size:
+            raise DSUError("checksum_mismatch", f"{self.url} offers {total} bytes, not the "
+                                                f"{expected.size} the catalog says; nothing was kept")
+        if expected.limit is not None and total is not None and total > expected.limit:
+            raise _too_big(self.url, expected)
+        _room(self.part, total, self.have)
+        return resumed
+
+    def _write(self, response, resumed: bool) -> None:
+        try:
+            out = open(self.part, "ab" if resumed else "wb", buffering=0)  # a full disk shows at write
+        except OSError as e:
+            raise _unwritable(self.part, self.have, self.total, e) from None
+        with out:
+            for block in response.iter_bytes():  # decoded, as it arrives: a drop loses nothing received
+                self._take(out, block)
+            try:
+                os.fsync(out.fileno())
+            except OSError as e:  # a full disk can show only when the data is written back
+                raise _unwritable(self.part, self.have, self.total, e) from None
+
+    def _take(self, out, block: bytes) -> None:
+        if self.cancelled():
+            raise _cancelled()
+        limit = self.expected.limit
+        if limit is not None and self.have + len(block) > limit:
+            raise _too_big(self.url, self.expected)
+        try:
+            view = memoryview(block)
+            while view:
+                view = view[out.write(view):]
+        except OSError as e:
+            raise _unwritable(self.part, self.have, self.total, e) from None
+        self.digest.update(block)
+        self.have += len(block)
+        self.received += len(block)
+        self._report()
+
+    def _report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.on_progress is not None and (final or now - self.last_report >= REPORT_EVERY):
+            self.last_report = now
+            self.on_progress(self.have, self.total, (self.have - self.start_bytes) / max(now - self.started, 1e-6))
 
 
 def _too_big(url: str, expected: Expected) -> DSUError:

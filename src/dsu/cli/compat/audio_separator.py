@@ -233,25 +233,10 @@ def _model_requests(args) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.env_info:
-        import platform
-
-        import torch
-        print(f"DSU {__version__}, Python {platform.python_version()}, torch {torch.__version__}, "
-              f"CUDA {torch.cuda.is_available()}, {platform.platform()}")
-        return 0
-    if args.list_models:
-        return list_models(args)
     fmt = (args.output_format or ("wav" if args.apollo else "flac")).lower()
-    problems = _refusals(args, fmt)
-    unavailable = common.runner.device_problem(args.device)
-    if unavailable:
-        problems.append(unavailable)
-    if problems:
-        return common.refuse(PROG, problems, FLAGS)
-    if not args.audio_files:
-        parser.print_help()
-        return common.EXIT_FAILED
+    answered = _without_files(args, parser, fmt)
+    if answered is not None:
+        return answered
     output_dir = Path(args.output_dir) if args.output_dir else Path.cwd()
     display = Display(mode_from(args.quiet, args.debug, args.json), total=len(args.audio_files), prog=PROG,
                       flags=APOLLO_FLAGS if args.apollo else FLAGS)
@@ -263,6 +248,48 @@ def main(argv: list[str] | None = None) -> int:
         return common.runner.report(display, problems, common.EXIT_FAILED)
     if args.apollo:
         return restore_all(args, fmt, output_dir, display)
+    return _separate_all(args, fmt, output_dir, display)
+
+
+def _without_files(args, parser: argparse.ArgumentParser, fmt: str) -> int | None:
+    """The exit code when the command ends before any file: --env_info, --list_models, refused
+    options (2), no files (help, 1); None when it goes on to the files."""
+    if args.env_info:
+        import platform
+
+        import torch
+        print(f"DSU {__version__}, Python {platform.python_version()}, torch {torch.__version__}, "
+              f"CUDA {torch.cuda.is_available()}, {platform.platform()}")
+        return 0
+    if args.list_models:
+        return list_models(args)
+    problems = _refusals(args, fmt)
+    unavailable = common.runner.device_problem(args.device)
+    if unavailable:
+        problems.append(unavailable)
+    if problems:
+        return common.refuse(PROG, problems, FLAGS)
+    if not args.audio_files:
+        parser.print_help()
+        return common.EXIT_FAILED
+    return None
+
+
+def _separate_all(args, fmt: str, output_dir: Path, display: Display) -> int:
+    request = _request(args, fmt, output_dir)
+    cache = common.open_cache(args.device, args.threads)
+    try:
+        ref, model = _load(args, request, cache, display)
+    except DSUError as e:
+        return common.fail(display, e)
+    options, problems = _options(args, ref.family, model, request)
+    if problems:
+        return common.refuse(PROG, problems, FLAGS)
+    requests = [{**request, **options, "input": str(f), "bit_depth": input_bit_depth(f, fmt)} for f in args.audio_files]
+    return common.run_all(requests, cache, None, display)
+
+
+def _request(args, fmt: str, output_dir: Path) -> dict:
     # audio-separator names files after the model file up to its first dot, whatever DSU calls the model
     model_stem = Path(args.model_filename).name.split(".")[0].replace("{", "{{").replace("}", "}}")
     request = {"output_dir": str(output_dir), "format": fmt,
@@ -271,37 +298,44 @@ def main(argv: list[str] | None = None) -> int:
                "output_names": args.custom_output_names}
     if fmt == "mp3" and args.output_bitrate:
         request["mp3_bitrate"] = _bitrate(args.output_bitrate)
-    request = {k: v for k, v in request.items() if v is not None}
-    cache = common.open_cache(args.device, args.threads)
+    return common.given(request)
+
+
+def _load(args, request: dict, cache, display: Display):
+    """(ref, model) by the first of `_model_requests` that loads, which `request` then holds; else
+    the last one's error, worded for this command."""
+    error = None
     for way in _model_requests(args):
         try:
             ref, model = common.load({**request, **way}, cache, None, display)
-            request.update(way)
-            break
         except DSUError as e:
             error = e
-    else:
-        if error.code == "model_not_found" and getattr(error, "download", None):  # the catalog knows it
-            error = DSUError(error.code, f"{error.message}, or put {args.model_filename} in {args.model_file_dir} "
-                                         "(--model_file_dir)")
-        elif error.code == "model_not_found":
-            error = DSUError(error.code, f"{error.message}. This command does not download models: put "
-                                         f"{args.model_filename} in {args.model_file_dir} (--model_file_dir) or give "
-                                         "its path with -m")
-        return common.fail(display, error)
-    options, refused = family_options(args, ref.family)
+            continue
+        request.update(way)
+        return ref, model
+    assert error is not None  # `_model_requests` gives at least one way
+    if error.code == "model_not_found" and getattr(error, "download", None):  # the catalog knows it
+        raise DSUError(error.code, f"{error.message}, or put {args.model_filename} in {args.model_file_dir} "
+                                   "(--model_file_dir)")
+    if error.code == "model_not_found":
+        raise DSUError(error.code, f"{error.message}. This command does not download models: put "
+                                   f"{args.model_filename} in {args.model_file_dir} (--model_file_dir) or give "
+                                   "its path with -m")
+    raise error
+
+
+def _options(args, family: str, model, request: dict) -> tuple[dict, list[str]]:
+    """(the family's options, as audio-separator writes the stems, what of them is refused)."""
+    options, refused = family_options(args, family)
     if refused:
-        return common.refuse(PROG, refused, FLAGS)
+        return options, refused
     from ...jobs.outputs import upstream_options
     options = upstream_options(PROG, model, options)  # the rest of the mix too, as audio-separator writes it
     try:
         problems = common.runner.stem_problems(model, request, options)
     except DSUError as e:
         problems = [f"{e.code}: {e.message}"]
-    if problems:
-        return common.refuse(PROG, problems, FLAGS)
-    requests = [{**request, **options, "input": str(f), "bit_depth": input_bit_depth(f, fmt)} for f in args.audio_files]
-    return common.run_all(requests, cache, None, display)
+    return options, problems
 
 
 def restore_all(args, fmt: str, output_dir: Path, display: Display) -> int:
@@ -315,7 +349,7 @@ def restore_all(args, fmt: str, output_dir: Path, display: Display) -> int:
                    "model_path": str(path), "config_path": args.apollo_config,
                    "chunk_seconds": args.apollo_chunk_seconds, "overlap_seconds": args.apollo_overlap_seconds}
         failed += not common.runner.run_restore(request, cache=cache, display=display)
-    return common.EXIT_FAILED if failed else common.EXIT_OK
+    return common.exit_code(failed)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,20 @@ def load(request: dict, cache, models_dir, display: Display):
     return runner.load_model(request, cache=cache, models_dir=models_dir, default_model=None, display=display)
 
 
+def exit_code(failed: int) -> int:
+    """A run's exit status: 1 when any file failed."""
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def given(request: dict) -> dict:
+    """The request without the fields left unset (None), so DSU's defaults apply to them."""
+    return {k: v for k, v in request.items() if v is not None}
+
+
 def run_all(requests: list[dict], cache, models_dir, display: Display) -> int:
     failed = runner.run_separations(requests, cache=cache, models_dir=models_dir, default_model=None,
                                     display=display)
-    return EXIT_FAILED if failed else EXIT_OK
+    return exit_code(failed)
 
 
 def fail(display: Display, error: DSUError) -> int:

@@ -113,6 +113,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device, device_problem = _device(args.device)
+    answered = _without_tracks(args, parser, device_problem)
+    if answered is not None:
+        return answered
+    name = args.sig or args.name
+    display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.tracks), prog=PROG,
+                      flags=FLAGS)
+    unavailable = common.runner.device_problem(device, "-d", "leave -d out (cuda when there, else cpu) or give -d cpu")
+    if unavailable:
+        display.error(unavailable)
+        return common.EXIT_FAILED
+    request = _request(args, name)
+    cache = common.open_cache(device, args.jobs or None)
+    try:
+        ref, model = common.load(request, cache, args.models_dir, display)
+    except DSUError as e:
+        return common.fail(display, e)
+    wrong = _model_problem(args, model)
+    if wrong:
+        display.error(wrong)
+        return common.EXIT_FAILED
+    out = args.out / name.replace("hf://", "").replace("/", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    display.result(f"Separated tracks will be stored in {out.resolve()}")
+    return _separate_all(args, _requests(args, request), cache, display)
+
+
+def _without_tracks(args, parser: argparse.ArgumentParser, device_problem: str | None) -> int | None:
+    """The exit code when the command ends before any track: refused options (2), --list-models,
+    no tracks (usage, 1); None when it goes on to the tracks."""
     problems = _refusals(args) + ([device_problem] if device_problem else [])
     if problems:
         return common.refuse(PROG, problems, FLAGS)
@@ -126,13 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("error: the following arguments are required: tracks", file=sys.stderr)
         return common.EXIT_FAILED
-    name = args.sig or args.name
-    display = Display(mode_from(args.quiet, args.verbose, args.json), total=len(args.tracks), prog=PROG,
-                      flags=FLAGS)
-    unavailable = common.runner.device_problem(device, "-d", "leave -d out (cuda when there, else cpu) or give -d cpu")
-    if unavailable:
-        display.error(unavailable)
-        return common.EXIT_FAILED
+    return None
+
+
+def _request(args, name: str) -> dict:
     ext = "mp3" if args.mp3 else "flac" if args.flac else "wav"
     bit_depth = None if args.mp3 else 24 if args.int24 else 32 if args.float32 and not args.flac else 16
     request = {"model": name, "format": ext, "bit_depth": bit_depth, "output_dir": str(args.out),
@@ -146,24 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         request["mp3_bitrate"] = args.mp3_bitrate
     if args.stem:
         request["two_stems" if args.other_method == "add" else "stems"] = args.stem
-    request = {k: v for k, v in request.items() if v is not None}
-    cache = common.open_cache(device, args.jobs or None)
-    try:
-        ref, model = common.load(request, cache, args.models_dir, display)
-    except DSUError as e:
-        return common.fail(display, e)
+    return common.given(request)
+
+
+def _model_problem(args, model) -> str | None:
+    """What demucs says when --two-stems or --segment does not fit the loaded model."""
     if args.stem and args.stem.lower() not in {s.lower() for s in model.stems}:
-        display.error(f'error: stem "{args.stem}" is not in selected model. '
-                      f"STEM must be one of {', '.join(model.stems)}.")
-        return common.EXIT_FAILED
+        return (f'error: stem "{args.stem}" is not in selected model. '
+                f"STEM must be one of {', '.join(model.stems)}.")
     max_segment = getattr(model, "max_segment", float("inf"))
     if args.segment is not None and args.segment > max_segment:
-        display.error("Cannot use a Transformer model with a longer segment than it was trained for. "
-                      f"Maximum segment is: {max_segment}")
-        return common.EXIT_FAILED
-    out = args.out / name.replace("hf://", "").replace("/", "_")
-    out.mkdir(parents=True, exist_ok=True)
-    display.result(f"Separated tracks will be stored in {out.resolve()}")
+        return ("Cannot use a Transformer model with a longer segment than it was trained for. "
+                f"Maximum segment is: {max_segment}")
+    return None
+
+
+def _requests(args, request: dict) -> list[dict]:
     requests = []
     for track in args.tracks:
         if not track.exists():  # demucs says so and goes on with the others (exit 0)
@@ -171,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                   'please try again after surrounding the entire path with quotes "".', file=sys.stderr)
             continue
         requests.append({**request, "input": str(track)})
+    return requests
+
+
+def _separate_all(args, requests: list[dict], cache, display: Display) -> int:
     display.total = len(requests)
     failed = 0
     for r in requests:
         display.result(f"Separating track {r['input']}")
         failed += common.runner.run_separations([r], cache=cache, models_dir=args.models_dir,
                                                 default_model=None, display=display)
-    return common.EXIT_FAILED if failed else common.EXIT_OK
+    return common.exit_code(failed)

@@ -108,6 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.input_folder)
     store = Path(args.store_dir or ".")
     display = Display(mode_from(args.quiet, False, args.json), prog=PROG, flags=FLAGS)
+    device = "cpu" if args.force_cpu else "auto"
+    problems = _path_problems(args, folder, store)
+    if problems:
+        return common.runner.report(display, problems, common.EXIT_FAILED)
+    request = _request(args, store)
+    files = sorted(p for p in folder.rglob("*.*") if p.is_file())
+    display.total = len(files)
+    cache = common.open_cache(device, args.threads)
+    try:
+        ref, model = common.load(request, cache, None, display)
+    except DSUError as e:
+        return common.fail(display, e)
+    display.result(f"Total files found: {len(files)}. Using sample rate: {model.samplerate}")
+    display.result(f"Instruments: {model.stems}")
+    values = {"model": Path(args.start_check_point).stem, "model_type": ref.option("model_type"),
+              "start_time": str(int(started))}
+    failed = sum(not _separate(args, path, folder, request, values, cache, display) for path in files)
+    display.result(f"Elapsed time: {time.time() - started:.2f} seconds.")
+    return common.exit_code(failed)
+
+
+def _path_problems(args, folder: Path, store: Path) -> list[str]:
     problems = []
     if not folder.is_dir():
         problems.append(f"--input_folder {folder}: no such folder")
@@ -117,51 +139,41 @@ def main(argv: list[str] | None = None) -> int:
     bad_folder = common.runner.folder_problem(store, "--store_dir")
     if bad_folder:
         problems.append(bad_folder)
-    device = "cpu" if args.force_cpu else "auto"
-    if problems:
-        return common.runner.report(display, problems, common.EXIT_FAILED)
+    return problems
+
+
+def _request(args, store: Path) -> dict:
     fmt = "flac" if args.flac_file else "wav"
     pcm = args.pcm_type
     if fmt == "flac" and pcm == "FLOAT":
         print("WARNING: codec flac doesn't support subtype FLOAT, defaulting to PCM_16", file=sys.stderr)
         pcm = "PCM_16"
-    files = sorted(p for p in folder.rglob("*.*") if p.is_file())
-    display.total = len(files)
     request = {"model_path": args.start_check_point, "config_path": args.config_path,
                "model_type": args.model_type, "format": fmt, "bit_depth": PCM_BITS[pcm],
                "output_dir": str(store), "use_tta": args.use_tta,
                "extract_instrumental": args.extract_instrumental}
-    request = {k: v for k, v in request.items() if v is not None}
-    cache = common.open_cache(device, args.threads)
-    try:
-        ref, model = common.load(request, cache, None, display)
-    except DSUError as e:
-        return common.fail(display, e)
-    display.result(f"Total files found: {len(files)}. Using sample rate: {model.samplerate}")
-    display.result(f"Instruments: {model.stems}")
+    return common.given(request)
+
+
+def _separate(args, path: Path, folder: Path, request: dict, values: dict[str, str], cache,
+              display: Display) -> bool:
+    """One file, named by MSST's template; False when it failed (a file not read is said and skipped, as MSST)."""
     from ... import protocol as spec
     from ...jobs import separate
-    failed = 0
-    model_name = Path(args.start_check_point).stem
-    for path in files:
-        dir_name = "" if path.parent == folder else path.parent.relative_to(folder).as_posix()
-        values = {"dir_name": dir_name, "model": model_name, "model_type": ref.option("model_type"),
-                  "start_time": str(int(started))}
-        layout = dsu_template(args.filename_template, values)
-        display.start(path)
-        try:
-            fields, extra = spec.validate(spec.COMMANDS["separate"], {**request, "layout": layout, "input": str(path)})
-            done = separate.run(fields, extra, cache=cache, models_dir=None, default_model=None,
-                                 emit=display.emit, progress=display)
-        except DSUError as e:
-            display.close_bar()
-            if e.code == "unsupported_audio":  # as MSST: said, skipped, not a failure of the run
-                display.result(f"Cannot read track: {path}")
-                display.result(f"Error message: {e.message}")
-                continue
-            display.failed(path, e.code, e.message)
-            failed += 1
-            continue
-        display.done(done)
-    display.result(f"Elapsed time: {time.time() - started:.2f} seconds.")
-    return common.EXIT_FAILED if failed else common.EXIT_OK
+    dir_name = "" if path.parent == folder else path.parent.relative_to(folder).as_posix()
+    layout = dsu_template(args.filename_template, {"dir_name": dir_name, **values})
+    display.start(path)
+    try:
+        fields, extra = spec.validate(spec.COMMANDS["separate"], {**request, "layout": layout, "input": str(path)})
+        done = separate.run(fields, extra, cache=cache, models_dir=None, default_model=None,
+                            emit=display.emit, progress=display)
+    except DSUError as e:
+        display.close_bar()
+        if e.code == "unsupported_audio":  # as MSST: said, skipped, not a failure of the run
+            display.result(f"Cannot read track: {path}")
+            display.result(f"Error message: {e.message}")
+            return True
+        display.failed(path, e.code, e.message)
+        return False
+    display.done(done)
+    return True
