@@ -52,7 +52,7 @@ class SeparatorActor:
     def separate(self, request: dict, token: int = 0) -> dict:
         from .. import device as devices
         from .. import protocol as spec
-        from ..jobs import separate
+        from ..jobs import failures, separate
         devices.set_threads(self.threads)  # torch's intra-op setting may be per calling thread
         self.fraction = 0.0
         try:
@@ -60,8 +60,11 @@ class SeparatorActor:
             return {"ok": True, "done": separate.run(fields, extra, cache=self.cache, models_dir=self.models_dir,
                                                       default_model=None, emit=_quiet, progress=self._report,
                                                       cancelled=lambda: token in self.cancelled)}
-        except DSUError as e:
-            return {"ok": False, "code": e.code, "message": e.message}
+        except Exception as e:
+            known = failures.coded(e)  # as a worker would answer it; anything else is Ray's task error
+            if known is None:
+                raise
+            return {"ok": False, "code": known.code, "message": known.message}
         finally:
             self.cancelled.discard(token)
 

@@ -6,7 +6,6 @@ import difflib
 import os
 from pathlib import Path
 
-from ..errors import DSUError
 from .progress import Display
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -119,13 +118,16 @@ def stem_problems(model, request: dict, options: dict) -> list[str]:
 def _run_one(display: Display, request: dict, job) -> bool:
     """`job()` for one input, its done or its failure said; False when it failed. A full disk or a
     removed output folder is already a coded error (the writer's `output_not_writable`)."""
+    from ..jobs import failures
     display.start(request["input"])
     try:
         done = job()
-    except DSUError as e:
-        display.failed(request["input"], e.code, e.message)
-        return False
-    except Exception as e:  # a bug: one line (the traceback with -v), and the other files go on
+    except Exception as e:
+        known = failures.coded(e)
+        if known is not None:  # coded, or what the jobs' one mapping codes (memory run out, a refused write)
+            display.failed(request["input"], known.code, known.message)
+            return False
+        # a bug: one line (the traceback with -v), and the other files go on
         if display.mode == "verbose":
             import traceback
             traceback.print_exc()
