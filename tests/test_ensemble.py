@@ -229,6 +229,7 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow  # a 40 s song, twice (over 8 s); a cancelled job leaving nothing is in test_robust_jobs
 def test_cancel_in_the_middle_keeps_nothing(tmp_path):
     from dsu.client import Worker, WorkerError
 
