@@ -97,19 +97,16 @@ def test_runtime_policy_sets_each_worker_names_cache(tmp):
     assert policy_worker(tmp, policy, "--name", "dsu-demucs", "--max-cached-models", "2")[0]["max_cached_models"] == 2
 
 
-SLOW = pytest.mark.slow  # a worker start each: the fast tier keeps one case of a wrong value, JSON and UTF-8
-
-
 @pytest.mark.parametrize("content, words", [
     ('{"global": {"max_cached_models": "many"}}', "global.max_cached_models"),
-    pytest.param('{"demucs": {"max_cached_models": true}}', "demucs.max_cached_models", marks=SLOW),
-    pytest.param('{"global": {"max_cached_models": 5000}}', "at most", marks=SLOW),
-    pytest.param('{"global": {"max_cached_models": -1}}', "at least", marks=SLOW),
-    pytest.param('{"global": [1]}', "`global`", marks=SLOW),
-    pytest.param("[1, 2]", "object", marks=SLOW),
+    ('{"demucs": {"max_cached_models": true}}', "demucs.max_cached_models"),
+    ('{"global": {"max_cached_models": 5000}}', "at most"),
+    ('{"global": {"max_cached_models": -1}}', "at least"),
+    ('{"global": [1]}', "`global`"),
+    ("[1, 2]", "object"),
     ("{not json", "JSON"),
-    pytest.param("[" * 100_000 + "]" * 100_000, "more than any such file", marks=SLOW),
-    pytest.param('{"a": ' * 5000 + "1" + "}" * 5000, "nests deeper", marks=SLOW),
+    ("[" * 100_000 + "]" * 100_000, "more than any such file"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "nests deeper"),
     (b"\xff\xfe{}", "UTF-8"),
 ])
 def test_a_bad_policy_file_is_a_warning_and_the_defaults_hold(tmp, content, words):
