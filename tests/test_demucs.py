@@ -216,6 +216,7 @@ def test_progress_per_segment_and_cancel(repo, mix_file, tmp_path):
     assert e.value.code == "cancelled" and not any((tmp_path / "cancelled").rglob("*.wav"))
 
 
+@pytest.mark.slow  # test_packages_match_demucs proves the output, test_layouts demucs through every worker
 @pytest.mark.skipif(find_spec("dsu.worker") is None, reason="dsu.worker is not built yet")
 def test_through_a_worker_process(repo, mix_file, tmp_path):
     request = {"cmd": "separate", "id": 1, "model": "ht01", "repo": str(repo), "input": str(mix_file),

@@ -37,6 +37,15 @@ def audio(tmp) -> dict:
             "before": snr(clean, clean + hiss)}
 
 
+@pytest.fixture(scope="module")
+def denoise_worker(tmp):
+    """One `dsu-denoise` worker for the tests of it that need nothing fresh (no cancel, no counts)."""
+    with RawWorker(tmp, argv=DENOISE_WORKER) as w:
+        assert w.read() == {"status": "loading"}
+        w.ready = w.read()
+        yield w
+
+
 def check_denoised(path: Path, audio: dict, gain_db: float = 3.0) -> float:
     out, rate = sf.read(path, always_2d=True)
     assert rate == SR and out.shape == audio["clean"].shape
@@ -45,34 +54,32 @@ def check_denoised(path: Path, audio: dict, gain_db: float = 3.0) -> float:
     return after
 
 
-def test_the_dsu_denoise_worker_writes_beside_the_input_as_before(tmp, audio):
-    with RawWorker(tmp, argv=DENOISE_WORKER) as w:
-        assert w.read() == {"status": "loading"}
-        assert w.read()["worker"] == "dsu-denoise"
-        w.send(cmd="denoise", id="d", input=str(audio["noisy"]), noise_profile=str(audio["noise"]))
-        messages = w.until("done", "d")
-        assert messages[0] == {"status": "denoising", "id": "d", "input": str(audio["noisy"])}
-        progress = [m["progress"] for m in messages if m["status"] == "progress"]
-        assert progress == sorted(progress) and progress[-1] == 1.0
-        done = messages[-1]
-        assert done["files"] == ["noisy_denoised.wav"] and done["output_dir"] == str(tmp)
-        assert done["paths"] == [str(tmp / "noisy_denoised.wav")] and done["elapsed"] > 0
-        check_denoised(tmp / "noisy_denoised.wav", audio)
+def test_the_dsu_denoise_worker_writes_beside_the_input_as_before(tmp, audio, denoise_worker):
+    w = denoise_worker
+    assert w.ready["worker"] == "dsu-denoise"
+    w.send(cmd="denoise", id="d", input=str(audio["noisy"]), noise_profile=str(audio["noise"]))
+    messages = w.until("done", "d")
+    assert messages[0] == {"status": "denoising", "id": "d", "input": str(audio["noisy"])}
+    progress = [m["progress"] for m in messages if m["status"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    done = messages[-1]
+    assert done["files"] == ["noisy_denoised.wav"] and done["output_dir"] == str(tmp)
+    assert done["paths"] == [str(tmp / "noisy_denoised.wav")] and done["elapsed"] > 0
+    check_denoised(tmp / "noisy_denoised.wav", audio)
 
 
-def test_dsu_denoise_answers_what_integrations_of_the_previous_one_send(tmp, audio):
+def test_dsu_denoise_answers_what_integrations_of_the_previous_one_send(tmp, audio, denoise_worker):
     """The previous dsu-denoise answered `load_model` without a model (it has none) and took `mode`
     and `type` in any case: integrations send them so."""
-    with RawWorker(tmp, argv=DENOISE_WORKER) as w:
-        w.read(), w.read()
-        loaded = w.ask(cmd="load_model", id="l")
-        assert loaded == {"status": "model_loaded", "id": "l", "model": "envelope_matched", "family": "denoise",
-                          "stems": ["denoised"], "cached": True}
-        assert w.ask(cmd="load_model", id="dsp", model="dsp")["family"] == "dsp"  # a named model still loads
-        assert w.ask(cmd="set_storage_type", id="s", type="HDD")["type"] == "hdd"
-        done = w.ask(cmd="denoise", id="d", input=str(audio["noisy"]), noise_profile=str(audio["noise"]),
-                     output=str(tmp / "upper.wav"), mode="Drums")
-        assert done["paths"] == [str(tmp / "upper.wav")]
+    w = denoise_worker
+    loaded = w.ask(cmd="load_model", id="l")
+    assert loaded == {"status": "model_loaded", "id": "l", "model": "envelope_matched", "family": "denoise",
+                      "stems": ["denoised"], "cached": True}
+    assert w.ask(cmd="load_model", id="dsp", model="dsp")["family"] == "dsp"  # a named model still loads
+    assert w.ask(cmd="set_storage_type", id="s", type="HDD")["type"] == "hdd"
+    done = w.ask(cmd="denoise", id="d", input=str(audio["noisy"]), noise_profile=str(audio["noise"]),
+                 output=str(tmp / "upper.wav"), mode="Drums")
+    assert done["paths"] == [str(tmp / "upper.wav")]
     with RawWorker(tmp, "--name", "dsu-bsroformer") as w:  # a worker that needs a model still says so
         w.read(), w.read()
         assert w.error(cmd="load_model", id="m")["code"] == "missing_field"

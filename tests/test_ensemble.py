@@ -4,20 +4,19 @@ and model and file ensembles through real worker processes and the CLI."""
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import ENV, Ran, in_process, snr
+from tiny_models import tiny_htdemucs
 
 from dsu.blend import algorithms
 from dsu.blend.blender import blend_arrays
+from dsu.cli import main
 from dsu.jobs.ensemble import canonical_stem
-from tiny_models import tiny_htdemucs
-from helpers import snr
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = np.load(FIXTURES / "ensemble" / "expected.npz")
@@ -102,6 +101,15 @@ def song(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("song") / "song.wav"
     sf.write(path, np.stack([left, right], 1).astype(np.float32), sr, subtype="FLOAT")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_worker():
+    """A `--threads 1` worker for the tests below that need nothing fresh: no cancel, no cwd, no counts."""
+    from dsu.client import Worker
+
+    with Worker(["--threads", "1"]) as worker:
+        yield worker
 
 
 def members() -> list[dict]:
@@ -221,6 +229,7 @@ def test_bad_input_is_a_coded_error_and_leaves_nothing(song, tmp_path):
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow  # a 40 s song, twice (over 8 s); a cancelled job leaving nothing is in test_robust_jobs
 def test_cancel_in_the_middle_keeps_nothing(tmp_path):
     from dsu.client import Worker, WorkerError
 
@@ -247,9 +256,8 @@ def test_cancel_in_the_middle_keeps_nothing(tmp_path):
 def test_file_ensemble_on_the_command_line(tmp_path):
     files = [str(FIXTURES / "ensemble" / f"member{i}.wav") for i in range(3)]
     out = tmp_path / "res.wav"
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", *files, "--algorithm", "avg_fft",
-                          "--weights", "1", "2", "3", "-o", str(out), "-q", "--threads", "1"],
-                         capture_output=True, text=True, timeout=300)
+    run = in_process(main, ["ensemble", "--files", *files, "--algorithm", "avg_fft",
+                            "--weights", "1", "2", "3", "-o", str(out), "-q", "--threads", "1"], cwd=tmp_path, env=ENV)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(out.resolve())
     assert snr(GOLDEN["msst/avg_fft/3"], read(out)) > 120
@@ -260,9 +268,8 @@ def test_file_ensemble_on_the_command_line(tmp_path):
     stereo = read(files[0])
     sf.write(mono, stereo[0], 44100, subtype="FLOAT")
     sf.write(short, stereo.T[:5000], 44100, subtype="FLOAT")
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", str(mono), str(short),
-                          "-o", str(tmp_path / "mixed.flac"), "-q", "--threads", "1"],
-                         capture_output=True, text=True, timeout=300)
+    run = in_process(main, ["ensemble", "--files", str(mono), str(short),
+                            "-o", str(tmp_path / "mixed.flac"), "-q", "--threads", "1"], cwd=tmp_path, env=ENV)
     assert run.returncode == 0, run.stderr
     assert sf.info(tmp_path / "mixed.flac").format == "FLAC"
     mixed = read(tmp_path / "mixed.flac")
@@ -270,31 +277,29 @@ def test_file_ensemble_on_the_command_line(tmp_path):
     np.testing.assert_allclose(mixed, (np.stack([stereo[0], stereo[0]]) + padded) / 2, atol=1e-4)  # 24-bit
 
     # a usage error (exit 2), as in `dsu separate`
-    bad = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--files", *files[:2], "--weights", "1",
-                          "-o", str(tmp_path / "no.wav"), "-q"], capture_output=True, text=True, timeout=300)
+    bad = in_process(main, ["ensemble", "--files", *files[:2], "--weights", "1",
+                            "-o", str(tmp_path / "no.wav"), "-q"], cwd=tmp_path, env=ENV)
     assert bad.returncode == 2 and "bad_value" in bad.stderr and not (tmp_path / "no.wav").exists()
 
 
-def test_presets_are_listed():
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", "--list-presets"], capture_output=True,
-                         text=True, timeout=120)
+def test_presets_are_listed(tmp_path):
+    run = in_process(main, ["ensemble", "--list-presets"], cwd=tmp_path, env=ENV)
     assert run.returncode == 0 and "vocal_balanced" in run.stdout and "avg_fft" in run.stdout
 
 
 def test_model_ensemble_on_the_command_line(song, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", str(song), "-m", "dsp",
-                          "--member", json.dumps({"model": "dsp", "segment": 3}), "--algorithm", "median_wave",
-                          "--stems", "vocals,drums", "-o", str(tmp_path), "-q", "--threads", "1"],
-                         capture_output=True, text=True, timeout=300)
+    run = in_process(main, ["ensemble", str(song), "-m", "dsp",
+                            "--member", json.dumps({"model": "dsp", "segment": 3}), "--algorithm", "median_wave",
+                            "--stems", "vocals,drums", "-o", str(tmp_path), "-q", "--threads", "1"],
+                     cwd=tmp_path, env=ENV)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(tmp_path / "song" / s) for s in ("vocals.wav", "drums.wav")]
 
     # the layouts and custom names of `separate`
-    run = subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", str(song), "-m", "dsp",
-                          "--member", json.dumps({"model": "dsp", "segment": 3}), "--stems", "vocals,bass",
-                          "--layout", "{model}/{track}-{stem}.{ext}", "--output-names", '{"Vocals": "lead"}',
-                          "-o", str(tmp_path / "named"), "--threads", "1", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    run = in_process(main, ["ensemble", str(song), "-m", "dsp",
+                            "--member", json.dumps({"model": "dsp", "segment": 3}), "--stems", "vocals,bass",
+                            "--layout", "{model}/{track}-{stem}.{ext}", "--output-names", '{"Vocals": "lead"}',
+                            "-o", str(tmp_path / "named"), "--threads", "1", "--json"], cwd=tmp_path, env=ENV)
     assert run.returncode == 0, run.stderr
     done = json.loads(run.stdout.splitlines()[-1])
     folder = tmp_path / "named" / "custom_ensemble_dsp_dsp"
@@ -302,10 +307,9 @@ def test_model_ensemble_on_the_command_line(song, tmp_path):
     assert all(Path(p).is_file() for p in done["paths"])
 
 
-def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
+def test_a_whole_file_vr_member_blends_with_a_streaming_one(one_worker, song, tmp_path):
     """A UVR VR model yields the whole file at its end (the documented exception); the streaming
     member's blocks wait for it and the blend is still each member's separation, averaged."""
-    from dsu.client import Worker
     from dsu.models.vr_cascade import CascadedASPPNet
 
     torch.manual_seed(2)
@@ -313,14 +317,14 @@ def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
     torch.save(CascadedASPPNet(672, 2, 0, 4).state_dict(), vr_path)
     vr_member = {"model_path": str(vr_path), "vr_model_param": "4band_v2", "primary_stem": "Instrumental"}
     dsp_member = {"model": "dsp", "segment": 1}
-    with Worker(["--threads", "1"]) as worker:
-        done = worker.ensemble(input=str(song), output_dir=str(tmp_path / "ens"), models=[dsp_member, vr_member],
-                               algorithm="avg_wave", weights=[1, 3], stems=["vocals"])
-        alone = []
-        for k, m in enumerate((dsp_member, vr_member)):
-            one = worker.separate(input=str(song), output_dir=str(tmp_path / f"m{k}"), bit_depth=32,
-                                  normalization_threshold=1, **m)
-            alone.append({canonical_stem(s, one["stems"]): read(p) for s, p in zip(one["stems"], one["paths"])})
+    worker = one_worker
+    done = worker.ensemble(input=str(song), output_dir=str(tmp_path / "ens"), models=[dsp_member, vr_member],
+                           algorithm="avg_wave", weights=[1, 3], stems=["vocals"])
+    alone = []
+    for k, m in enumerate((dsp_member, vr_member)):
+        one = worker.separate(input=str(song), output_dir=str(tmp_path / f"m{k}"), bit_depth=32,
+                              normalization_threshold=1, **m)
+        alone.append({canonical_stem(s, one["stems"]): read(p) for s, p in zip(one["stems"], one["paths"])})
     assert [m["family"] for m in done["members"]] == ["dsp", "vr"]
     want = (alone[0]["vocals"] + 3 * alone[1]["vocals"]) / 4
     assert snr(want, read(done["paths"][0])) > 100
@@ -331,13 +335,14 @@ def test_a_whole_file_vr_member_blends_with_a_streaming_one(song, tmp_path):
 DSP2 = [{"model": "dsp", "segment": 2}, {"model": "dsp", "segment": 3}]
 
 
-def dsu_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dsu.cli", "ensemble", *map(str, args), "-q", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+def dsu_cli(*args, cwd: Path) -> Ran:
+    """`dsu ensemble ARGS -q --threads 1` in this process."""
+    return in_process(main, ["ensemble", *args, "-q", "--threads", "1"], cwd=cwd, env=ENV)
 
 
 def test_a_member_option_of_the_wrong_type_is_refused_in_the_cli_flags(song, tmp_path):
-    run = dsu_cli(song, "-m", "dsp", "--member", '{"model": "dsp", "segment": "abc"}', "-o", tmp_path / "e")
+    run = dsu_cli(song, "-m", "dsp", "--member", '{"model": "dsp", "segment": "abc"}', "-o", tmp_path / "e",
+                  cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert "member 2 (dsp): --member's segment of ensemble must be a number" in run.stderr, run.stderr
     assert not (tmp_path / "e").exists()
@@ -363,43 +368,43 @@ def test_a_relative_output_folder_is_taken_from_the_working_folder(song, tmp_pat
         "blend.wav", "ens3/song/vocals.wav", "rel2/song/vocals.wav"]
 
 
-def test_weights_are_bounded_and_blends_finite(song, tmp_path):
+def test_weights_are_bounded_and_blends_finite(one_worker, song, tmp_path):
     """Weights past float32's range were blended into NaN ([1e39, 1]) or silence ([3e38, 3e38]) and
     answered `done`; a blend that overflows is a coded error with nothing written."""
-    from dsu.client import Worker, WorkerError
+    from dsu.client import WorkerError
 
     files = [str(FIXTURES / "ensemble" / f"member{i}.wav") for i in range(2)]
     loud = [tmp_path / "loud0.wav", tmp_path / "loud1.wav"]
     for k, path in enumerate(loud):  # finite float samples whose spectrum is not
         sf.write(path, np.full((50000, 2), 3e38 * (1 - k / 4), np.float32), 44100, subtype="FLOAT")
     out = tmp_path / "out"
-    with Worker(["--threads", "1"]) as worker:
-        for weights in ([1e39, 1], [3e38, 3e38], [1, 2e6]):
-            for fields in ({"files": files, "output": str(out / "x.wav")},
-                           {"input": str(song), "output_dir": str(out), "models": DSP2}):
-                with pytest.raises(WorkerError) as e:
-                    worker.ensemble(**fields, weights=weights)
-                assert e.value.code == "bad_value" and "`weights[" in e.value.message, e.value.message
-                assert "at most 1000000" in e.value.message
-        # the extremes of the range blend as equal weights do
-        equal = read(worker.ensemble(files=files, output=str(tmp_path / "equal.wav"), algorithm="avg_fft")["paths"][0])
-        for weights in ([1e6, 1e6], [1e-44, 1e-44]):
-            done = worker.ensemble(files=files, output=str(tmp_path / "w.wav"), algorithm="avg_fft", weights=weights)
-            assert done["weights"] == weights
-            assert snr(equal, read(done["paths"][0])) > 100, weights
-        with pytest.raises(WorkerError) as e:
-            worker.ensemble(files=[str(p) for p in loud], output=str(out / "loud.wav"), algorithm="avg_fft")
-        assert e.value.code == "unsupported_audio" and "NaN or infinite" in e.value.message, e.value.message
+    worker = one_worker
+    for weights in ([1e39, 1], [3e38, 3e38], [1, 2e6]):
+        for fields in ({"files": files, "output": str(out / "x.wav")},
+                       {"input": str(song), "output_dir": str(out), "models": DSP2}):
+            with pytest.raises(WorkerError) as e:
+                worker.ensemble(**fields, weights=weights)
+            assert e.value.code == "bad_value" and "`weights[" in e.value.message, e.value.message
+            assert "at most 1000000" in e.value.message
+    # the extremes of the range blend as equal weights do
+    equal = read(worker.ensemble(files=files, output=str(tmp_path / "equal.wav"), algorithm="avg_fft")["paths"][0])
+    for weights in ([1e6, 1e6], [1e-44, 1e-44]):
+        done = worker.ensemble(files=files, output=str(tmp_path / "w.wav"), algorithm="avg_fft", weights=weights)
+        assert done["weights"] == weights
+        assert snr(equal, read(done["paths"][0])) > 100, weights
+    with pytest.raises(WorkerError) as e:
+        worker.ensemble(files=[str(p) for p in loud], output=str(out / "loud.wav"), algorithm="avg_fft")
+    assert e.value.code == "unsupported_audio" and "NaN or infinite" in e.value.message, e.value.message
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
-    run = dsu_cli("--files", *files, "--weights", "1e39", "1", "-o", out / "cli.wav")
+    run = dsu_cli("--files", *files, "--weights", "1e39", "1", "-o", out / "cli.wav", cwd=tmp_path)
     assert run.returncode == 2 and "--weights" in run.stderr and "1e+06" not in run.stderr, run.stderr
     assert not (out / "cli.wav").exists()
 
 
-def test_every_ensemble_checks_its_output_before_work_starts(song, tmp_path):
+def test_every_ensemble_checks_its_output_before_work_starts(one_worker, song, tmp_path):
     """The output check of `separate` (paths.check_output_dir), for both kinds of ensemble: a system
     folder, a file in the folder's place, a folder as the file, an input as the output."""
-    from dsu.client import Worker, WorkerError
+    from dsu.client import WorkerError
 
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
@@ -420,13 +425,13 @@ def test_every_ensemble_checks_its_output_before_work_starts(song, tmp_path):
         cases += [({"files": files, "output": str(readonly / "x.wav")}, "output_not_writable", "cannot take"),
                   ({"input": str(song), "output_dir": str(readonly / "o"), "models": nowhere}, "output_not_writable",
                    "cannot take")]
-    with Worker(["--threads", "1"]) as worker:
-        for fields, code, words in cases:
-            with pytest.raises(WorkerError) as e:
-                worker.ensemble(**fields)
-            assert e.value.code == code and words in e.value.message, (fields, e.value.message)
+    worker = one_worker
+    for fields, code, words in cases:
+        with pytest.raises(WorkerError) as e:
+            worker.ensemble(**fields)
+        assert e.value.code == code and words in e.value.message, (fields, e.value.message)
     assert not shm.exists() and not shm.with_suffix(".wav").exists()
-    run = dsu_cli(song, "-m", "dsp", "-m", "dsp", "-o", shm)
+    run = dsu_cli(song, "-m", "dsp", "-m", "dsp", "-o", shm, cwd=tmp_path)
     assert run.returncode == 1 and "output_not_writable" in run.stderr and not shm.exists(), run.stderr
-    run = dsu_cli("--files", *files, "-o", shm / "x.wav")
+    run = dsu_cli("--files", *files, "-o", shm / "x.wav", cwd=tmp_path)
     assert run.returncode == 1 and "output_not_writable" in run.stderr and not shm.exists(), run.stderr

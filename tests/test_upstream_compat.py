@@ -52,24 +52,23 @@ def test_weights_are_mapped_only_when_asked_and_only_where_the_format_allows(tmp
     assert not _mapped(zipped) and state["w"].sum() == 4096
 
 
-def test_set_storage_type_answers_as_the_previous_workers_and_loads_follow_it(tmp):
+def test_set_storage_type_answers_as_the_previous_workers_and_loads_follow_it(tmp, worker):
     ckpt, config = tiny_apollo(tmp)
     legacy = tmp / "apollo_legacy.ckpt"
     torch.save(torch.load(ckpt, weights_only=True), legacy, _use_new_zipfile_serialization=False)
-    with RawWorker(tmp) as w:
-        started(w)
-        for kind, mapped in (("ssd", True), ("hdd", False), ("ssd", True)):
-            answer = w.ask(cmd="set_storage_type", id=kind, type=kind)
-            assert answer == {"status": "storage_configured", "id": kind, "type": kind, "mmap_enabled": mapped,
-                              "mmap_supported": True}
-            loaded = w.ask(cmd="load_model", id=f"load-{kind}", model_path=str(legacy), config_path=str(config),
-                           model_type="apollo")
-            assert loaded["family"] == "apollo"  # a legacy file loads whatever the storage
-            w.ask(cmd="clear_cache", id="c")
-        w.send(cmd="set_storage_type")  # no type: ssd, as before
-        assert w.until("storage_configured")[-1]["mmap_enabled"] is True
-        error = w.error(cmd="set_storage_type", id="bad", type="tape")
-        assert error["code"] == "bad_value" and "`type`" in error["message"] and "hdd" in error["message"]
+    w = worker  # conftest's, started as `started` checks: it ends on ssd, the default, for the tests after
+    for kind, mapped in (("ssd", True), ("hdd", False), ("ssd", True)):
+        answer = w.ask(cmd="set_storage_type", id=kind, type=kind)
+        assert answer == {"status": "storage_configured", "id": kind, "type": kind, "mmap_enabled": mapped,
+                          "mmap_supported": True}
+        loaded = w.ask(cmd="load_model", id=f"load-{kind}", model_path=str(legacy), config_path=str(config),
+                       model_type="apollo")
+        assert loaded["family"] == "apollo"  # a legacy file loads whatever the storage
+        w.ask(cmd="clear_cache", id="c")
+    w.send(cmd="set_storage_type")  # no type: ssd, as before
+    assert w.until("storage_configured")[-1]["mmap_enabled"] is True
+    error = w.error(cmd="set_storage_type", id="bad", type="tape")
+    assert error["code"] == "bad_value" and "`type`" in error["message"] and "hdd" in error["message"]
 
 
 # ---- the runtime policy file ---------------------------------------------------------------------
@@ -127,23 +126,22 @@ def test_a_policy_path_that_is_no_file_is_a_warning(tmp):
 
 # ---- errors name their input ---------------------------------------------------------------------
 
-def test_every_error_of_a_job_echoes_its_input(tmp):
+def test_every_error_of_a_job_echoes_its_input(tmp, worker):
     song = write_song(tmp / "song.wav", 1.0)
-    with RawWorker(tmp) as w:
-        started(w)
-        w.send(cmd="separate", input="nowhere.wav", output_dir=str(tmp / "o"), model="dsp")  # no id
-        error = w.until("error")[-1]
-        assert error["code"] == "input_not_found" and error["input"] == "nowhere.wav" and "id" not in error
-        w.send(cmd="separate", input=str(song), output_dir=str(tmp / "o"), model="dsp", format="ogg")
-        error = w.until("error")[-1]
-        assert error["code"] == "bad_value" and error["input"] == str(song)
-        w.send(cmd="apollo", input="lost.mp3", output=str(tmp / "r.wav"), model_path=str(tmp / "x.ckpt"))
-        assert w.until("error")[-1]["input"] == "lost.mp3"
-        w.send(cmd="separate", input=5, output_dir="o")  # an input that is not a string is not echoed
-        error = w.until("error")[-1]
-        assert error["code"] == "bad_value" and "input" not in error
-        w.send(cmd="ping")
-        assert "input" not in w.until("pong")[-1]
+    w = worker
+    w.send(cmd="separate", input="nowhere.wav", output_dir=str(tmp / "o"), model="dsp")  # no id
+    error = w.until("error")[-1]
+    assert error["code"] == "input_not_found" and error["input"] == "nowhere.wav" and "id" not in error
+    w.send(cmd="separate", input=str(song), output_dir=str(tmp / "o"), model="dsp", format="ogg")
+    error = w.until("error")[-1]
+    assert error["code"] == "bad_value" and error["input"] == str(song)
+    w.send(cmd="apollo", input="lost.mp3", output=str(tmp / "r.wav"), model_path=str(tmp / "x.ckpt"))
+    assert w.until("error")[-1]["input"] == "lost.mp3"
+    w.send(cmd="separate", input=5, output_dir="o")  # an input that is not a string is not echoed
+    error = w.until("error")[-1]
+    assert error["code"] == "bad_value" and "input" not in error
+    w.send(cmd="ping")
+    assert "input" not in w.until("pong")[-1]
 
 
 def test_the_protocol_table_names_input_on_errors():
