@@ -2,10 +2,35 @@
 `pytest -m "not slow"`; CI runs everything."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import RawWorker, write_song
+
+# modules whose every test is slow (pytestmark): the fast tier does not even import them, as importing
+# hypothesis and ray alone costs each test process seconds
+SLOW_MODULES = {"test_fuzz.py", "test_batch_ray.py", "test_frozen.py"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `-n N` (pytest-xdist) with a CPU per test process, each is pinned to its own CPU, and so are
+    the workers it starts: N processes that each spin an OpenMP thread per core would contend for them.
+    DSU's default thread count follows the affinity, as it would on a machine of one core."""
+    name, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (name and count and hasattr(os, "sched_setaffinity")):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if int(count) <= len(cpus):
+        os.sched_setaffinity(0, {cpus[int(name.removeprefix("gw")) % len(cpus)]})
+        import torch
+        torch.set_num_threads(1)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path.name in SLOW_MODULES and config.getoption("markexpr") == "not slow":
+        return True
+    return None
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,7 @@ def test_bad_chunking_and_cancel(files, tmp_path):
 
 # ---- the worker --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a worker start; the CLI's restore runs Apollo through the same job in process
 def test_worker_apollo_and_restore(files, tmp_path):
     expected = np.load(FIXTURES / "chunked.npy")
     with RawWorker(tmp_path) as w:
@@ -211,6 +212,7 @@ def test_worker_apollo_and_restore(files, tmp_path):
         assert "restoring" in statuses and "progress" in statuses
 
 
+@pytest.mark.slow  # a worker per name: test_worker_apollo_and_restore runs Apollo through one
 def test_worker_restore_by_model_name(files, tmp_path):
     """`restore` takes `model` as `separate` does: looked up in `models_dir` (or the worker's models
     dir); a catalog name that is not installed gets the download hint; a non-Apollo name is not found."""

@@ -302,6 +302,7 @@ def test_stuck_worker_is_killed_after_timeout_and_its_file_retried(tmp_path):
     _wait_gone(stopped[0], 10)
 
 
+@pytest.mark.slow  # a batch with workers; the fast tier keeps the torn last line
 def test_bad_manifest_lines_are_skipped_with_a_warning(tmp_path, capsys):
     song = tone(tmp_path / "lib" / "song.wav")
     out = tmp_path / "out"
@@ -325,7 +326,7 @@ def _memory_capped() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a manifest read without bound ends here
 
 
-@pytest.mark.parametrize("name", [MANIFEST, ".dsu-batch.lock"])
+@pytest.mark.parametrize("name", [MANIFEST, pytest.param(".dsu-batch.lock", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", [pytest.param("dev-zero", marks=pytest.mark.slow), "fifo",
                                   pytest.param("folder", marks=pytest.mark.slow)])  # each a batch run
 def test_a_manifest_or_lock_that_is_no_file_is_a_coded_error(tmp_path, kind, name):
@@ -496,6 +497,7 @@ def test_ctrl_c_stops_at_once_and_the_rerun_does_the_rest(tmp_path):
     assert f"{len(first.splitlines())} file(s) already done" in rerun.stderr
 
 
+@pytest.mark.slow  # a CLI batch and an API batch, with workers each
 def test_cli_live_failure_line_speaks_its_flags(tmp_path):
     """The per-file `failed:` line as it happens says `dsu batch`'s flags, as the summary does; the
     Python API keeps the request's field names."""

@@ -267,6 +267,7 @@ def test_404_and_stall_fail_with_one_line_and_no_file(server, tmp_path):
     assert all(r == "bytes=10-" for p, r in server.requests[2:] if "stall" in p)  # the retry resumed
 
 
+@pytest.mark.slow  # two real processes racing
 def test_two_downloads_of_the_same_file_end_with_one_good_file(server, tmp_path):
     entry = msst_entry(server, route="slow")
     server.content["tiny.ckpt"] = server.content["tiny.ckpt"] + b""  # the checkpoint, served slowly
@@ -479,6 +480,7 @@ def test_restore_with_an_installed_apollo_model(server, tmp_path):
     assert sf.info(tmp_path / "restored.wav").frames == 22050
 
 
+@pytest.mark.slow  # a worker start; `dsu models list` is tested in process
 def test_a_worker_lists_the_catalog_with_what_is_installed(server, tmp_path):
     catalog = write_catalog(tmp_path / "catalog.json", msst_entry(server))
     models = tmp_path / "models"
@@ -511,6 +513,7 @@ def test_a_body_that_never_ends_stops_at_the_kinds_maximum(server, tmp_path):
     assert all(store.expected_of(e, f).limit for e in shipped for f in e.files)  # every file is bounded
 
 
+@pytest.mark.slow  # seconds of trickle per retry
 def test_a_trickling_server_fails_like_a_stalled_one_and_each_retry_is_said(server, tmp_path):
     server.content["tiny.ckpt"] = b"unused"
     entry = msst_entry(server, route="trickle")

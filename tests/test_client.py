@@ -81,6 +81,7 @@ def test_cancel_and_timeout(worker, songs, tmp_path):
     assert not list((tmp_path / "c").rglob("*.wav")) and not list((tmp_path / "t").rglob("*.wav"))
 
 
+@pytest.mark.slow  # a worker killed and started again
 def test_restarts_a_dead_worker(songs, tmp_path):
     with Worker(["--threads", "1"], env=ENV, stderr=open(tmp_path / "stderr", "w")) as w:
         first = w.pid
@@ -107,6 +108,7 @@ def test_console_script_argv(tmp_path):
 STUCK = Path(__file__).parent / "fixtures" / "stuck_worker.py"  # answers `ready`, then nothing
 
 
+@pytest.mark.slow  # waits out a stalled worker
 def test_a_worker_that_stops_answering_is_replaced(tmp_path):
     with Worker(argv=[sys.executable, str(STUCK)], timeouts={"quick": 1.0, "job": 1.5}) as w:
         first = w.pid
@@ -129,6 +131,7 @@ def test_a_worker_that_stops_answering_is_replaced(tmp_path):
         assert e.value.code == "timeout" and w.starts == 3
 
 
+@pytest.mark.slow  # waits out the client's time limits
 def test_limits_count_from_a_requests_turn_and_progress_keeps_a_job_alive(songs, tmp_path):
     """Real worker: a separate of several seconds with progress all along, and a load queued behind
     it, each under limits of a second: neither is taken for stuck."""

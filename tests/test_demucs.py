@@ -100,7 +100,7 @@ def separate(request: dict, mix_file: Path, out: Path, seed: int, **kw):
 
 
 @pytest.mark.parametrize("sig,options", [
-    ("ht01", {"shifts": 2}),
+    pytest.param("ht01", {"shifts": 2}, marks=pytest.mark.slow),  # shifts: the hd01 case has them too
     ("ht01", {"shifts": 0, "segment": 1, "overlap": 0.5, "batch_size": 2}),
     ("hd01", {"shifts": 2, "batch_size": 4}),
     ("dm01", {"shifts": 1, "overlap": 0.1}),
@@ -117,6 +117,7 @@ def test_packages_match_demucs(repo, mix_file, tmp_path, sig, options):
         assert snr(reference[k], got[stem]) > 100, stem
 
 
+@pytest.mark.slow  # a bag of models at several segments: test_packages_match_demucs proves the exactness
 def test_weighted_bag_with_segment_and_two_stems(repo, mix_file, tmp_path):
     request = {"model_path": str(repo / "tinybag.yaml")}
     model, result = separate(request, mix_file, tmp_path, seed=11, two_stems="vocals",

@@ -163,6 +163,7 @@ def test_model_ensemble_blends_what_each_member_separates(song, tmp_path):
                                     {"file": str(tmp_path / "m1/song/vocals.wav")}]
 
 
+@pytest.mark.slow  # a worker start for the names; test_layouts names each tool's files
 def test_audio_separator_worker_names_outputs_as_it_does(song, tmp_path):
     from dsu.client import Worker
 
@@ -348,6 +349,7 @@ def test_a_member_option_of_the_wrong_type_is_refused_in_the_cli_flags(song, tmp
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow  # a worker of its own in another folder
 def test_a_relative_output_folder_is_taken_from_the_working_folder(song, tmp_path):
     """`output_dir` and `-o` relative to where the worker or the CLI runs, once (it was joined onto
     itself: ens3/ens3/song)."""

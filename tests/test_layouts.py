@@ -78,7 +78,9 @@ EXPECTED = {
 BIT_DEPTHS = {"dsu": {"dsp": "FLOAT", "demucs": "PCM_16", "msst": "FLOAT", "vr": "PCM_16", "mdx": "PCM_16"}}
 
 
-@pytest.mark.parametrize("worker_name", sorted(EXPECTED))
+# the fast tier: `dsu` (the others run every family again, a worker start each)
+@pytest.mark.parametrize("worker_name", [pytest.param(n, marks=pytest.mark.slow) if n in ("dsu-bsroformer", "dsu-demucs", "dsu-audio-separator")
+                                         else n for n in sorted(EXPECTED)])
 def test_each_worker_writes_its_tools_layout_for_every_family(worker_name, models, song, tmp_path):
     with Worker(["--name", worker_name, "--models-dir", str(models), "--threads", "1"]) as worker:
         for family, request in REQUESTS.items():

@@ -308,6 +308,7 @@ def test_progress_per_batch_and_cancel(tmp_path):
 
 # ---- through a real worker process -----------------------------------------------------------------
 
+@pytest.mark.slow  # a worker start: the drop-in and layout tests run MSST through workers
 def test_through_the_bsroformer_worker(tmp_path):
     """`dsu-bsroformer` as integrations spawn it: a models.json name, an explicit path pair with
     `extract_instrumental`, and a config that does not fit its checkpoint, all over JSON lines."""

@@ -66,7 +66,7 @@ def msst_config(**values) -> str:
 
 # ---- FIFOs and devices -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+@pytest.mark.parametrize("kind", ["fifo", pytest.param("/dev/zero", marks=pytest.mark.slow)])
 def test_a_special_file_as_the_catalog_wedges_neither_the_reader_nor_a_job(tmp_path, kind):
     fifo = tmp_path / "catalog.json"
     os.mkfifo(fifo) if kind == "fifo" else fifo.symlink_to(kind)
@@ -177,6 +177,7 @@ def peak_rss(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the worker's peak memory in /proc")
+@pytest.mark.slow  # a worker start per oversized config
 def test_a_config_too_big_to_build_is_refused_before_anything_is_allocated(tmp_path):
     big = tmp_path / "big.yaml"
     big.write_text(msst_config(dim=32768, depth=12))  # a FeedForward alone would be 17 GB; all of it ~1 TB

@@ -84,6 +84,7 @@ def policy_worker(tmp: Path, policy: str | bytes | None, *args: str, path: Path 
         return ready, stderr_of(w)
 
 
+@pytest.mark.slow  # five worker starts
 def test_runtime_policy_sets_each_worker_names_cache(tmp):
     policy = json.dumps({"global": {"max_cached_models": 3}, "demucs": {"max_cached_models": 1},
                          "bsroformer": {"max_cached_models": 0}, "worker": {"disable_conflict_stopping": True}})
@@ -97,17 +98,20 @@ def test_runtime_policy_sets_each_worker_names_cache(tmp):
     assert policy_worker(tmp, policy, "--name", "dsu-demucs", "--max-cached-models", "2")[0]["max_cached_models"] == 2
 
 
+SLOW = pytest.mark.slow  # a worker start each: the fast tier keeps a wrong type, bad JSON and a huge file
+
+
 @pytest.mark.parametrize("content, words", [
     ('{"global": {"max_cached_models": "many"}}', "global.max_cached_models"),
-    ('{"demucs": {"max_cached_models": true}}', "demucs.max_cached_models"),
-    ('{"global": {"max_cached_models": 5000}}', "at most"),
-    ('{"global": {"max_cached_models": -1}}', "at least"),
-    ('{"global": [1]}', "`global`"),
-    ("[1, 2]", "object"),
+    pytest.param('{"demucs": {"max_cached_models": true}}', "demucs.max_cached_models", marks=SLOW),
+    pytest.param('{"global": {"max_cached_models": 5000}}', "at most", marks=SLOW),
+    pytest.param('{"global": {"max_cached_models": -1}}', "at least", marks=SLOW),
+    pytest.param('{"global": [1]}', "`global`", marks=SLOW),
+    pytest.param("[1, 2]", "object", marks=SLOW),
     ("{not json", "JSON"),
     ("[" * 100_000 + "]" * 100_000, "more than any such file"),
-    ('{"a": ' * 5000 + "1" + "}" * 5000, "nests deeper"),
-    (b"\xff\xfe{}", "UTF-8"),
+    pytest.param('{"a": ' * 5000 + "1" + "}" * 5000, "nests deeper", marks=SLOW),
+    pytest.param(b"\xff\xfe{}", "UTF-8", marks=SLOW),
 ])
 def test_a_bad_policy_file_is_a_warning_and_the_defaults_hold(tmp, content, words):
     ready, stderr = policy_worker(tmp, content, "--name", "dsu-demucs")
@@ -115,6 +119,7 @@ def test_a_bad_policy_file_is_a_warning_and_the_defaults_hold(tmp, content, word
     assert "runtime_policy.json" in stderr and words in stderr and "Traceback" not in stderr, stderr
 
 
+@pytest.mark.slow  # two worker starts, one behind a FIFO
 def test_a_policy_path_that_is_no_file_is_a_warning(tmp):
     fifo = tmp / "policy.fifo"
     os.mkfifo(fifo)  # opened, it would block the worker's start for ever

@@ -245,6 +245,7 @@ def test_models_dir_names_and_lists_pth_files(models):
 
 # ---- through a real worker process -----------------------------------------------------------------
 
+@pytest.mark.slow  # a worker start: test_model_folders runs VR through the audio-separator worker
 def test_through_a_worker(tmp_path, models):
     from dsu.client import Worker, WorkerError
 
@@ -299,6 +300,7 @@ def test_cancel_stops_a_running_vr_job_between_windows(v50, mix, tmp_path):
     assert not list((tmp_path / "out").rglob("*.wav*"))
 
 
+@pytest.mark.slow  # a worker start and two whole-file VR runs
 def test_stems_of_a_32k_model_are_written_at_44k_as_uvr_writes_them(tmp_path, mix):
     torch.manual_seed(0)
     torch.save(CascadedASPPNet(1024, 2, 0, 4).state_dict(), tmp_path / "lofi.pth")

@@ -46,6 +46,7 @@ def lightning_ckpt(tmp_path):
     return model, path
 
 
+@pytest.mark.slow  # a process that imports torch and omegaconf writes the checkpoint
 def test_lightning_checkpoint_with_omegaconf_metadata_loads(lightning_ckpt):
     model, path = lightning_ckpt
     assert "omegaconf" not in sys.modules
