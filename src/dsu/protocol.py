@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .device import KINDS
@@ -212,6 +212,24 @@ SEPARATE_FIELDS = (
                                     "at most 160 below 32 kHz)", minimum=8, maximum=320),
 )
 
+# Apollo's chunking, declared once: fields of `apollo` (absent: the model's own) and, with the previous
+# DSU worker's defaults, family options of `separate` and ensembles (FAMILY_OPTIONS)
+APOLLO_CHUNKS = (
+    Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1,
+          maximum=600),
+    Field("overlap_seconds", "number", "crossfade between chunks; default: the model's", minimum=0, maximum=300,
+          aliases=("chunk_overlap",)),
+)
+# an Apollo network's shape, for a checkpoint that comes without its config
+APOLLO_ARCH = (
+    Field("feature_dim", "integer", "the model's feature width when no config is given (e.g. 256, 384)", minimum=1,
+          maximum=8192),
+    Field("layer", "integer", "the model's number of layers when no config is given (e.g. 6)", minimum=1,
+          maximum=256),
+    Field("sr", "integer", "the model's sample rate when no config is given", minimum=1000, maximum=768000),
+    Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1, maximum=1000),
+)
+
 RESTORE_FIELDS = (
     Field("input", "string", "the audio file to restore", required=True),
     Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
@@ -222,18 +240,10 @@ RESTORE_FIELDS = (
     Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
           aliases=("model_file_dir",)),
     Field("config_path", "string", "its YAML config"),
-    Field("chunk_seconds", "number", "length of the chunks the model sees; default: the model's", minimum=0.1,
-          maximum=600),
-    Field("overlap_seconds", "number", "crossfade between chunks; default: the model's", minimum=0, maximum=300,
-          aliases=("chunk_overlap",)),
+    *APOLLO_CHUNKS,
     Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
     Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
-    Field("feature_dim", "integer", "the model's feature width when no config is given (e.g. 256, 384)", minimum=1,
-          maximum=8192),
-    Field("layer", "integer", "the model's number of layers when no config is given (e.g. 6)", minimum=1,
-          maximum=256),
-    Field("sr", "integer", "the model's sample rate when no config is given", minimum=1000, maximum=768000),
-    Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1, maximum=1000),
+    *APOLLO_ARCH,
     Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
                                  "instead of refusing the file as `unsupported_audio`", default=False),
 )
@@ -303,10 +313,9 @@ FAMILY_OPTIONS = (
     Field("normalization_threshold", "number", "MDX-Net and VR: a louder mix and stem are scaled down to this "
                                                "peak (above 0)", minimum=0, maximum=1, aliases=("normalization",),
           families=used_by(vr=0.9, mdx=0.9)),
-    Field("chunk_seconds", "number", "Apollo: seconds per chunk", minimum=0.1, maximum=600,
-          families=used_by(apollo=7.0)),  # the previous DSU worker's `apollo` defaults
-    Field("overlap_seconds", "number", "Apollo: crossfade between chunks", minimum=0, maximum=300,
-          families=used_by(apollo=0.5)),
+    # the previous DSU worker's `apollo` defaults; no `chunk_overlap` alias among the family options
+    replace(APOLLO_CHUNKS[0], doc="Apollo: seconds per chunk", families=used_by(apollo=7.0)),
+    replace(APOLLO_CHUNKS[1], doc="Apollo: crossfade between chunks", aliases=(), families=used_by(apollo=0.5)),
 )
 FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.aliases)}
 

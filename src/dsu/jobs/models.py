@@ -8,11 +8,11 @@ from .. import families
 from ..cache import ModelCache
 from ..errors import DSUError
 from ..families import LoadedModel, ModelRef
-from ..protocol import MODEL_FIELDS
+from ..protocol import APOLLO_ARCH, MODEL_FIELDS
 from ._pipeline import Emit
 
 MODEL_KEYS = tuple(f.name for f in MODEL_FIELDS)  # the request fields that pick the model and how it loads
-APOLLO_KEYS = ("feature_dim", "layer", "sr", "win")
+APOLLO_KEYS = tuple(f.name for f in APOLLO_ARCH)  # an Apollo checkpoint's shape without its config
 OPTION_TYPES = (str, int, float, bool, list, type(None))
 
 
