@@ -186,13 +186,13 @@ def child_reference(case: str, work: Path, threads: int, audio_separator: str | 
                   normalization_threshold=0.9, amplification_threshold=0.0, enable_denoise=False,
                   output_single_stem=None, invert_using_spec=False, sample_rate=SR, use_soundfile=True)
     if case == "vr_hp":
-        from audio_separator.separator.architectures.vr_separator import VRModel as Arch
+        from audio_separator.separator.architectures.vr_separator import VRSeparator as Arch
         common.update(model_name="2_HP-bench", model_path=str(work / "2_HP-bench.pth"),
                       model_data={"vr_model_param": "4band_v2", "primary_stem": "Instrumental"})
         arch = dict(window_size=512, aggression=5, batch_size=1, enable_tta=False, enable_post_process=False,
                     post_process_threshold=0.2, high_end_process=False)
     else:
-        from audio_separator.separator.architectures.mdx_separator import MDXModel as Arch
+        from audio_separator.separator.architectures.mdx_separator import MDXSeparator as Arch
         common.update(model_name="mdx-bench", model_path=str(work / "mdx-bench.onnx"),
                       model_data={"compensate": MDX["compensate"], "mdx_dim_f_set": MDX["dim_f"], "mdx_dim_t_set": 8,
                                   "mdx_n_fft_scale_set": MDX["n_fft"], "primary_stem": "Vocals"})

@@ -1,5 +1,5 @@
 """UVR MDX-Net `.onnx` models through the family, the job runner and a real worker, against what
-python-audio-separator's MDXModel produced (tests/fixtures/mdx/README.md)."""
+python-audio-separator's MDXSeparator produced (tests/fixtures/mdx/README.md)."""
 import shutil
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 """UVR VR-architecture `.pth` models through the family, `separate_file` and a real worker, against
-what python-audio-separator's VRModel produced for the same weights and input
+what python-audio-separator's VRSeparator produced for the same weights and input
 (tests/fixtures/vr_pipeline/README.md)."""
 import json
 from pathlib import Path

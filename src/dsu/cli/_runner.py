@@ -95,7 +95,7 @@ def unknown_options(given, known, accepted=()) -> list[str]:
 
 
 def load_model(request: dict, *, cache, models_dir, default_model, display: Display):
-    """(resolved ref, loaded LoadedModel) of a `separate` request, through the cache."""
+    """(resolved ref, LoadedModel) of a `separate` request, through the cache."""
     from .. import protocol as spec
     from ..jobs import models as model_jobs
     fields, _ = spec.validate(spec.COMMANDS["separate"], {"input": "-", "output_dir": "-", **request})

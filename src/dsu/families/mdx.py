@@ -8,7 +8,7 @@ come from UVR's model-data table by the file's md5 (`dsu.families.uvr`), with th
 overrides on top; dim_f and dim_t are read from the network's input when it fixes them and neither
 says.
 
-Inference reproduces python-audio-separator's MDXModel: the mix is scaled down to a 0.9 peak
+Inference reproduces python-audio-separator's MDXSeparator: the mix is scaled down to a 0.9 peak
 when louder, cut into chunks of hop * (segment_size - 1) samples every (1 - overlap) of a chunk over
 the mix with n_fft / 2 zeros in front and zeros behind up to whole chunks, each chunk weighted by a
 Hann window over the part of it that lies inside that padded mix, the first three STFT bins zeroed

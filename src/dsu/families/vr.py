@@ -6,7 +6,7 @@ stem of a `.pth` file in the models dir. Its band parameters and primary stem co
 data (by the file's md5, `dsu.families.uvr`) or from the request (`vr_model_param`, `primary_stem`,
 `nout`, `nout_lstm`, `is_karaoke`, `is_bv_model`, `is_bv_model_rebalanced`).
 
-Inference is python-audio-separator's VRModel on the whole file at once: the magnitude, zero
+Inference is python-audio-separator's VRSeparator on the whole file at once: the magnitude, zero
 padded by the network's offset and scaled by its maximum, is cut into windows of `window_size` frames
 whose centre crops are stitched back into one mask (TTA: again with the windows shifted by half a
 crop, the two averaged); the mask is sharpened by `aggression` and optionally post-processed; the
