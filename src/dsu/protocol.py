@@ -13,6 +13,9 @@ from typing import Any
 from .device import KINDS
 from .errors import CODES, DSUError, shown
 
+BACKENDS = ("auto", "torch", "openvino")  # what runs a model's network (dsu.backends)
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+
 PROTOCOL = 1
 
 # ---- types ------------------------------------------------------------------------------------------
@@ -268,6 +271,10 @@ def used_by(**defaults) -> tuple[tuple[str, Any], ...]:
     return tuple(defaults.items())
 
 
+def _EVERY(default) -> dict[str, Any]:
+    return dict.fromkeys(FAMILY_TITLES, default)
+
+
 FAMILY_OPTIONS = (
     Field("shifts", "integer", "Demucs: random time shifts averaged (the shift trick); each one is a whole "
                                "extra pass", minimum=0, maximum=20, families=used_by(demucs=1)),
@@ -287,9 +294,13 @@ FAMILY_OPTIONS = (
           families=used_by(msst=False)),
     Field("extract_instrumental", "boolean", "MSST: also write the mix minus the model's first stem",
           families=used_by(msst=False)),
-    Field("precision", "string", "MSST: the forward pass's float type (auto: float16 on CUDA when the model "
-                                 "trained with it)", choices=("auto", "float32", "float16", "bfloat16"),
-          families=used_by(msst="auto")),
+    Field("backend", "string", "what runs the network between the spectrogram and its inverse: `torch`, "
+                               "`openvino` (CPU), `auto` (on a CPU the one measured fastest for the family, "
+                               "torch on CUDA and MPS)", choices=BACKENDS, families=used_by(**_EVERY("auto"))),
+    Field("precision", "string", "the network's float type: `auto` is float32 on a CPU (exact) and float16 "
+                                 "on CUDA when an MSST config trains with it; `bfloat16` is fast on CPUs with "
+                                 "native bfloat16 (AMX, AVX512-BF16, Zen 4, Apple M2+); `float16` is CUDA/MPS "
+                                 "only", choices=PRECISIONS, families=used_by(**_EVERY("auto"))),
     Field("window_size", "integer", "VR: STFT frames per network window (320, 512 or 1024 in UVR)", minimum=1,
           maximum=4096, aliases=("vr_window_size",), families=used_by(vr=512)),
     Field("aggression", "integer", "VR: how hard the primary stem is pulled out", minimum=-100, maximum=100,

@@ -83,7 +83,9 @@ def resolve(request: dict, models_dir: str | Path | None, default_model: str | N
 
 
 def load(ref: ModelRef, device: torch.device) -> LoadedModel:
-    return FAMILIES[ref.family].loader(ref, device)
+    model = FAMILIES[ref.family].loader(ref, device)
+    model.ref = ref
+    return model
 
 
 def list_models(models_dir: str | Path | None) -> list[dict]:

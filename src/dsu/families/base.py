@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .. import protocol, untrusted
+from .. import backends, protocol, untrusted
 from ..engine import Pass, Signal
 from ..errors import DSUError
 
@@ -59,11 +59,23 @@ class LoadedModel:
     stems: list[str]
     options: ClassVar[frozenset[str]] = frozenset()  # request fields this family understands
     device: torch.device = torch.device("cpu")
+    amp: bool = False            # the config trains in float16, which `precision: auto` follows on CUDA
+    ref: ModelRef | None = None  # what was loaded (set by the loader's caller): keys converted networks
 
-    def passes(self, signal: Signal, **options) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, **options) -> list[Pass]:
         """Engine passes over `signal` (already at `samplerate` with `audio_channels`), whose outputs
-        are [len(stems), audio_channels, n] on the signal's timeline."""
+        are [len(stems), audio_channels, n] on the signal's timeline; `runtime` runs the networks."""
         raise NotImplementedError
+
+    def core(self, net: torch.nn.Module, runtime: backends.Runtime, core=None, name: str | None = None):
+        """What runs `net`'s core (default `net.core`) on `runtime`, kept with this loaded model."""
+        if "_cores" not in vars(self):
+            self._cores = backends.Cores()
+        identity = None
+        if runtime.backend == "openvino" and self.ref is not None and self.ref.files:
+            from ..backends import ir_cache
+            identity = ir_cache.identity(self.ref.files, [self.ref.family, self.ref.options])
+        return self._cores.get(net, runtime, identity, core, name or f"{self.name} ({self.family})")
 
     def finish(self, stems: dict[str, torch.Tensor], mix: torch.Tensor, **options) -> dict[str, torch.Tensor]:
         """Derived stems for a finished block (e.g. an instrumental as mix minus vocals); default none."""
@@ -85,8 +97,9 @@ class LoadedModel:
 
     def nbytes(self) -> int:
         """Memory the loaded model holds, for the cache bound."""
-        return sum(t.numel() * t.element_size() for m in self._modules() for t in
-                   list(m.parameters()) + list(m.buffers()))
+        compiled = self._cores.nbytes() if "_cores" in vars(self) else 0
+        return compiled + sum(t.numel() * t.element_size() for m in self._modules() for t in
+                              list(m.parameters()) + list(m.buffers()))
 
     def _modules(self) -> list[torch.nn.Module]:
         return [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]

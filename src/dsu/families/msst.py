@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .. import memory, protocol
+from .. import backends, memory, protocol
 from ..engine import Chunk, Pass, ReflectPad, Signal, Standardised, linear_fade, mono_stats
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from . import uvr
@@ -229,7 +228,7 @@ class MSSTModel(LoadedModel):
         self.num_overlap = int(config["inference"].get("num_overlap", 2))
         self.batch_size = int(config["inference"].get("batch_size", 1))
         self.normalize = config["inference"].get("normalize") is True
-        self.use_amp = bool(config["training"].get("use_amp", True))
+        self.amp = bool(config["training"].get("use_amp", True))
 
     def memory_estimate(self, length: int, **options):
         """One model call holds `batch_size` chunks with their spectrograms and activations; the
@@ -246,7 +245,7 @@ class MSSTModel(LoadedModel):
         return read_options("msst", options, own={"chunk_size": self.chunk_size, "overlap": self.num_overlap,
                                                   "batch_size": self.batch_size})
 
-    def passes(self, signal: Signal, **options) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, **options) -> list[Pass]:
         opts = self._settings(options)
         size, batch = opts["chunk_size"], opts["batch_size"]
         num_overlap = whole_number("overlap", opts["overlap"], 1)
@@ -262,30 +261,20 @@ class MSSTModel(LoadedModel):
         border = demix_border(signal.length, size, num_overlap)
         if border:
             source = ReflectPad(source, border)
-        fn = self.chunk_fn(self.autocast(opts["precision"]), opts["use_tta"], scale)
+        fn = self.chunk_fn(runtime, opts["use_tta"], scale)
         # MSST de-normalises after its overlap-add, so a sample no window weighted ends up as the mean
         return [Pass(model=fn, signal=source, chunks=demix_chunks(signal.length, size, num_overlap, batch),
                      batch_size=batch, unweighted=scale[0] if scale else 0.0)]
 
-    def autocast(self, precision):
-        """Mixed precision for the model's forward: MSST's float16 autocast on CUDA (its
-        `training.use_amp`, on by default) unless asked otherwise; float32 elsewhere unless asked."""
-        kind = self.device.type
-        if precision == "auto":
-            precision = "float16" if kind == "cuda" and self.use_amp else "float32"
-        if precision == "float32":
-            return nullcontext
-        dtype = getattr(torch, precision)
-        return lambda: torch.autocast(kind, dtype=dtype)
-
-    def chunk_fn(self, autocast, use_tta: bool, scale: tuple[float, float] | None):
+    def chunk_fn(self, runtime: backends.Runtime, use_tta: bool, scale: tuple[float, float] | None):
         """[batch, channels, n] -> [batch, stems, channels, n]; with TTA, the mean of the model on the
         chunk, on it with channels swapped (swapped back) and on it negated (negated back), which is
         MSST's average of three demixes since windowing and overlap-add are linear."""
+        whole = not hasattr(self.model, "core")  # a network not cut in three runs whole on the backend
+        core = self.core(self.model, runtime, core=self.model if whole else None)
+
         def separate(x: Tensor) -> Tensor:
-            with autocast():
-                y = self.model(x)
-            y = y.float()
+            y = (core(x) if whole else self.model(x, core=core)).float()
             if y.dim() == 3:  # single-stem RoFormers drop the stem axis
                 y = y[:, None]
             if y.shape[1] != len(self.stems):

@@ -9,14 +9,25 @@ from pathlib import Path
 
 import torch
 
-from .. import families, paths
+from .. import backends, families, paths
 from ..audio import FileSignal, StemWriter
 from ..cache import ModelCache
 from ..errors import DSUError
 from ..families import FAMILIES, LoadedModel
 from . import models as model_jobs
 from . import outputs
-from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
+from ._pipeline import (
+    Cancelled,
+    Emit,
+    JobResult,
+    Progress,
+    clean_debris,
+    done_fields,
+    make_passes,
+    run_into,
+    runtime_fields,
+    runtime_for,
+)
 from .failures import stop_if_cancelled
 
 
@@ -44,13 +55,16 @@ def separate_file(model: LoadedModel, input_path: str | Path, output_dir: str | 
                   stems=None, two_stems: str | None = None, sample_rate="model",
                   options: dict | None = None, layout: str | None = None, output_names: dict | None = None,
                   sanitize: bool = False, mp3_bitrate: int | None = None,
-                  progress: Progress | None = None, cancelled: Cancelled | None = None) -> JobResult:
+                  progress: Progress | None = None, cancelled: Cancelled | None = None,
+                  runtime: backends.Runtime | None = None) -> JobResult:
     """`model` over the file at `input_path`, its stems written under `output_dir`; both are checked
-    here (`run` checks them before the model loads and hands them to `_separate`)."""
+    here (`run` checks them before the model loads and hands them to `_separate`). `runtime`: what
+    runs the network (else what `options`' backend and precision ask for)."""
     return _separate(model, paths.check_input(input_path), paths.check_output_dir(output_dir), family=family,
                      fmt=fmt, bit_depth=bit_depth, stems=stems, two_stems=two_stems, sample_rate=sample_rate,
                      options=options, layout=layout, output_names=outputs.check_output_names(output_names),
-                     sanitize=sanitize, mp3_bitrate=mp3_bitrate, progress=progress, cancelled=cancelled)
+                     sanitize=sanitize, mp3_bitrate=mp3_bitrate, progress=progress, cancelled=cancelled,
+                     runtime=runtime)
 
 
 def _out_rate(sample_rate, model: LoadedModel, signal: FileSignal) -> int:
@@ -68,7 +82,8 @@ def _out_rate(sample_rate, model: LoadedModel, signal: FileSignal) -> int:
 def _separate(model: LoadedModel, input_path: Path, output_dir: Path, *, family: str | None, fmt: str,
               bit_depth: int | None, stems, two_stems: str | None, sample_rate, options: dict | None,
               layout: str | None, output_names: dict[str, str], sanitize: bool, mp3_bitrate: int | None,
-              progress: Progress | None, cancelled: Cancelled | None) -> JobResult:
+              progress: Progress | None, cancelled: Cancelled | None,
+              runtime: backends.Runtime | None = None) -> JobResult:
     """`separate_file` with the input, the output folder and `output_names` already checked."""
     started = time.perf_counter()
     fam = FAMILIES[family or model.family]
@@ -83,7 +98,8 @@ def _separate(model: LoadedModel, input_path: Path, output_dir: Path, *, family:
                                  family=fam.name, output_names=output_names,
                                  labels=getattr(model, "labels", None))
     clean_debris([output_dir, *(p.parent for p in targets.values())])
-    passes = make_passes(model, signal, options, cancelled)
+    runtime = runtime or runtime_for(model, options)
+    passes = make_passes(model, signal, options, cancelled, runtime=runtime)
     needs_mix = type(model).finish is not LoadedModel.finish or bool(two_stems)
     mix_reader = signal.fresh() if needs_mix else None
     position = 0
@@ -115,7 +131,7 @@ def _separate(model: LoadedModel, input_path: Path, output_dir: Path, *, family:
     return JobResult(output_dir=str(folder), files=files,
                      paths=[str(p.resolve()) for p in written], stems=wanted,
                      elapsed=time.perf_counter() - started, samplerate=out_rate,
-                     extra={"warnings": signal.warnings} if signal.warnings else {})
+                     extra=runtime_fields(runtime, signal.warnings))
 
 
 def run(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None, default_model: str | None,
@@ -141,7 +157,8 @@ def run(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None
                        bit_depth=bit_depth, stems=fields.get("stems"), layout=layout, output_names=output_names,
                        two_stems=fields.get("two_stems"), sample_rate=fields.get("sample_rate", "model"),
                        options=options, sanitize=bool(fields.get("sanitize")),
-                       mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled)
+                       mp3_bitrate=fields.get("mp3_bitrate"), progress=progress, cancelled=cancelled,
+                       runtime=runtime_for(model, options, models_dir, emit))
     done = done_fields(result, ref, from_cache, started)
     if ignored:
         done["ignored"] = ignored

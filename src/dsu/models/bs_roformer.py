@@ -22,6 +22,7 @@ from .roformer_parts import (
     RMSNorm,
     axial_transformers,
     check_channels,
+    complex_masks,
     estimate_masks,
     run_axial,
 )
@@ -91,13 +92,16 @@ class BSRoformer(nn.Module):
                           mlp_expansion_factor=mlp_expansion_factor)
             for _ in range(num_stems))
 
-    def forward(self, mix: Tensor) -> Tensor:
+    def forward(self, mix: Tensor, core=None) -> Tensor:
+        """`core`: what runs `self.core` (a backend's compiled copy of it); None: this module."""
         mix = check_channels(mix, self.stereo)
         spec = self.stft(mix)  # [b, (f s), t] complex
+        masks = (core or self.core)(rearrange(torch.view_as_real(spec), "b f t c -> b t (f c)"))
+        return self.stft.inverse(spec[:, None] * complex_masks(masks), self.audio_channels, self.zero_dc,
+                                 mix.shape[-1])
 
-        x = self.band_split(rearrange(torch.view_as_real(spec), "b f t c -> b t (f c)"))
-        x = run_axial(self.layers, x, self.skip_connection)
-        x = self.final_norm(x)
-
-        masks = estimate_masks(self.mask_estimators, x)
-        return self.stft.inverse(spec[:, None] * masks, self.audio_channels, self.zero_dc, mix.shape[-1])
+    def core(self, x: Tensor) -> Tensor:
+        """The network between the spectrogram and its inverse, real tensors only:
+        [batch, frames, (bins channels real/imag)] -> masks [batch, stems, frames, (bins channels real/imag)]."""
+        x = run_axial(self.layers, self.band_split(x), self.skip_connection)
+        return estimate_masks(self.mask_estimators, self.final_norm(x))

@@ -177,18 +177,27 @@ class MDX23C(nn.Module):
             **{key: model[key] for key in ("num_subbands", "num_scales", "scale", "num_blocks_per_scale",
                                            "num_channels", "growth", "bottleneck_factor", "norm", "act")})
 
-    def forward(self, mix: Tensor) -> Tensor:
+    def forward(self, mix: Tensor, core=None) -> Tensor:
+        """`core`: what runs `self.core` (a backend's compiled copy of it); None: this module."""
         length = mix.shape[-1]
         if (length // self.hop_length + 1) % self.frames_multiple:
             raise ValueError(f"MDX23C needs samples // hop_length + 1 to be a multiple of {self.frames_multiple} "
                              f"(e.g. hop_length * (dim_t - 1) samples), got {length} samples")
         spec = torch.stft(rearrange(mix, "b c t -> (b c) t"), self.n_fft, self.hop_length, window=self.window,
                           center=True, return_complex=True)[:, :self.dim_f]
-        x = rearrange(torch.view_as_real(spec), "(b c) (k f) t ri -> b (c ri k) t f",
-                      c=self.audio_channels, k=self.num_subbands)
-        mix_spec = x
-        x = first = self.first_conv(x)
+        x = (core or self.core)(rearrange(torch.view_as_real(spec), "(b c) (k f) t ri -> b (c ri k) t f",
+                                          c=self.audio_channels, k=self.num_subbands))
+        x = rearrange(x, "b (s c ri k) t f -> (b s c) (k f) t ri", s=self.num_targets, c=self.audio_channels,
+                      ri=2, k=self.num_subbands)
+        x = F.pad(x.float(), (0, 0, 0, 0, 0, self.n_fft // 2 + 1 - self.dim_f))  # zero above dim_f
+        out = torch.istft(torch.view_as_complex(x.contiguous()), self.n_fft, self.hop_length, window=self.window,
+                          center=True, length=length)
+        return rearrange(out, "(b s c) t -> b s c t", s=self.num_targets, c=self.audio_channels)
 
+    def core(self, mix_spec: Tensor) -> Tensor:
+        """The network between the spectrogram and its inverse: [batch, (channels real/imag subbands),
+        frames, bins] -> [batch, (targets channels real/imag subbands), frames, bins]."""
+        x = first = self.first_conv(mix_spec)
         skips = []
         for block in cast("Iterable[EncoderBlock]", self.encoder_blocks):
             x = block.tfc_tdf(x)
@@ -197,11 +206,4 @@ class MDX23C(nn.Module):
         x = self.bottleneck_block(x)
         for up_block in cast("Iterable[DecoderBlock]", self.decoder_blocks):
             x = up_block.tfc_tdf(torch.cat([up_block.upscale(x), skips.pop()], dim=1))
-
-        x = self.final_conv(torch.cat([mix_spec, x * first], dim=1))  # the product reduces artifacts
-        x = rearrange(x, "b (s c ri k) t f -> (b s c) (k f) t ri", s=self.num_targets, c=self.audio_channels,
-                      ri=2, k=self.num_subbands)
-        x = F.pad(x.float(), (0, 0, 0, 0, 0, self.n_fft // 2 + 1 - self.dim_f))  # zero above dim_f
-        out = torch.istft(torch.view_as_complex(x.contiguous()), self.n_fft, self.hop_length, window=self.window,
-                          center=True, length=length)
-        return rearrange(out, "(b s c) t -> b s c t", s=self.num_targets, c=self.audio_channels)
+        return self.final_conv(torch.cat([mix_spec, x * first], dim=1))  # the product reduces artifacts

@@ -24,6 +24,7 @@ from .roformer_parts import (
     MaskEstimator,
     axial_transformers,
     check_channels,
+    complex_masks,
     estimate_masks,
     run_axial,
 )
@@ -114,15 +115,13 @@ class MelBandRoformer(nn.Module):
                           mlp_expansion_factor=mlp_expansion_factor)
             for _ in range(num_stems))
 
-    def forward(self, mix: Tensor) -> Tensor:
+    def forward(self, mix: Tensor, core=None) -> Tensor:
+        """`core`: what runs `self.core` (a backend's compiled copy of it); None: this module."""
         mix = check_channels(mix, self.stereo)
         spec = self.stft(mix)  # [b, (f s), t] complex
 
-        x = torch.view_as_real(spec[:, self.rows])
-        x = self.band_split(rearrange(x, "b f t c -> b t (f c)"))
-        x = run_axial(self.layers, x, self.skip_connection)
-
-        masks = estimate_masks(self.mask_estimators, x).to(spec.dtype)
+        x = rearrange(torch.view_as_real(spec[:, self.rows]), "b f t c -> b t (f c)")
+        masks = complex_masks((core or self.core)(x)).to(spec.dtype)
         # Sum each row's estimates over the bands that cover it, then average.
         summed = masks.new_zeros(*masks.shape[:2], spec.shape[1], masks.shape[-1])
         summed.index_add_(2, self.rows, masks)
@@ -132,3 +131,9 @@ class MelBandRoformer(nn.Module):
         length = mix.shape[-1] if self.match_input_audio_length else None
         out = self.stft.inverse(spec[:, None] * masks, self.audio_channels, self.zero_dc, length)
         return out[:, 0] if self.num_stems == 1 else out
+
+    def core(self, x: Tensor) -> Tensor:
+        """The network between the spectrogram and its inverse, real tensors only: the band rows'
+        [batch, frames, (rows real/imag)] -> masks [batch, stems, frames, (rows real/imag)]."""
+        x = run_axial(self.layers, self.band_split(x), self.skip_connection)
+        return estimate_masks(self.mask_estimators, x)

@@ -262,10 +262,16 @@ def check_channels(mix: Tensor, stereo: bool) -> Tensor:
 
 
 def estimate_masks(estimators: nn.ModuleList, x: Tensor) -> Tensor:
-    """[batch, time, bands, dim] -> complex masks [batch, stems, f, time], one stem per estimator
-    (f as the estimators' outputs, real/imaginary pairs, run). Complex in float32 at least: reduced
-    precision complex is poorly supported, and the reference promotes to the spectrogram's complex64."""
-    masks = rearrange(torch.stack([estimate(x) for estimate in estimators], dim=1), "b n t (f c) -> b n f t c", c=2)
+    """[batch, time, bands, dim] -> real masks [batch, stems, time, (f c)], one stem per estimator
+    (f as the estimators' outputs, c the real/imaginary pair): the end of a RoFormer's core."""
+    return torch.stack([estimate(x) for estimate in estimators], dim=1)
+
+
+def complex_masks(masks: Tensor) -> Tensor:
+    """`estimate_masks`' real masks -> complex [batch, stems, f, time]. Complex in float32 at least:
+    reduced precision complex is poorly supported, and the reference promotes to the spectrogram's
+    complex64."""
+    masks = rearrange(masks, "b n t (f c) -> b n f t c", c=2)
     if masks.dtype in (torch.float16, torch.bfloat16):
         masks = masks.float()
     return torch.view_as_complex(masks.contiguous())

@@ -221,15 +221,23 @@ class SCNet(nn.Module):
         return torch.istft(x, self.nfft, self.hop_size, self.win_size, self.window, center=True,
                            normalized=self.normalized)
 
-    def forward(self, mix: Tensor) -> Tensor:
+    def forward(self, mix: Tensor, core=None) -> Tensor:
+        """`core`: what runs `self.core` (a backend's compiled copy of it); None: this module."""
         length = mix.shape[-1]
         # an even number of STFT frames, for the separation network's real FFT along time
         pad = self.hop_size - length % self.hop_size
         if (length + pad) // self.hop_size % 2 == 0:
             pad += self.hop_size
         spec = self.stft(rearrange(F.pad(mix, (0, pad)), "b c t -> (b c) t"))
-        x = rearrange(torch.view_as_real(spec), "(b c) f t ri -> b (c ri) f t", c=self.audio_channels)
+        x = (core or self.core)(rearrange(torch.view_as_real(spec), "(b c) f t ri -> b (c ri) f t",
+                                          c=self.audio_channels))
+        x = rearrange(x, "b (s c ri) f t -> (b s c) f t ri", s=len(self.sources), ri=2)
+        out = self.istft(torch.view_as_complex(x.float().contiguous()))
+        return rearrange(out[:, :length], "(b s c) t -> b s c t", s=len(self.sources), c=self.audio_channels)
 
+    def core(self, x: Tensor) -> Tensor:
+        """The network between the spectrogram and its inverse: [batch, (channels real/imag), bins,
+        frames] -> [batch, (sources channels real/imag), bins, frames]."""
         skips = []
         for block in self.encoder:
             x, skip, compressed, sizes = block(x)
@@ -238,7 +246,4 @@ class SCNet(nn.Module):
         decoder = cast("Iterable[nn.ModuleList]", self.decoder)  # [Fusion, SparseUp] pairs, one per encoder block
         for (fusion, up), (skip, compressed, sizes) in zip(decoder, reversed(skips), strict=True):
             x = up(fusion(x, skip), compressed, sizes)
-
-        x = rearrange(x, "b (s c ri) f t -> (b s c) f t ri", s=len(self.sources), ri=2)
-        out = self.istft(torch.view_as_complex(x.float().contiguous()))
-        return rearrange(out[:, :length], "(b s c) t -> b s c t", s=len(self.sources), c=self.audio_channels)
+        return x

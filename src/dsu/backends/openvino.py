@@ -1,0 +1,129 @@
+"""A core run by OpenVINO's CPU plugin: converted from the torch module once per input shape (the
+batch left dynamic), cached on disk, compiled with the job's precision and threads."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import Runtime, autocast, ir_cache
+
+_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
+_core: Any = None
+
+
+def _ov():
+    import openvino
+    return openvino
+
+
+def _ov_core():
+    global _core
+    if _core is None:
+        _core = _ov().Core()
+    return _core
+
+
+class _Traced(torch.nn.Module):
+    """The core as a module's forward, which is what the converter traces."""
+
+    def __init__(self, net: torch.nn.Module, fn):
+        super().__init__()
+        self.net = net
+        self._fn = fn
+
+    def forward(self, *xs):
+        return self._fn(*xs)
+
+
+def compile_options(runtime: Runtime) -> dict[str, Any]:
+    """f32 asked for explicitly: the CPU plugin defaults to bf16 on AMX machines. No pinning, so N
+    workers on one machine share the cores their thread counts divide between them."""
+    return {"INFERENCE_PRECISION_HINT": _PRECISION[runtime.precision],
+            "INFERENCE_NUM_THREADS": int(runtime.threads or torch.get_num_threads()),
+            "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+
+
+class CompiledCore:
+    """Calls like the core: torch tensors in, torch float32 tensors out (a tuple when the core
+    returns one). A network the converter cannot take runs on torch, said once in the job's warnings."""
+
+    def __init__(self, net: torch.nn.Module, fn, runtime: Runtime, identity: str | None, name: str):
+        self.net, self.fn, self.identity, self.name = net, fn, identity, name
+        self.runtime = runtime
+        self.nbytes = 0
+        self.failed: str | None = None
+        self._compiled: dict[tuple, Any] = {}
+        self._tuple = False
+
+    def bind(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def __call__(self, *xs: torch.Tensor):
+        if self.failed is None:
+            shapes = tuple((tuple(x.shape[1:]), str(x.dtype).removeprefix("torch.")) for x in xs)
+            request = self._compiled.get(shapes)
+            if request is None:
+                request = self._prepare(xs, shapes)
+            if request is not None:
+                return self._infer(request, xs)
+        self.runtime.fell_back = True
+        self.runtime.warn(f"OpenVINO could not convert {self.name} ({self.failed}): it ran on torch")
+        with autocast(torch.device("cpu"), self.runtime.precision):
+            y = self.fn(*xs)
+        return tuple(t.float() for t in y) if isinstance(y, tuple) else y.float()
+
+    def _infer(self, request, xs):
+        request.infer([np.ascontiguousarray(x.detach().cpu().numpy()) for x in xs])
+        outs = tuple(torch.from_numpy(np.array(request.get_output_tensor(i).data, dtype=np.float32))
+                     for i in range(len(request.model_outputs)))
+        return outs if self._tuple else outs[0]
+
+    def _prepare(self, xs, shapes):
+        """Load (or convert and store) and compile the network for these input shapes."""
+        ov, runtime = _ov(), self.runtime
+        started = time.perf_counter()
+        root = ir_cache.folder(runtime.cache_dir) if runtime.cache_dir is not None else None
+        entry_key = ir_cache.key(self.identity, self.name, shapes, ov.__version__) if self.identity else None
+        model = None
+        if root is not None and entry_key is not None:
+            try:
+                found = ir_cache.lookup(root, entry_key)
+            except ir_cache.Corrupt as e:
+                runtime.warn(str(e))
+                found = None
+            if found is not None:
+                self._say("loading", started)
+                model = _ov_core().read_model(str(found[0]), str(found[1]))
+        if model is None:
+            self._say("converting", started)
+            try:
+                model = self._convert(xs)
+            except Exception as e:  # the converter's failures have no common type
+                self.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": ")
+                return None
+            if root is not None and entry_key is not None:
+                ir_cache.store(root, entry_key, lambda xml: ov.save_model(model, str(xml), compress_to_fp16=False))
+        self._tuple = len(model.outputs) > 1
+        compiled = _ov_core().compile_model(model, "CPU", compile_options(runtime))
+        request = compiled.create_infer_request()
+        self.nbytes += sum(op.get_byte_size() for op in model.get_ops() if op.get_type_name() == "Constant")
+        self._compiled[shapes] = request
+        self._say("ready", started)
+        return request
+
+    def _convert(self, xs):
+        ov = _ov()
+        traced = _Traced(self.net, self.fn).eval()
+        spec = [(ov.PartialShape([-1, *x.shape[1:]]), ov.Type.f32 if x.dtype == torch.float32 else ov.Type.dynamic)
+                for x in xs]
+        with torch.no_grad():
+            example = tuple(xs) if len(xs) > 1 else xs[0]
+            return ov.convert_model(traced, example_input=example, input=spec)
+
+    def _say(self, stage: str, started: float) -> None:
+        if self.runtime.notify is not None:
+            self.runtime.notify("preparing", backend="openvino", stage=stage, core=self.name,
+                                elapsed=round(time.perf_counter() - started, 3))
