@@ -20,6 +20,8 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("protocol", ("protocol",), "the request table: every command's fields, types, ranges, defaults"),
     ("models", ("models",), "pure `nn.Module`s, one file per architecture; state-dict keys equal the reference's"),
     ("engine", ("engine",), "chunks, windows, batches, overlap-add, streaming, signals and views over them"),
+    ("backends", ("backends",), "what runs a network's core: torch (autocast) or OpenVINO, converted networks "
+                                "cached on disk and checked"),
     ("families", ("families",), "how a request names model files, how they load safely, how a model cuts a "
                                 "signal into engine passes (UVR tables, VR band sets, weights files)"),
     ("audio", ("audio",), "reading files as signals, writing stems that appear only complete"),

@@ -427,17 +427,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                         "(with python-audio-separator's `vr_`/`mdx_` prefixes too): " + _options_by_family()
                         + ". Fields the model does not use are ignored and listed in `done` as `ignored`",
             (ID, *SEPARATE_FIELDS), final=("done",),
-            interim=("loading_model", "cache_evicted", "separating", "progress", "cancelling"),
+            interim=("loading_model", "cache_evicted", "separating", "preparing", "progress", "cancelling"),
             cancellable=True, family_options=True),
     Command("apollo", "restore one file with an Apollo model (lossy-codec and band-limit repair)",
             (ID, *RESTORE_FIELDS), final=("done",),
-            interim=("loading_model", "cache_evicted", "restoring", "progress", "cancelling"),
+            interim=("loading_model", "cache_evicted", "restoring", "preparing", "progress", "cancelling"),
             cancellable=True, aliases=("restore",)),
     Command("ensemble", "separate one file with several models and blend their stems as they are produced "
                         "(or blend stem `files`). Members are loaded into the cache (grown for the job when "
                         "smaller) and stay there; fields members' families understand apply to every member",
             (ID, *ENSEMBLE_FIELDS), final=("done",),
-            interim=("loading_model", "cache_evicted", "ensembling", "progress", "cancelling"),
+            interim=("loading_model", "cache_evicted", "ensembling", "preparing", "progress", "cancelling"),
             cancellable=True, family_options=True),
     Command("set_storage_type", "how model files are read from now on, as the previous DSU's workers took it: "
                                 "`ssd` memory-maps a weight file as it loads (torch's zip format; other files "
@@ -543,6 +543,12 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
     Message("cache_evicted", "a model was dropped from the cache to respect its bounds", (ID, _NAME)),
     Message("separating", "a separation started", (ID, Field("input", "string", "the input as given"),
                                                    _NAME)),
+    Message("preparing", "backend openvino: a network is converted (first use of a model at this chunk "
+                         "size, seconds to minutes) or loaded from the cache under the models dir, then compiled",
+            (ID, Field("backend", "string", "openvino"),
+             Field("stage", "string", "converting, loading (from the cache) or ready"),
+             Field("core", "string", "the network: model (family), or a bag member's"),
+             Field("elapsed", "number", "seconds since this network's preparation began"))),
     Message("restoring", "a restoration started", (ID, Field("input", "string", "the input as given"), _NAME)),
     Message("denoising", "a denoise started", (ID, Field("input", "string", "the input as given"))),
     Message("progress", "at least once per processed chunk", (
@@ -571,10 +577,14 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
                                    "`layout` template puts stems in different folders)"),
         Field("paths", "string[]", "their absolute paths"), Field("stems", "string[]", "the stems written"),
         _NAME, Field("model_from_cache", "boolean", "the model was already loaded"),
+        Field("backend", "string", "what ran the network: torch or openvino (torch where OpenVINO could not "
+                                   "convert it, said in `warnings`)"),
+        Field("precision", "string", "the network's float type: float32, float16 or bfloat16"),
         Field("ignored", "string[]", "request fields the model does not use (only when there are any)"),
         Field("warnings", "string[]", "what was wrong with the input but did not stop the job: a truncated "
-                                      "file read as far as it goes, NaN samples read as 0 with `sanitize` "
-                                      "(only when there are any)"),
+                                      "file read as far as it goes, NaN samples read as 0 with `sanitize`; "
+                                      "bfloat16 emulated, a network that ran on torch, a converted network "
+                                      "rebuilt (only when there are any)"),
         Field("members", "object[]", "ensemble: per member `model`, `family`, `stems`, `blended`, "
                                      "`model_from_cache` (with `files`: `file`)"),
         Field("algorithm", "string", "ensemble: the blend"),

@@ -392,6 +392,21 @@ export interface SeparatingMessage {
   model: string | null;
 }
 
+/** backend openvino: a network is converted (first use of a model at this chunk size, seconds to minutes) or loaded from the cache under the models dir, then compiled */
+export interface PreparingMessage {
+  status: "preparing";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** openvino */
+  backend: string | null;
+  /** converting, loading (from the cache) or ready */
+  stage: string | null;
+  /** the network: model (family), or a bag member's */
+  core: string | null;
+  /** seconds since this network's preparation began */
+  elapsed: number | null;
+}
+
 /** a restoration started */
 export interface RestoringMessage {
   status: "restoring";
@@ -490,9 +505,13 @@ export interface DoneMessage {
   model: string | null;
   /** the model was already loaded */
   model_from_cache: boolean | null;
+  /** what ran the network: torch or openvino (torch where OpenVINO could not convert it, said in `warnings`) */
+  backend: string | null;
+  /** the network's float type: float32, float16 or bfloat16 */
+  precision: string | null;
   /** request fields the model does not use (only when there are any) */
   ignored?: string[] | null;
-  /** what was wrong with the input but did not stop the job: a truncated file read as far as it goes, NaN samples read as 0 with `sanitize` (only when there are any) */
+  /** what was wrong with the input but did not stop the job: a truncated file read as far as it goes, NaN samples read as 0 with `sanitize`; bfloat16 emulated, a network that ran on torch, a converted network rebuilt (only when there are any) */
   warnings?: string[] | null;
   /** ensemble: per member `model`, `family`, `stems`, `blended`, `model_from_cache` (with `files`: `file`) */
   members: Record<string, unknown>[] | null;
@@ -572,7 +591,7 @@ export interface ErrorMessage {
   input: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | DenoisingMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | StorageConfiguredMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | PreparingMessage | RestoringMessage | DenoisingMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | StorageConfiguredMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {

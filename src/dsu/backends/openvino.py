@@ -3,6 +3,7 @@ batch left dynamic), cached on disk, compiled with the job's precision and threa
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,9 @@ class CompiledCore:
         traced = _Traced(self.net, self.fn).eval()
         spec = [(ov.PartialShape([-1, *x.shape[1:]]), ov.Type.f32 if x.dtype == torch.float32 else ov.Type.dynamic)
                 for x in xs]
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's warnings about shapes read as Python numbers: every shape here is the job's own
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             example = tuple(xs) if len(xs) > 1 else xs[0]
             return ov.convert_model(traced, example_input=example, input=spec)
 

@@ -11,6 +11,7 @@ from typing import Any
 from ..catalog import catalog as catalogs
 from ..catalog import store
 from ..errors import DSUError
+from . import separate as separate_cli
 
 EXIT_FAILED = 1
 
@@ -57,6 +58,19 @@ def add_parser(subparsers) -> None:
     remove = sub.add_parser("remove", help="delete a model's files and pins")
     common(remove)
     remove.add_argument("names", nargs="+", metavar="NAME")
+
+    prepare = sub.add_parser("prepare", help="convert a model for OpenVINO ahead of its first job (cached in "
+                                             "the models dir)")
+    common(prepare)
+    prepare.add_argument("model", metavar="NAME|PATH", help="a model name, or a model file")
+    prepare.add_argument("--config-path", help="the YAML config published with PATH")
+    prepare.add_argument("--model-type", help="architecture of PATH when its name does not tell")
+    prepare.add_argument("--option", "-O", action="append", type=separate_cli._option, default=[],
+                         metavar="KEY=VALUE", help="model options that set the chunk shape (segment, chunk_size, "
+                                                   "batch_size, window_size ...), as the jobs will give them")
+    separate_cli.add_backend_arguments(prepare)
+    prepare.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    prepare.add_argument("--threads", type=int, default=None, help="CPU threads the jobs will run with")
     models.set_defaults(run=run)
 
 
@@ -238,5 +252,33 @@ def remove_command(args, catalog, models_dir: Path) -> int:
     return 0
 
 
+def prepare_command(args, catalog, models_dir: Path) -> int:
+    from ..cache import ModelCache
+    from ..jobs import models as model_jobs
+    from ..jobs import prepare
+    from ..jobs._pipeline import runtime_for
+    from . import _runner as runner
+    path = Path(args.model)
+    request = {"model_path": str(path), "config_path": args.config_path, "model_type": args.model_type} \
+        if path.is_file() else {"model": args.model}
+    cache = ModelCache(runner.setup_device(args.device, args.threads), max_models=1)
+    ref = model_jobs.resolve({k: v for k, v in request.items() if v is not None}, models_dir)
+    model, _ = model_jobs.load(ref, cache, lambda status, **fields: None)
+    options, ignored = model_jobs.family_options(model, {"backend": args.backend or "openvino",
+                                                         **separate_cli.backend_request(args), **dict(args.option)})
+    if ignored:
+        raise DSUError("bad_value", f"{ref.name} ({ref.family}) takes no option {', '.join(ignored)}")
+
+    def say(status: str, **fields) -> None:
+        if fields.get("stage") == "converting":
+            print(f"converting {fields['core']} (minutes for a large model) ...", file=sys.stderr)
+    answer = prepare.prepare(model, options, runtime_for(model, options, models_dir, say))
+    for line in answer.get("warnings", []):
+        print(f"dsu: warning: {line}", file=sys.stderr)
+    print(f"{ref.name}: {answer['backend']} {answer['precision']} ready in {answer['elapsed']} s "
+          f"(cached under {models_dir / '.cache'})")
+    return 0
+
+
 COMMANDS = {"list": list_command, "info": info_command, "download": download_command, "verify": verify_command,
-            "remove": remove_command}
+            "remove": remove_command, "prepare": prepare_command}

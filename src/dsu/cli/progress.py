@@ -103,6 +103,10 @@ class Display:
             self.detail(f"{status} {fields.get('input')} with {fields.get('model')}")
         elif status == "denoising":
             self.detail(f"denoising {fields.get('input')}")
+        elif status == "preparing" and fields.get("stage") == "converting":
+            self.info(f"converting {fields.get('core')} for OpenVINO (first use at this chunk size; cached after) ...")
+        elif status == "preparing" and fields.get("stage") == "ready":
+            self.detail(f"OpenVINO network of {fields.get('core')} ready in {fields.get('elapsed')} s")
 
     def __call__(self, fraction: float) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import engine, memory, paths
+from .. import backends, engine, memory, paths
 from ..audio import FORMATS, FileSignal, StemWriter
 from ..blend import algorithms
 from ..blend.blender import StemBlend
@@ -31,7 +31,7 @@ from ..paths import safe_component
 from ..protocol import COMMANDS, ENSEMBLE_FIELDS, MODEL_NAMING, check_family_options
 from . import models as model_jobs
 from . import outputs
-from ._pipeline import estimate_of, make_passes
+from ._pipeline import estimate_of, make_passes, runtime_for
 from .failures import reraise, stop_if_cancelled
 
 Progress = Callable[..., None]  # progress(fraction, member=name)
@@ -103,6 +103,7 @@ class Member:
     model: LoadedModel | None = None
     from_cache: bool = False
     mapping: dict[str, str] = field(default_factory=dict)  # member stem -> ensemble stem
+    runtime: backends.Runtime | None = None  # what ran its network, once it ran
 
     @property
     def loaded(self) -> LoadedModel:
@@ -228,7 +229,7 @@ def ensemble(fields: dict, extra: dict, *, cache, models_dir: Path | None, emit,
                 raise m.fail(e) from None
             m.label = m.ref.name
         return _run_members(fields, members, _Blend(algorithm, weights, reference), input_path, out, emit,
-                            progress, cancelled, started)
+                            progress, cancelled, started, models_dir)
     finally:
         if restore is not None:
             cache.set_limits(max_models=restore, on_evict=lambda name: emit("cache_evicted", model=name))
@@ -266,8 +267,9 @@ class _MemberRun:
         self.signal = FileSignal(input_path, model.samplerate, model.audio_channels, checked=True)
         self.length = self.signal.length
         # every member's overlap-add is held at once: each is checked beside those before it
-        self.held = memory.beside(held, estimate_of(model, self.length, member.options, member.label))
-        passes = make_passes(model, self.signal, member.options, cancelled, self.held)
+        self.held = memory.beside(held, estimate_of(model, self.length, member.options, member.label,
+                                                    runtime=member.runtime))
+        passes = make_passes(model, self.signal, member.options, cancelled, self.held, runtime=member.runtime)
         needs_mix = type(model).finish is not LoadedModel.finish
         self.mix = self.signal.fresh() if needs_mix else None
         self.blocks = engine.blocks(passes, self.length, report, cancelled)
@@ -325,7 +327,7 @@ MEMBERS_LOWER = "members' `batch_size`/`segment`"
 
 
 def _run_members(fields: dict, members: list[Member], blend: _Blend, input_path: Path, out: _Output, emit,
-                 progress: Progress | None, cancelled, started: float) -> dict:
+                 progress: Progress | None, cancelled, started: float, models_dir: Path | None = None) -> dict:
     """The loaded members over `input_path`, their stems blended into files under `out`; the answer."""
     samplerate, nch = _common_format(members)
     stems, contributors = _plan(members, fields.get("stems"))
@@ -335,6 +337,8 @@ def _run_members(fields: dict, members: list[Member], blend: _Blend, input_path:
     used = [m for m in members if any(m.index in c for c in contributors.values())]
     emit("ensembling", input=fields["input"], model=name, members=[m.label for m in used],
          algorithm=blend.algorithm)
+    for m in used:
+        m.runtime = runtime_for(m.loaded, m.options, models_dir, emit)
     written = _blend_members(used, stems, input_path, targets, blend, out, samplerate, nch,
                              _member_progress(used, progress), cancelled)
     folder, names = outputs.written_folder(written, out.folder)
@@ -343,13 +347,15 @@ def _run_members(fields: dict, members: list[Member], blend: _Blend, input_path:
             "model": name, "algorithm": blend.algorithm,
             "weights": fields.get("weights"),
             "members": [_member_answer(m, stems) for m in members],
-            "model_from_cache": all(m.from_cache for m in members)}
+            "model_from_cache": all(m.from_cache for m in members),
+            **({"warnings": said} if (said := [w for m in used if m.runtime for w in m.runtime.warnings]) else {})}
 
 
 def _member_answer(m: Member, stems: list[str]) -> dict:
     assert m.ref is not None  # every member was resolved before any ran
     return {"model": m.label, "family": m.ref.family, "stems": list(m.mapping), "model_from_cache": m.from_cache,
-            "blended": sorted({v for v in m.mapping.values() if v in stems})}
+            "blended": sorted({v for v in m.mapping.values() if v in stems}),
+            **(m.runtime.fields() if m.runtime else {})}
 
 
 def _common_format(members: list[Member]) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from ... import __version__
 from ...device import DEVICES
 from ...errors import DSUError
 from ..progress import Display, mode_from
+from ..separate import add_backend_arguments, backend_request
 from . import common
 
 PROG = "dsu-audio-separator"
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsu = p.add_argument_group("DSU")
     dsu.add_argument("--device", choices=DEVICES, default="auto")
     dsu.add_argument("--threads", type=int, default=None)
+    add_backend_arguments(dsu)
     loud = dsu.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="errors only")
     loud.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
@@ -295,7 +297,7 @@ def _request(args, fmt: str, output_dir: Path) -> dict:
     request = {"output_dir": str(output_dir), "format": fmt,
                "layout": "{track}_({Stem})_" + model_stem + ".{ext}",
                "sample_rate": args.sample_rate, "stems": [args.single_stem] if args.single_stem else None,
-               "output_names": args.custom_output_names}
+               "output_names": args.custom_output_names, **backend_request(args)}
     if fmt == "mp3" and args.output_bitrate:
         request["mp3_bitrate"] = _bitrate(args.output_bitrate)
     return common.given(request)

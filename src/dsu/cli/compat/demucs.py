@@ -14,6 +14,7 @@ from pathlib import Path
 from ...device import KINDS
 from ...errors import DSUError
 from ..progress import Display, mode_from
+from ..separate import add_backend_arguments, backend_request
 from . import common
 
 PROG = "dsu-demucs"
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mp3-preset", choices=range(2, 8), type=int, default=2, help="Encoder preset of MP3 (only 2).")
     p.add_argument("-j", "--jobs", default=0, type=int, help="Number of jobs (DSU: CPU threads).")
     dsu = p.add_argument_group("DSU")
+    add_backend_arguments(dsu)
     dsu.add_argument("--models-dir", type=Path, default=common.models_dir_from_env(),
                      help="where -n names are looked up when --repo is not given (default: $DSU_MODELS)")
     loud = dsu.add_mutually_exclusive_group()
@@ -163,7 +165,7 @@ def _request(args, name: str) -> dict:
     bit_depth = None if args.mp3 else 24 if args.int24 else 32 if args.float32 and not args.flac else 16
     request = {"model": name, "format": ext, "bit_depth": bit_depth, "output_dir": str(args.out),
                "layout": "{model}/" + args.filename, "shifts": args.shifts, "overlap": args.overlap,
-               "clip_mode": args.clip_mode}
+               "clip_mode": args.clip_mode, **backend_request(args)}
     if args.repo:
         request["repo"] = str(args.repo)
     if args.segment is not None:

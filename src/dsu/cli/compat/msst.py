@@ -20,6 +20,7 @@ from pathlib import Path
 from ...errors import DSUError
 from ...protocol import MSST_TYPES
 from ..progress import Display, mode_from
+from ..separate import add_backend_arguments, backend_request
 from . import common
 
 PROG = "dsu-bsroformer"
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora_checkpoint_loralib", type=str, default="", help="Refused.")
     dsu = p.add_argument_group("DSU")
     dsu.add_argument("--threads", type=int, default=None)
+    add_backend_arguments(dsu)
     loud = dsu.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="errors only")
     loud.add_argument("--json", action="store_true", help="one JSON line per event on stdout")
@@ -151,7 +153,7 @@ def _request(args, store: Path) -> dict:
     request = {"model_path": args.start_check_point, "config_path": args.config_path,
                "model_type": args.model_type, "format": fmt, "bit_depth": PCM_BITS[pcm],
                "output_dir": str(store), "use_tta": args.use_tta,
-               "extract_instrumental": args.extract_instrumental}
+               "extract_instrumental": args.extract_instrumental, **backend_request(args)}
     return common.given(request)
 
 
