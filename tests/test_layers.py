@@ -16,8 +16,8 @@ def test_a_climbing_import_is_found(tmp_path):
     (tmp_path / "dsu" / "families").mkdir(parents=True)
     (tmp_path / "dsu" / "__init__.py").write_text("")
     (tmp_path / "dsu" / "families" / "__init__.py").write_text("from ..jobs import outputs\nfrom .. import errors\n")
-    assert check_layers.problems(tmp_path) == ["dsu/families/__init__.py:1: families (layer 5) imports dsu.jobs "
-                                               "(layer 10)"]
+    assert check_layers.problems(tmp_path) == ["dsu/families/__init__.py:1: families (layer 6) imports dsu.jobs "
+                                               "(layer 11)"]
 
 
 def test_the_architecture_page_shows_the_checked_table():
