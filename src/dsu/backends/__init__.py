@@ -109,8 +109,13 @@ def choose(backend: Any = "auto", precision: Any = "auto", *, device: torch.devi
         backend = FASTEST_ON_CPU.get(family, "torch") if cpu and have_openvino else "torch"
     if precision == "auto":
         precision = "float16" if device.type == "cuda" and amp else "float32"
+    emulated = precision == "bfloat16" and cpu and not native_bfloat16()
+    if emulated and backend == "openvino":  # its CPU plugin takes the hint only where the CPU has it
+        out = Runtime(backend, "float32", threads, cache_dir, notify)
+        out.warn("this CPU has no native bfloat16 (AMX, AVX512-BF16): OpenVINO ran float32")
+        return out
     out = Runtime(backend, precision, threads, cache_dir, notify)
-    if precision == "bfloat16" and cpu and not native_bfloat16():
+    if emulated:
         out.warn("this CPU has no native bfloat16 (AMX, AVX512-BF16): bfloat16 is emulated and can be "
                  "slower than float32")
     return out

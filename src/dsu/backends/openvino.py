@@ -2,6 +2,7 @@
 batch left dynamic), cached on disk, compiled with the job's precision and threads."""
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from typing import Any
@@ -45,6 +46,17 @@ def compile_options(runtime: Runtime) -> dict[str, Any]:
     return {"INFERENCE_PRECISION_HINT": _PRECISION[runtime.precision],
             "INFERENCE_NUM_THREADS": int(runtime.threads or torch.get_num_threads()),
             "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+
+
+def _reason(e: Exception) -> str:
+    """The converter's own words for why, without its source locations: the unconverted ops when it
+    names them."""
+    text = str(e)
+    ops = sorted(set(re.findall(r"\b(?:aten|prim|torch)::\w+", text)))
+    if ops:
+        return "no conversion for " + ", ".join(ops[:6])
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "failed at src/" not in line]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 class CompiledCore:
@@ -103,7 +115,7 @@ class CompiledCore:
             try:
                 model = self._convert(xs)
             except Exception as e:  # the converter's failures have no common type
-                self.failed = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": ")
+                self.failed = _reason(e)
                 return None
             if root is not None and entry_key is not None:
                 ir_cache.store(root, entry_key, lambda xml: ov.save_model(model, str(xml), compress_to_fp16=False))
