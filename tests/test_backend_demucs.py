@@ -102,6 +102,7 @@ def _openvino(precision: str):
     return backends.choose("openvino", precision, device=CPU, family="demucs")
 
 
+@pytest.mark.slow  # each OpenVINO conversion of a tiny network takes 20-45 s on 2 shared cores
 def test_openvino_float32_matches_torch(net):
     name, model = net
     runtime = _openvino("float32")
@@ -113,7 +114,7 @@ def test_openvino_float32_matches_torch(net):
     assert snr(want, got) >= 100, name
 
 
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])  # a 35 s conversion
 def test_bfloat16_runs(backend):
     model = _build("htdemucs")
     runtime = _openvino("bfloat16") if backend == "openvino" else backends.choose(
