@@ -21,9 +21,10 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from .. import memory
+from .. import backends, memory
 from ..engine import Chunk, Pass, Signal, Standardised, cancel_point, mono_stats, triangle
 from ..errors import DSUError, missing_keys_message
+from . import demucs_core
 from .base import Family, LoadedModel, ModelRef, make_ref, option_names, read_options
 from .model_folder import describe_other_yaml, read_yaml, yaml_kind
 from .packages import first_line, load_package, verify_checksum
@@ -271,7 +272,7 @@ class DemucsModel(LoadedModel):
         written as integers."""
         return 1 / 1.01 if read_options("demucs", options)["clip_mode"] == "rescale" else None
 
-    def passes(self, signal: Signal, **options) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, **options) -> list[Pass]:
         opts = read_options("demucs", options)
         shifts, overlap, segment, batch = opts["shifts"], opts["overlap"], opts["segment"], opts["batch_size"]
         if not overlap < 1:  # the table's range is MSST's too
@@ -284,11 +285,12 @@ class DemucsModel(LoadedModel):
         source = Standardised(signal, mean, std)
         max_shift = int(0.5 * self.samplerate)
         out = []
-        for model, weight in zip(cast("list[Any]", self.bag), self.weights, strict=True):  # the models, as in __init__
+        models = cast("list[Any]", self.bag)  # the models, as in __init__
+        for member, (model, weight) in enumerate(zip(models, self.weights, strict=True)):
             seconds = segment if segment is not None else model.segment
             if int((1 - overlap) * int(model.samplerate * seconds)) < 1:
                 raise DSUError("bad_value", f"overlap {overlap} leaves no step between segments")
-            fn = self.forward(model, mean, std)
+            fn = self.forward(model, mean, std, runtime, member if len(models) > 1 else None)
             for _shift in range(max(shifts, 1)):  # no shifts: the mix as it is, once
                 cancel_point(signal)
                 offset = random.randint(0, max_shift) if shifts else max_shift
@@ -298,9 +300,15 @@ class DemucsModel(LoadedModel):
                 out.append(Pass(model=fn, signal=source, chunks=chunks, weight=weight, batch_size=batch))
         return out
 
-    def forward(self, model: torch.nn.Module, mean: float, std: float):
+    def forward(self, model: torch.nn.Module, mean: float, std: float, runtime: backends.Runtime,
+                member: int | None = None):
+        """One model call on a batch of segments, de-normalised; `runtime` runs the network's core
+        (`demucs_core`), each bag member's its own."""
+        name = f"{self.name} ({self.family}{'' if member is None else f', model {member + 1}'})"
+        core = self.core(model, runtime, core=demucs_core.core_fn(model), name=name)
+
         def run(x: Tensor) -> Tensor:
-            return model(x.to(self.device)) * std + mean
+            return demucs_core.forward(model, x.to(self.device), core) * std + mean
         return run
 
 
