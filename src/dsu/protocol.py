@@ -233,24 +233,6 @@ APOLLO_ARCH = (
     Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1, maximum=1000),
 )
 
-RESTORE_FIELDS = (
-    Field("input", "string", "the audio file to restore", required=True),
-    Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
-          aliases=("output_path",)),
-    Field("model", "string", "an Apollo model by name, looked up as `separate` looks names up (the models dir, "
-                             "then the catalog's download hint); give it or `model_path`"),
-    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin) instead of a name"),
-    Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
-          aliases=("model_file_dir",)),
-    Field("config_path", "string", "its YAML config"),
-    *APOLLO_CHUNKS,
-    Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
-    Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
-    *APOLLO_ARCH,
-    Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
-                                 "instead of refusing the file as `unsupported_audio`", default=False),
-)
-
 # The options of the model families, checked by type and range before any family code sees them
 # (`separate` and every command with `family_options`), and read by the families from here (defaults
 # included: `families` pairs each family that reads an option with its default). One name may serve
@@ -328,6 +310,28 @@ FAMILY_OPTIONS = (
     replace(APOLLO_CHUNKS[0], doc="Apollo: seconds per chunk", families=used_by(apollo=7.0)),
     replace(APOLLO_CHUNKS[1], doc="Apollo: crossfade between chunks", aliases=(), families=used_by(apollo=0.5)),
 )
+
+# `apollo`: the restore job's fields
+RESTORE_FIELDS = (
+    Field("input", "string", "the audio file to restore", required=True),
+    Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
+          aliases=("output_path",)),
+    Field("model", "string", "an Apollo model by name, looked up as `separate` looks names up (the models dir, "
+                             "then the catalog's download hint); give it or `model_path`"),
+    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin) instead of a name"),
+    Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
+          aliases=("model_file_dir",)),
+    Field("config_path", "string", "its YAML config"),
+    *APOLLO_CHUNKS,
+    Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
+    *APOLLO_ARCH,
+    Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
+                                 "instead of refusing the file as `unsupported_audio`", default=False),
+    # the family options' own fields: Apollo runs on the backends the families do
+    *(replace(f, families=()) for f in FAMILY_OPTIONS if f.name in ("backend", "precision")),
+)
+
 FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.aliases)}
 
 
@@ -427,17 +431,17 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                         "(with python-audio-separator's `vr_`/`mdx_` prefixes too): " + _options_by_family()
                         + ". Fields the model does not use are ignored and listed in `done` as `ignored`",
             (ID, *SEPARATE_FIELDS), final=("done",),
-            interim=("loading_model", "cache_evicted", "separating", "progress", "cancelling"),
+            interim=("loading_model", "cache_evicted", "preparing", "separating", "progress", "cancelling"),
             cancellable=True, family_options=True),
     Command("apollo", "restore one file with an Apollo model (lossy-codec and band-limit repair)",
             (ID, *RESTORE_FIELDS), final=("done",),
-            interim=("loading_model", "cache_evicted", "restoring", "progress", "cancelling"),
+            interim=("loading_model", "cache_evicted", "preparing", "restoring", "progress", "cancelling"),
             cancellable=True, aliases=("restore",)),
     Command("ensemble", "separate one file with several models and blend their stems as they are produced "
                         "(or blend stem `files`). Members are loaded into the cache (grown for the job when "
                         "smaller) and stay there; fields members' families understand apply to every member",
             (ID, *ENSEMBLE_FIELDS), final=("done",),
-            interim=("loading_model", "cache_evicted", "ensembling", "progress", "cancelling"),
+            interim=("loading_model", "cache_evicted", "preparing", "ensembling", "progress", "cancelling"),
             cancellable=True, family_options=True),
     Command("set_storage_type", "how model files are read from now on, as the previous DSU's workers took it: "
                                 "`ssd` memory-maps a weight file as it loads (torch's zip format; other files "
@@ -543,6 +547,12 @@ MESSAGES: dict[str, Message] = {m.status: m for m in (
     Message("cache_evicted", "a model was dropped from the cache to respect its bounds", (ID, _NAME)),
     Message("separating", "a separation started", (ID, Field("input", "string", "the input as given"),
                                                    _NAME)),
+    Message("preparing", "OpenVINO readies a network for the job: `converting` it (once per input shape), "
+                         "`loading` it from the cache of converted networks, then `ready` (compiled)", (
+        ID, Field("backend", "string", "the backend preparing it: openvino"),
+        Field("stage", "string", "converting, loading or ready", choices=("converting", "loading", "ready")),
+        Field("core", "string", "the network: the model's name and family"),
+        Field("elapsed", "number", "seconds since this network's preparation started"))),
     Message("restoring", "a restoration started", (ID, Field("input", "string", "the input as given"), _NAME)),
     Message("denoising", "a denoise started", (ID, Field("input", "string", "the input as given"))),
     Message("progress", "at least once per processed chunk", (

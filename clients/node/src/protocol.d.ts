@@ -146,6 +146,10 @@ export interface CommandFields {
     win?: number;
     /** read NaN/infinite input samples as 0 (reported in `done.warnings`) instead of refusing the file as `unsupported_audio` */
     sanitize?: boolean;
+    /** what runs the network between the spectrogram and its inverse: `torch`, `openvino` (CPU), `auto` (on a CPU the one measured fastest for the family, torch on CUDA and MPS) */
+    backend?: "auto" | "torch" | "openvino";
+    /** the network's float type: `auto` is float32 on a CPU (exact) and float16 on CUDA when an MSST config trains with it; `bfloat16` is fast on CPUs with native bfloat16 (AMX, AVX512-BF16, Zen 4, Apple M2+); `float16` is CUDA/MPS only */
+    precision?: "auto" | "float32" | "float16" | "bfloat16";
   };
   ensemble: {
     /** the audio file to separate with every member (with `models` or `preset`) */
@@ -392,6 +396,21 @@ export interface SeparatingMessage {
   model: string | null;
 }
 
+/** OpenVINO readies a network for the job: `converting` it (once per input shape), `loading` it from the cache of converted networks, then `ready` (compiled) */
+export interface PreparingMessage {
+  status: "preparing";
+  /** echoed on every message the request causes; `cancel` names the job to stop by it */
+  id?: unknown;
+  /** the backend preparing it: openvino */
+  backend: string | null;
+  /** converting, loading or ready */
+  stage: string | null;
+  /** the network: the model's name and family */
+  core: string | null;
+  /** seconds since this network's preparation started */
+  elapsed: number | null;
+}
+
 /** a restoration started */
 export interface RestoringMessage {
   status: "restoring";
@@ -572,7 +591,7 @@ export interface ErrorMessage {
   input: string | null;
 }
 
-export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | RestoringMessage | DenoisingMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | StorageConfiguredMessage | ExitingMessage | ErrorMessage;
+export type Message = LoadingMessage | ReadyMessage | PongMessage | StatusMessage | ModelsMessage | CachedModelsMessage | CancellingMessage | LoadingModelMessage | ModelLoadedMessage | ModelPreloadedMessage | CacheEvictedMessage | SeparatingMessage | PreparingMessage | RestoringMessage | DenoisingMessage | ProgressMessage | ModelDownloadedMessage | EnsemblingMessage | DoneMessage | CleanedMessage | CacheClearedMessage | CacheSizeUpdatedMessage | StorageConfiguredMessage | ExitingMessage | ErrorMessage;
 
 /** the message that ends each command (an `error` rejects instead) */
 export interface FinalMessages {
