@@ -219,8 +219,8 @@ class ApolloModel(LoadedModel):
         host = memory.span_bytes(1, 2, size) + 2 * size * memory.FLOAT
         return memory.Estimate(host, device, f"chunks of {size / self.samplerate:.1f} s")
 
-    def passes(self, signal: Signal, chunk_seconds=None, overlap_seconds=None,
-               runtime: backends.Runtime = backends.EXACT, **_) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, chunk_seconds=None,
+               overlap_seconds=None, **_) -> list[Pass]:
         chunk, overlap = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)
         core = self.core(self.model, runtime)
 
