@@ -233,24 +233,6 @@ APOLLO_ARCH = (
     Field("win", "integer", "the model's window in milliseconds when no config is given", minimum=1, maximum=1000),
 )
 
-RESTORE_FIELDS = (
-    Field("input", "string", "the audio file to restore", required=True),
-    Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
-          aliases=("output_path",)),
-    Field("model", "string", "an Apollo model by name, looked up as `separate` looks names up (the models dir, "
-                             "then the catalog's download hint); give it or `model_path`"),
-    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin) instead of a name"),
-    Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
-          aliases=("model_file_dir",)),
-    Field("config_path", "string", "its YAML config"),
-    *APOLLO_CHUNKS,
-    Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
-    Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
-    *APOLLO_ARCH,
-    Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
-                                 "instead of refusing the file as `unsupported_audio`", default=False),
-)
-
 # The options of the model families, checked by type and range before any family code sees them
 # (`separate` and every command with `family_options`), and read by the families from here (defaults
 # included: `families` pairs each family that reads an option with its default). One name may serve
@@ -328,6 +310,28 @@ FAMILY_OPTIONS = (
     replace(APOLLO_CHUNKS[0], doc="Apollo: seconds per chunk", families=used_by(apollo=7.0)),
     replace(APOLLO_CHUNKS[1], doc="Apollo: crossfade between chunks", aliases=(), families=used_by(apollo=0.5)),
 )
+
+# `apollo`: the restore job's fields
+RESTORE_FIELDS = (
+    Field("input", "string", "the audio file to restore", required=True),
+    Field("output", "string", "the restored file to write (its extension sets the format)", required=True,
+          aliases=("output_path",)),
+    Field("model", "string", "an Apollo model by name, looked up as `separate` looks names up (the models dir, "
+                             "then the catalog's download hint); give it or `model_path`"),
+    Field("model_path", "string", "the Apollo checkpoint (.ckpt/.bin) instead of a name"),
+    Field("models_dir", "string", "look `model` up in this folder instead of the worker's models dir",
+          aliases=("model_file_dir",)),
+    Field("config_path", "string", "its YAML config"),
+    *APOLLO_CHUNKS,
+    Field("format", "string", "the output format when the extension does not say", choices=("wav", "flac", "mp3")),
+    Field("bit_depth", "integer", "16, 24 or 32 (float)", choices=(16, 24, 32)),
+    *APOLLO_ARCH,
+    Field("sanitize", "boolean", "read NaN/infinite input samples as 0 (reported in `done.warnings`) "
+                                 "instead of refusing the file as `unsupported_audio`", default=False),
+    # the family options' own fields: Apollo runs on the backends the families do
+    *(replace(f, families=()) for f in FAMILY_OPTIONS if f.name in ("backend", "precision")),
+)
+
 FAMILY_OPTION_NAMES = {name: f for f in FAMILY_OPTIONS for name in (f.name, *f.aliases)}
 
 

@@ -146,6 +146,10 @@ export interface CommandFields {
     win?: number;
     /** read NaN/infinite input samples as 0 (reported in `done.warnings`) instead of refusing the file as `unsupported_audio` */
     sanitize?: boolean;
+    /** what runs the network between the spectrogram and its inverse: `torch`, `openvino` (CPU), `auto` (on a CPU the one measured fastest for the family, torch on CUDA and MPS) */
+    backend?: "auto" | "torch" | "openvino";
+    /** the network's float type: `auto` is float32 on a CPU (exact) and float16 on CUDA when an MSST config trains with it; `bfloat16` is fast on CPUs with native bfloat16 (AMX, AVX512-BF16, Zen 4, Apple M2+); `float16` is CUDA/MPS only */
+    precision?: "auto" | "float32" | "float16" | "bfloat16";
   };
   ensemble: {
     /** the audio file to separate with every member (with `models` or `preset`) */

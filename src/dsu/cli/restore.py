@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..cache import ModelCache
+from ..protocol import BACKENDS, PRECISIONS
 from . import _runner as runner
 from .progress import Display, mode_from
 from .separate import FILES, add_common
@@ -15,7 +16,8 @@ from .separate import FLAGS as SEPARATE_FLAGS
 
 SUFFIX = "_restored"
 FLAGS = {**SEPARATE_FLAGS, "output": "-o/--output", "chunk_seconds": "--chunk-seconds",
-         "overlap_seconds": "--overlap-seconds", "feature_dim": "--feature-dim", "layer": "--layer"}
+         "overlap_seconds": "--overlap-seconds", "feature_dim": "--feature-dim", "layer": "--layer",
+         "backend": "--backend", "precision": "--precision"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -34,6 +36,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     rest.add_argument("--overlap-seconds", type=float, help="crossfade between chunks (default: the model's)")
     rest.add_argument("--feature-dim", type=int, help="without a config: the model's feature width")
     rest.add_argument("--layer", type=int, help="without a config: the model's layer count")
+    rest.add_argument("--backend", choices=BACKENDS,
+                      help="what runs the network: torch, openvino (CPU), auto (default: the fastest measured)")
+    rest.add_argument("--precision", choices=PRECISIONS,
+                      help="the network's float type (default auto: float32 on a CPU)")
     rest.add_argument("--bit-depth", type=int, choices=(16, 24, 32), help="16, 24 or 32 float (default 16)")
     add_common(rest)
     rest.set_defaults(run=run)
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace, prog: str = "dsu") -> int:
     request = {"cmd": "apollo", "input": str(args.input), "output": str(output),
                "model_path": args.model_path, "config_path": args.config_path,
                "chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds,
-               "feature_dim": args.feature_dim, "layer": args.layer, "bit_depth": args.bit_depth}
+               "feature_dim": args.feature_dim, "layer": args.layer, "bit_depth": args.bit_depth,
+               "backend": args.backend, "precision": args.precision}
     cache = ModelCache(runner.setup_device(args.device, args.threads), max_models=1)
     return runner.EXIT_OK if runner.run_restore(request, cache=cache, display=display) else runner.EXIT_FAILED

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import memory
+from .. import backends, memory
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError, listed, missing_keys_message, state_differences
 from .base import CATALOGUE, Family, LoadedModel, ModelRef, make_ref, option_names, read_catalogue, read_options
@@ -219,11 +219,13 @@ class ApolloModel(LoadedModel):
         host = memory.span_bytes(1, 2, size) + 2 * size * memory.FLOAT
         return memory.Estimate(host, device, f"chunks of {size / self.samplerate:.1f} s")
 
-    def passes(self, signal: Signal, chunk_seconds=None, overlap_seconds=None, **_) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, chunk_seconds=None,
+               overlap_seconds=None, **_) -> list[Pass]:
         chunk, overlap = chunk_samples(chunk_seconds, overlap_seconds, self.samplerate)
+        core = self.core(self.model, runtime)
 
         def restore(x: Tensor) -> Tensor:
-            return self.model(x.to(self.device))[:, None]
+            return self.model(x.to(self.device), core=core)[:, None]
 
         return [Pass(model=restore, signal=signal, chunks=restore_chunks(signal.length, chunk, overlap))]
 

@@ -1,6 +1,8 @@
 """UVR's MDX-Net models: a `.onnx` network that maps a stereo spectrogram [batch, 4, dim_f, dim_t]
 (left real/imag, right real/imag, the first dim_f bins of an n_fft STFT with hop 1024) to the
-spectrogram of its primary stem, run through onnxruntime.
+spectrogram of its primary stem, run through onnxruntime (`backend: torch`: this family has no torch
+network, onnxruntime is its baseline) or OpenVINO (`backend: openvino`: OpenVINO reads the ONNX file
+itself and compiles it with the job's precision and threads).
 
 A model is named by `model_path` (any `.onnx`; or any file with `model_type: "mdx"`) or by `model`,
 the stem of a `.onnx` file in the models dir. Its n_fft / dim_f / dim_t / compensate / primary stem
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from .. import memory
+from .. import backends, memory
 from ..engine import Chunk, Pass, Scaled, Signal, iter_blocks
 from ..errors import DSUError
 from . import uvr
@@ -173,7 +175,8 @@ class MDXModel(LoadedModel):
         self._free_session = None
 
     def nbytes(self) -> int:
-        return os.path.getsize(self.path)  # onnxruntime holds the weights once, about the file's size
+        # onnxruntime holds the weights once, about the file's size; each OpenVINO compile once more
+        return os.path.getsize(self.path) * (1 + len(vars(self).get("_compiled", ())))
 
     def memory_estimate(self, length: int, **options):
         """One model call holds `batch_size` spectrograms of [4, dim_f, segment_size] and the network's
@@ -185,7 +188,7 @@ class MDXModel(LoadedModel):
         host = memory.span_bytes(2, 2, chunk) + 4 * chunk * 2 * memory.FLOAT
         return memory.Estimate(host, batch * spec * 16, f"segment_size={segment}, hop_length={hop}, batch_size={batch}")
 
-    def passes(self, signal: Signal, **options) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, **options) -> list[Pass]:
         opts = read_options("mdx", options)
         segment, batch, hop = opts["segment_size"], opts["batch_size"], opts["hop_length"]
         denoise, overlap = opts["enable_denoise"], float(opts["overlap"])
@@ -199,7 +202,7 @@ class MDXModel(LoadedModel):
                                         f"samples, not more than this model's n_fft {self.n_fft}: raise segment_size")
         if int((1 - overlap) * chunk_size) < 1:
             raise DSUError("bad_value", f"overlap {overlap} leaves no step between chunks: lower it")
-        run = self.network(segment)
+        run = self.openvino_network(segment, runtime) if runtime.backend == "openvino" else self.network(segment)
         limit = self.peak_limit(**options)
         peak = peak_of(signal)
         gain = limit / peak if peak > limit else 1.0
@@ -241,6 +244,50 @@ class MDXModel(LoadedModel):
             out = [infer(p.cpu().numpy()) for p in parts]
             return torch.from_numpy(np.concatenate(out)).to(spec.device)
         return run
+
+    def openvino_network(self, frames: int, runtime: backends.Runtime):
+        """`network` through OpenVINO: the ONNX file read by OpenVINO, its input reshaped to any batch
+        of [4, dim_f, frames] (a graph whose reshapes fix the batch: batch 1, called per spectrogram),
+        compiled once per (frames, precision, threads) and kept with the model."""
+        if "_compiled" not in vars(self):
+            self._compiled: dict[tuple, tuple] = {}
+        key = (frames, runtime.precision, runtime.threads)
+        if key not in self._compiled:
+            self._compiled[key] = self._compile(frames, runtime)
+        request, one_at_a_time = self._compiled[key]
+
+        def infer(spec: np.ndarray) -> np.ndarray:
+            try:
+                request.infer([np.ascontiguousarray(spec)])
+            except Exception as e:  # OpenVINO's own exception types: the graph cannot take this input
+                raise DSUError("config_mismatch", f"{self.name} fails on a spectrogram of shape {spec.shape}: "
+                                                  f"{str(e).splitlines()[0][:300]}") from None
+            return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        def run(spec: Tensor) -> Tensor:
+            parts = spec.split(1) if one_at_a_time else (spec,)
+            out = [infer(p.cpu().numpy()) for p in parts]
+            return torch.from_numpy(np.concatenate(out)).to(spec.device)
+        return run
+
+    def _compile(self, frames: int, runtime: backends.Runtime):
+        import openvino  # type: ignore[import-untyped]
+
+        from ..backends.openvino import compile_options
+        core = openvino.Core()
+        failures = []
+        for batch in (-1, 1):
+            model = core.read_model(self.path)
+            try:
+                model.reshape({model.inputs[0]: openvino.PartialShape([batch, 4, self.dim_f, frames])})
+                compiled = core.compile_model(model, "CPU", compile_options(runtime))
+            except Exception as e:  # a graph with the batch (or frames) fixed inside
+                failures.append(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                continue
+            return compiled.create_infer_request(), batch == 1
+        frames_it_takes = self.fixed_frames or self.dim_t
+        raise DSUError("bad_value", f"OpenVINO cannot run {self.name} on {frames} frames ({failures[-1]}): "
+                                    f"use backend torch (onnxruntime) or segment_size {frames_it_takes}")
 
     def chunk_fn(self, run, hop: int, denoise: bool, peak: float):
         """[batch, 2, n] of the scaled mix -> [batch, 2 stems, 2, n]: the primary stem (times the

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import memory
+from .. import backends, memory
 from ..engine import Chunk, Pass, Signal
 from ..errors import DSUError
 from . import uvr, vr_bands
@@ -39,8 +39,11 @@ OVERRIDES = {"vr_model_param": "band_params", "primary_stem": "primary_stem", "n
 
 
 def settings(options: dict) -> dict:
-    """The VR options of a request, by their plain names, checked (`dsu.protocol.FAMILY_OPTIONS`)."""
+    """The VR options of a request, by their plain names, checked (`dsu.protocol.FAMILY_OPTIONS`); the
+    backend and precision are the runtime's (`passes` gets it), not the pipeline's."""
     out = read_options("vr", options)
+    for name in ("backend", "precision"):
+        out.pop(name, None)
     if out["normalization_threshold"] <= 0:
         raise DSUError("bad_value", "normalization_threshold must be in (0, 1]")
     return out
@@ -84,7 +87,7 @@ class VRModel(LoadedModel):
                                f"{length / UVR_RATE:.0f} s as one spectrogram, window_size={opts['window_size']}, "
                                f"batch_size={opts['batch_size']}")
 
-    def passes(self, signal: Signal, **options) -> list[Pass]:
+    def passes(self, signal: Signal, runtime: backends.Runtime = backends.EXACT, **options) -> list[Pass]:
         opts = settings(options)
         if opts["window_size"] <= 2 * self.net.offset:
             raise DSUError("bad_value", f"window_size must be more than {2 * self.net.offset} frames for this "
@@ -92,9 +95,12 @@ class VRModel(LoadedModel):
         n = signal.length
         whole = Chunk(start=0, size=n, keep=0, out_start=0, out_size=n, window=torch.ones(n))
         opts.pop("normalization_threshold")  # the writer's
+        # the core: a batch of magnitude windows -> their cropped masks; padding, scaling and
+        # stitching depend on the file's length and stay outside it
+        net = self.core(self.net, runtime, core=self.net.predict_mask)
 
         def run(x: Tensor, step) -> Tensor:
-            return torch.stack([self.separate(wave, step, **opts) for wave in x])
+            return torch.stack([self.separate(wave, step, net=net, **opts) for wave in x])
         return [Pass(model=run, signal=signal, chunks=[whole], steps=True)]
 
     def peak_limit(self, **options) -> float:
@@ -103,18 +109,19 @@ class VRModel(LoadedModel):
     # ---- the VR pipeline on one whole mix ----------------------------------------------------------
 
     @torch.inference_mode()
-    def separate(self, wave: Tensor, step=lambda fraction: None, *, window_size: int, aggression: int, enable_tta: bool,
-                 enable_post_process: bool, post_process_threshold: float, high_end_process: bool,
+    def separate(self, wave: Tensor, step=lambda fraction: None, *, net=None, window_size: int, aggression: int,
+                 enable_tta: bool, enable_post_process: bool, post_process_threshold: float, high_end_process: bool,
                  batch_size: int) -> Tensor:
         """[2, n] -> [2 stems, 2, n]; `step(fraction)` as the network's windows are done (it may stop
-        the job by raising)."""
+        the job by raising); `net` runs the network's windows (default: the module itself)."""
+        net = net or self.net.predict_mask
         length = wave.shape[-1]
         wave = vr_bands.resample(wave, UVR_RATE, self.params.top.samplerate, self.params.top.resampler)
         step(0.0)  # each whole-file stage is a point where `cancel` stops the job
         analysis = vr_bands.analyse(wave, self.params, self.v51)
         mix = analysis.spec
         step(0.0)
-        mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta, step)
+        mask = self.predict_mask(mix.abs(), window_size, batch_size, enable_tta, step, net)
         mask = vr_bands.adjust_aggression(mask, aggression, self.stems[0], self.params.bands[0].crop[1])
         if enable_post_process:
             mask = vr_bands.merge_artifacts(mask, post_process_threshold)
@@ -130,21 +137,22 @@ class VRModel(LoadedModel):
             out.append(stem)
         return torch.stack(out)
 
-    def predict_mask(self, magnitude: Tensor, window: int, batch_size: int, tta: bool, step) -> Tensor:
+    def predict_mask(self, magnitude: Tensor, window: int, batch_size: int, tta: bool, step, net=None) -> Tensor:
         """The network's mask over all frames; with TTA averaged with a pass shifted by half a crop.
         The windows are most of the work: they report 0 to 0.95 of it through `step`."""
+        net = net or self.net.predict_mask
         frames = magnitude.shape[-1]
         left, right, roi = make_padding(frames, window, self.net.offset)
         share = 0.95 / (2 if tta else 1)
-        mask = self._windows(magnitude, left, right, roi, window, batch_size,
+        mask = self._windows(net, magnitude, left, right, roi, window, batch_size,
                              lambda f: step(f * share))[..., :frames]
         if tta:
-            shifted = self._windows(magnitude, left + roi // 2, right + roi // 2, roi, window, batch_size,
+            shifted = self._windows(net, magnitude, left + roi // 2, right + roi // 2, roi, window, batch_size,
                                     lambda f: step(share + f * share))
             mask = (mask + shifted[..., roi // 2:][..., :frames]) * 0.5
         return mask
 
-    def _windows(self, magnitude: Tensor, left: int, right: int, roi: int, window: int, batch_size: int,
+    def _windows(self, net, magnitude: Tensor, left: int, right: int, roi: int, window: int, batch_size: int,
                  step) -> Tensor:
         padded = F.pad(magnitude, (left, right))
         peak = padded.max()
@@ -154,7 +162,7 @@ class VRModel(LoadedModel):
         parts: list[Tensor] = []
         for b in range(0, count, batch_size):
             x = torch.stack([padded[..., s:s + window] for s in starts[b:b + batch_size]]).to(self.device)
-            parts.extend(self.net.predict_mask(x).float().cpu())
+            parts.extend(net(x).float().cpu())
             step(min(b + batch_size, count) / max(count, 1))
         return torch.cat(parts, -1)
 

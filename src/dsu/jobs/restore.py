@@ -9,12 +9,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import families, paths
+from .. import backends, families, paths
 from ..audio import FileSignal, StemWriter, output_format
 from ..cache import ModelCache
 from ..families import FAMILIES, LoadedModel
 from . import models as model_jobs
-from ._pipeline import Cancelled, Emit, JobResult, Progress, clean_debris, done_fields, make_passes, run_into
+from ._pipeline import (
+    Cancelled,
+    Emit,
+    JobResult,
+    Progress,
+    clean_debris,
+    done_fields,
+    make_passes,
+    run_into,
+    runtime_fields,
+    runtime_for,
+)
 from .failures import stop_if_cancelled
 
 STEM = "restored"
@@ -32,19 +43,22 @@ def restore_file(model: LoadedModel, input_path: str | Path, output_path: str | 
                  chunk_seconds: float | None = None, overlap_seconds: float | None = None,
                  fmt: str | None = None, bit_depth: int | None = None, sanitize: bool = False,
                  progress: Callable[[float], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> JobResult:
+                 cancelled: Callable[[], bool] | None = None, backend: str | None = None,
+                 precision: str | None = None, runtime: backends.Runtime | None = None) -> JobResult:
     """`model` over the file at `input_path` into `output_path`, both checked here (`run` checks them
-    before the model loads and hands them to `_restore`)."""
+    before the model loads and hands them to `_restore`). `runtime`: what runs the network, else the
+    one `backend` and `precision` ask for."""
     input_path = paths.check_input(input_path)
     return _restore(model, input_path, _checked_output(output_path, input_path), chunk_seconds=chunk_seconds,
                     overlap_seconds=overlap_seconds, fmt=fmt, bit_depth=bit_depth, sanitize=sanitize,
-                    progress=progress, cancelled=cancelled)
+                    progress=progress, cancelled=cancelled,
+                    runtime=runtime or runtime_for(model, {"backend": backend, "precision": precision}))
 
 
 def _restore(model: LoadedModel, input_path: Path, output_path: Path, *, chunk_seconds: float | None = None,
              overlap_seconds: float | None = None, fmt: str | None = None, bit_depth: int | None = None,
              sanitize: bool = False, progress: Callable[[float], None] | None = None,
-             cancelled: Callable[[], bool] | None = None) -> JobResult:
+             cancelled: Callable[[], bool] | None = None, runtime: backends.Runtime = backends.EXACT) -> JobResult:
     """`restore_file` with the input and the output file already checked."""
     started = time.perf_counter()
     fmt = output_format(output_path, fmt)
@@ -52,7 +66,7 @@ def _restore(model: LoadedModel, input_path: Path, output_path: Path, *, chunk_s
     signal = FileSignal(input_path, model.samplerate, sanitize=sanitize, checked=True)  # the input's own channels
     try:
         passes = make_passes(model, signal, {"chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds},
-                             cancelled)
+                             cancelled, runtime=runtime)
         writer = StemWriter({STEM: output_path}, model.samplerate, signal.channels, fmt,
                             bit_depth or FAMILIES[model.family].default_bit_depth)
         run_into(writer, passes, signal.length, lambda block: writer.write({STEM: block[0]}), progress, cancelled,
@@ -62,7 +76,7 @@ def _restore(model: LoadedModel, input_path: Path, output_path: Path, *, chunk_s
     return JobResult(output_dir=str(output_path.parent.resolve()), files=[output_path.name],
                      paths=[str(output_path.resolve())], stems=[STEM],
                      elapsed=time.perf_counter() - started, samplerate=model.samplerate,
-                     extra={"warnings": signal.warnings} if signal.warnings else {})
+                     extra=runtime_fields(runtime, signal.warnings))
 
 
 def run(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: Emit,
@@ -80,5 +94,7 @@ def run(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: Emit,
     tuning = {k: fields[k] for k in ("chunk_seconds", "overlap_seconds", "format", "bit_depth", "sanitize")
               if fields.get(k) is not None}
     tuning["fmt"] = tuning.pop("format", None)
-    result = _restore(model, input_path, output_path, progress=progress, cancelled=cancelled, **tuning)
+    runtime = runtime_for(model, fields, models_dir, emit)
+    result = _restore(model, input_path, output_path, progress=progress, cancelled=cancelled, runtime=runtime,
+                      **tuning)
     return done_fields(result, ref, from_cache, started)

@@ -154,25 +154,31 @@ class Apollo(nn.Module):
         return torch.hann_window(self.win_samples, device=like.device)
 
     def embed_bands(self, spec: Tensor) -> Tensor:
-        """Complex [batch, bins, frames] -> [batch, bands, feature_dim, frames]."""
+        """view_as_real of the spectrum, [batch, bins, frames, 2] -> [batch, bands, feature_dim, frames]."""
         features = []
         for band, embed in zip(spec.split(self.widths, dim=1), self.BN, strict=True):
-            energy = (band.abs().pow(2).sum(1) + self.eps).sqrt()[:, None]
-            normalised = torch.complex(band.real / energy, band.imag / energy)
-            features.append(embed(torch.cat([normalised.real, normalised.imag, torch.log(energy)], 1)))
+            real, imag = band[..., 0], band[..., 1]
+            # |z|^2 as re^2 + im^2 (OpenVINO has no hypot): within rounding of the complex abs squared
+            energy = ((real * real + imag * imag).sum(1) + self.eps).sqrt()[:, None]
+            features.append(embed(torch.cat([real / energy, imag / energy, torch.log(energy)], 1)))
         return torch.stack(features, 1)
 
-    def forward(self, audio: Tensor) -> Tensor:
-        """[batch, channels, samples] -> restored [batch, channels, samples]."""
+    def core(self, spec: Tensor) -> Tensor:
+        """Real tensors only, what a backend runs: view_as_real of the spectrum [batch, bins, frames, 2]
+        -> the restored spectrum, same shape (each band's projection as real/imag, concatenated)."""
+        features = self.net(self.embed_bands(spec))
+        bands = [rearrange(project(features[:, k]), "b (ri f) t -> b f t ri", ri=2, f=width)
+                 for k, (width, project) in enumerate(zip(self.widths, self.output, strict=True))]
+        return torch.cat(bands, 1)
+
+    def forward(self, audio: Tensor, core=None) -> Tensor:
+        """[batch, channels, samples] -> restored [batch, channels, samples]; `core` runs `self.core`
+        (a backend's runner, default the module itself)."""
         batch, samples = audio.shape[0], audio.shape[-1]
         mono = rearrange(audio, "b c s -> (b c) s")
         spec = torch.stft(mono, n_fft=self.win_samples, hop_length=self.hop, window=self._window(audio),
                           return_complex=True)
-        features = self.net(self.embed_bands(spec))
-        bands = []
-        for k, (width, project) in enumerate(zip(self.widths, self.output, strict=True)):
-            real_imag = rearrange(project(features[:, k]), "b (ri f) t -> b ri f t", ri=2, f=width)
-            bands.append(torch.complex(real_imag[:, 0], real_imag[:, 1]))
-        restored = torch.istft(torch.cat(bands, 1), n_fft=self.win_samples, hop_length=self.hop,
+        out = (core or self.core)(torch.view_as_real(spec))
+        restored = torch.istft(torch.complex(out[..., 0], out[..., 1]), n_fft=self.win_samples, hop_length=self.hop,
                                window=self._window(audio), length=samples)
         return rearrange(restored, "(b c) s -> b c s", b=batch)
