@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import pytest
-from helpers import RawWorker, write_song
+# the default models dir (and the converted networks cached under it) in a folder of this test run,
+# never the user's: set before helpers copies the environment for the processes tests start
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dsu-tests-data-")
+
+import pytest  # noqa: E402
+from helpers import RawWorker, write_song  # noqa: E402
 
 # modules whose every test is slow (pytestmark): the fast tier does not even import them, as importing
 # hypothesis and ray alone costs each test process seconds
