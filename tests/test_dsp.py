@@ -72,5 +72,5 @@ def test_options_are_read_through_the_protocol_table():
         with pytest.raises(DSUError) as request:
             protocol.validate(protocol.COMMANDS["separate"], {"input": "a.wav", "output_dir": "out", "segment": bad})
         assert (direct.value.code, direct.value.message) == (request.value.code, request.value.message), bad
-    (segment,) = protocol.options_of("dsp")
+    (segment,) = [f for f in protocol.options_of("dsp") if f.name not in ("backend", "precision")]
     assert model.passes(signal)[0].chunks[0].size == int(dict(segment.families)["dsp"] * SR)

@@ -118,7 +118,7 @@ def discard(entry: Path) -> None:
 
 def clean(root: Path) -> list[Path]:
     """Remove partial entries no live process is writing (`dsu clean`)."""
-    removed = []
+    removed: list[Path] = []
     if not root.is_dir():
         return removed
     for child in root.iterdir():

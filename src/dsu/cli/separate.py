@@ -79,7 +79,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str, req
     add_backend_arguments(parser)
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+def add_backend_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """What runs the network, as the request's `backend` and `precision` (docs/performance.md)."""
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="torch, openvino (CPU), or auto: the fastest measured for the family (default)")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import backends
 from ..engine import Pass, grid, triangle
 from .base import Family, LoadedModel, make_ref, option_names, read_options
 
@@ -82,7 +83,7 @@ class DSPModel(LoadedModel):
         size = min(int(float(segment) * SAMPLERATE), max(length, 4 * N_FFT))
         return memory.Estimate(memory.span_bytes(4, 2, size), size * 180 * memory.FLOAT, f"segment={segment} s")
 
-    def passes(self, signal, **options) -> list[Pass]:
+    def passes(self, signal, runtime: backends.Runtime = backends.EXACT, **options) -> list[Pass]:
         size = int(float(read_options("dsp", options)["segment"]) * SAMPLERATE)
         if size < 4 * N_FFT:
             from ..errors import DSUError

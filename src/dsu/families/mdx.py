@@ -271,7 +271,7 @@ class MDXModel(LoadedModel):
         return run
 
     def _compile(self, frames: int, runtime: backends.Runtime):
-        import openvino  # type: ignore[import-untyped]
+        import openvino
 
         from ..backends.openvino import compile_options
         core = openvino.Core()
