@@ -9,6 +9,9 @@ from pathlib import Path
 # the default models dir (and the converted networks cached under it) in a folder of this test run,
 # never the user's: set before helpers copies the environment for the processes tests start
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="dsu-tests-data-")
+# `backend: auto` is torch in the suite: each tiny model would be converted for OpenVINO once per test
+# process (seconds each); tests/test_backend*.py ask for openvino, and for auto without this
+os.environ["DSU_BACKEND"] = "torch"
 
 import pytest  # noqa: E402
 from helpers import RawWorker, write_song  # noqa: E402

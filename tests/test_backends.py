@@ -40,7 +40,8 @@ def ov(precision="float32", cache_dir=None, notify=None) -> backends.Runtime:
     return backends.choose("openvino", precision, device=CPU, family="msst", cache_dir=cache_dir, notify=notify)
 
 
-@pytest.mark.parametrize("model_type", TYPES)
+@pytest.mark.parametrize("model_type", [pytest.param(t, marks=pytest.mark.slow) if t == "scnet" else t
+                                        for t in TYPES])  # reason: SCNet's conversion takes 40 s here
 def test_openvino_float32_matches_torch_float32(model_type, tmp_path):
     model = load(model_type)
     exact = run(model, backends.EXACT)
@@ -69,12 +70,19 @@ def test_bfloat16_runs_close_to_float32_and_says_when_it_is_emulated(backend, tm
         assert snr(exact, got) > 100
 
 
-def test_the_default_on_a_cpu_is_the_fastest_measured_backend_in_float32():
+def test_the_default_on_a_cpu_is_the_fastest_measured_backend_in_float32(monkeypatch):
+    monkeypatch.delenv("DSU_BACKEND")
     chosen = backends.choose(None, None, device=CPU, family="msst")
     assert chosen.fields() == {"backend": backends.FASTEST_ON_CPU["msst"], "precision": "float32"}
     assert backends.choose("auto", "auto", device=CPU, family="dsp").backend == "torch"
     assert backends.choose("auto", "auto", device=torch.device("cuda"), family="msst", amp=True).fields() == \
         {"backend": "torch", "precision": "float16"}  # MSST's use_amp on CUDA; nothing runs here
+    monkeypatch.setenv("DSU_BACKEND", "torch")
+    assert backends.choose("auto", None, device=CPU, family="msst").backend == "torch"
+    assert backends.choose("openvino", None, device=CPU, family="msst").backend == "openvino"
+    monkeypatch.setenv("DSU_BACKEND", "fast")
+    with pytest.raises(DSUError, match=r"\$DSU_BACKEND must be one of"):
+        backends.choose("auto", None, device=CPU, family="msst")
 
 
 @pytest.mark.parametrize("backend, precision, device, words", [
@@ -163,6 +171,7 @@ def test_a_converted_network_is_cached_reused_and_rebuilt_when_corrupt(tmp_path)
     assert _stages(_messages(_separate(tmp_path, models_dir, "d"))) == ["loading", "ready"]  # rebuilt whole
 
 
+@pytest.mark.slow  # reason: two converting processes racing (50 s)
 def test_two_workers_converting_at_once_leave_one_good_entry(tmp_path):
     models_dir = tmp_path / "models"
     racing = [_separate(tmp_path, models_dir, out) for out in ("x", "y")]
@@ -173,6 +182,7 @@ def test_two_workers_converting_at_once_leave_one_good_entry(tmp_path):
     assert ir_cache.lookup(ir_cache.folder(models_dir), entries[0].name) is not None
 
 
+@pytest.mark.slow  # reason: a conversion, then a worker start (35 s)
 def test_models_prepare_converts_ahead_and_the_first_job_then_loads(tmp_path):
     d = FIXTURES / "mdx23c"
     models_dir = tmp_path / "models"
@@ -182,7 +192,8 @@ def test_models_prepare_converts_ahead_and_the_first_job_then_loads(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "openvino float32 ready" in done.stdout and "converting" in done.stderr
     sf.write(tmp_path / "song.wav", np.zeros((30000, 2), np.float32), 44100)
-    with RawWorker(tmp_path, "--models-dir", str(models_dir)) as w:
+    default = {k: v for k, v in ENV.items() if k != "DSU_BACKEND"}  # the product's auto
+    with RawWorker(tmp_path, "--models-dir", str(models_dir), env=default) as w:
         w.send(cmd="separate", input=str(tmp_path / "song.wav"), output_dir=str(tmp_path / "out"),
                model_path=str(d / "model.ckpt"), config_path=str(d / "config.yaml"))
         seen = w.until("done")

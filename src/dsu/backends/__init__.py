@@ -10,6 +10,7 @@ the compiled network. `backend: torch, precision: float32` is exactly the eager 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,6 +27,8 @@ from ..protocol import BACKENDS, PRECISIONS
 # 2 cores, AVX2 and AVX-512 machines alike); a family not named runs on torch.
 FASTEST_ON_CPU = {"msst": "openvino", "demucs": "openvino", "vr": "openvino", "apollo": "openvino",
                   "mdx": "openvino"}
+
+AUTO_ENV = "DSU_BACKEND"  # what `backend: auto` means on this machine, when set (e.g. torch while testing)
 
 Core = Callable[..., Any]  # tensors -> a tensor or a tuple of tensors
 Notify = Callable[..., None]  # notify(status, **fields): a `preparing` message of the job
@@ -93,6 +96,10 @@ def choose(backend: Any = "auto", precision: Any = "auto", *, device: torch.devi
     for name, value, choices in (("backend", backend, BACKENDS), ("precision", precision, PRECISIONS)):
         if value not in choices:
             raise DSUError("bad_value", f"`{name}` must be one of {', '.join(choices)}, not {value!r}")
+    if backend == "auto" and os.environ.get(AUTO_ENV):
+        backend = os.environ[AUTO_ENV]
+        if backend not in BACKENDS:
+            raise DSUError("bad_value", f"${AUTO_ENV} must be one of {', '.join(BACKENDS)}, not {backend!r}")
     cpu = device.type == "cpu"
     have_openvino = openvino_version() is not None
     if backend == "openvino":
