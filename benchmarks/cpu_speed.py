@@ -232,7 +232,8 @@ def child_dsu(case: str, work: Path, threads: int, backend: str, precision: str,
         out = work / f"out-{save.stem}"
         result = separate_file(model, work / "input.wav", out, bit_depth=32, options=options)
         seconds = time.perf_counter() - started
-        stems = {s: sf.read(p, dtype="float32", always_2d=True)[0].T for s, p in zip(result.stems, result.paths, strict=True)}
+        stems = {s: sf.read(p, dtype="float32", always_2d=True)[0].T
+                 for s, p in zip(result.stems, result.paths, strict=True)}
         shutil.rmtree(out, ignore_errors=True)
     _save_stems(save, stems)
     extra = result.extra or {}
