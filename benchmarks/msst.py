@@ -141,7 +141,8 @@ def input_frames(work: Path) -> int:
     return sf.info(str(work / "input.wav")).frames
 
 
-def child_msst(model_type: str, work: Path, threads: int, msst: str) -> dict:
+def child_msst(model_type: str, work: Path, threads: int, msst: str, save: Path | None = None) -> dict:
+    """MSST's `demix` over the input; its stems saved to `save` (an .npz by instrument) when given."""
     import numpy as np
     import soundfile as sf
     import torch
@@ -154,8 +155,11 @@ def child_msst(model_type: str, work: Path, threads: int, msst: str) -> dict:
     model.eval()
     mix, _ = sf.read(work / "input.wav", dtype="float32", always_2d=True)
     started = time.perf_counter()
-    demix(config, model, mix.T.copy(), "cpu", model_type)
-    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+    stems = demix(config, model, mix.T.copy(), "cpu", model_type)
+    seconds = time.perf_counter() - started
+    if save is not None:
+        np.savez(save, **{name: np.asarray(stem, np.float32) for name, stem in stems.items()})
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 # ---- driver ---------------------------------------------------------------------------------------

@@ -243,3 +243,33 @@ def test_own_options_pass_the_guard(dist, elsewhere):
 ])
 def test_interpreter_argv(argv, refused):
     assert interpreter_argv(argv) == refused
+
+
+def test_msst_model_runs_frozen_on_openvino(dist, elsewhere, tmp_path):
+    """OpenVINO is imported only for `backend: openvino`, so the folder must carry it whole: its
+    runtime, CPU plugin and PyTorch frontend convert the core inside the frozen worker, no fallback."""
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed in the build's venv")
+    fixture = ROOT / "tests" / "fixtures" / "msst" / "bs_roformer"
+    song = tmp_path / "song.wav"
+    sf.write(song, np.load(fixture / "input.npy").T, 44100, subtype="FLOAT")
+    worker = FrozenWorker([str(dist / "dsu-bsroformer"), "--threads", "1", "--models-dir", str(tmp_path / "models")],
+                          elsewhere)
+    try:
+        worker.until("ready")
+        worker.send(cmd="separate", id="ov", input=str(song), output_dir=str(tmp_path / "out"),
+                    model_path=str(fixture / "model.ckpt"), config_path=str(fixture / "config.yaml"),
+                    backend="openvino", precision="float32")
+        messages = worker.until("done")
+        done = messages[-1]
+        assert done["backend"] == "openvino" and done["precision"] == "float32", done
+        assert "warnings" not in done, done["warnings"]
+        assert any(m["status"] == "preparing" and m.get("backend") == "openvino" for m in messages)
+        want = np.load(fixture / "expected.npy")
+        first = sf.read(done["paths"][0], dtype="float32", always_2d=True)[0].T
+        from helpers import snr
+        assert snr(want[0], first) > 60
+        mapped = Path(f"/proc/{worker.proc.pid}/maps").read_text()
+        assert str(dist / "lib" / "openvino") in mapped and sys.prefix not in mapped
+    finally:
+        worker.close()
