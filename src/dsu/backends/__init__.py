@@ -23,10 +23,11 @@ import torch
 from ..errors import DSUError
 from ..protocol import BACKENDS, PRECISIONS
 
-# What `backend: auto` runs on a CPU, per family, as `benchmarks/cpu_speed.py` measured it (float32,
-# 2 cores, AVX2 and AVX-512 machines alike); a family not named runs on torch.
-FASTEST_ON_CPU = {"msst": "openvino", "demucs": "openvino", "vr": "openvino", "apollo": "openvino",
-                  "mdx": "openvino"}
+# What `backend: auto` runs on a CPU, per family, where OpenVINO measured faster than eager torch in
+# float32 (docs/benchmarks.md#cpu-backends: HTDemucs 1.74x, a 6-layer BS-RoFormer 1.18x, MDX-Net's
+# ONNX 1.1x against onnxruntime, 2 cores, AVX2); a family not named (VR and Apollo, not yet measured
+# at published size) runs on torch.
+FASTEST_ON_CPU = {"msst": "openvino", "demucs": "openvino", "mdx": "openvino"}
 
 AUTO_ENV = "DSU_BACKEND"  # what `backend: auto` means on this machine, when set (e.g. torch while testing)
 
