@@ -224,3 +224,31 @@ def test_dsu_clean_removes_a_half_written_entry_of_a_dead_process(tmp_path):
     out = subprocess.run([*DSU, "clean", str(tmp_path)], capture_output=True, text=True, env=ENV)
     assert out.returncode == 0, out.stderr
     assert not half.exists() and live.exists()
+
+
+class BakesItsLength(torch.nn.Module):
+    """A core that says it works at any frame count but turns the count into a constant when traced."""
+    core_time_axes = (1,)
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+    def core(self, x):
+        return x * self.scale + float(int(x.shape[1]))
+
+
+class AnyLength(BakesItsLength):
+    def core(self, x):
+        return torch.tanh(x * self.scale).cumsum(1)
+
+
+@pytest.mark.parametrize("net", [BakesItsLength(), AnyLength()], ids=["bakes its length", "any length"])
+def test_a_core_traced_on_a_few_frames_is_checked_and_traced_whole_when_it_differs(net, tmp_path):
+    """A core declaring `core_time_axes` is traced on a few frames (fast at published sizes); one that
+    fixes a frame count in the trace fails the check at another length and is traced at full size."""
+    x = torch.randn(2, 100, 6)
+    got = load("bs_roformer").core(net, ov(cache_dir=tmp_path), name="toy")(x)
+    with torch.no_grad():
+        want = net.core(x)
+    assert snr(want.numpy(), got.numpy()) > 100

@@ -100,6 +100,8 @@ class BSRoformer(nn.Module):
         return self.stft.inverse(spec[:, None] * complex_masks(masks), self.audio_channels, self.zero_dc,
                                  mix.shape[-1])
 
+    core_time_axes = (1,)  # the core works at any frame count: a backend may trace it on a few (dsu.backends)
+
     def core(self, x: Tensor) -> Tensor:
         """The network between the spectrogram and its inverse, real tensors only:
         [batch, frames, (bins channels real/imag)] -> masks [batch, stems, frames, (bins channels real/imag)]."""

@@ -132,6 +132,8 @@ class MelBandRoformer(nn.Module):
         out = self.stft.inverse(spec[:, None] * masks, self.audio_channels, self.zero_dc, length)
         return out[:, 0] if self.num_stems == 1 else out
 
+    core_time_axes = (1,)  # the core works at any frame count: a backend may trace it on a few (dsu.backends)
+
     def core(self, x: Tensor) -> Tensor:
         """The network between the spectrogram and its inverse, real tensors only: the band rows'
         [batch, frames, (rows real/imag)] -> masks [batch, stems, frames, (rows real/imag)]."""
