@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import DSU, ENV, RawWorker, snr
 
 from dsu import backends, engine, families
 from dsu.backends import ir_cache
 from dsu.engine import TensorSignal
 from dsu.errors import DSUError
 from dsu.families.base import LoadedModel
-from helpers import DSU, ENV, RawWorker, snr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "msst"
 TYPES = ["bs_roformer", "mel_band_roformer", "scnet", "mdx23c"]
