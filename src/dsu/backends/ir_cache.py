@@ -32,11 +32,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = os.stat(path)
     memo = (str(path), st.st_size, st.st_mtime_ns)
     if memo not in _sha_memo:
-        h = hashlib.sha256()
-        with untrusted.open_binary(path, "a model file") as f:
-            while block := f.read(_HASH_CHUNK):
-                h.update(block)
-        _sha_memo[memo] = h.hexdigest()
+        _sha_memo[memo] = _sha256_now(Path(path), "a model file")
     return _sha_memo[memo]
 
 
@@ -76,9 +72,10 @@ def lookup(root: Path, entry_key: str) -> tuple[Path, Path] | None:
     return entry / FILES[0], entry / FILES[1]
 
 
-def _sha256_now(path: Path) -> str:
+def _sha256_now(path: Path, what: str = "a converted-model cache file") -> str:
+    """sha256 of a file as it is now (cache entries are checked afresh on every lookup)."""
     h = hashlib.sha256()
-    with untrusted.open_binary(path, "a converted-model cache file") as f:
+    with untrusted.open_binary(path, what) as f:
         while block := f.read(_HASH_CHUNK):
             h.update(block)
     return h.hexdigest()
