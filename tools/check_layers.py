@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("worker", ("worker",), "JSON lines, queues, cancel, runtime policy; nothing of tensors' layout"),
     ("client", ("client",), "the Python client of a worker process"),
     ("batch", ("batch",), "many files: inputs, the manifest, pools of workers or Ray actors"),
+    ("api", ("api",), "the Python library: models kept loaded in the process, arrays or files in, stems out"),
+    ("evaluate", ("evaluate",), "`dsu eval`: MUSDB-style folders, metrics streamed over tracks, tables and plots"),
     ("cli", ("cli",), "`dsu` and its subcommands, the drop-in command lines of the tools DSU stands in for"),
     ("demo", ("demo",), "the README's first run"),
 ]
