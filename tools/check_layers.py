@@ -39,9 +39,15 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
 ]
 
 
+# what `dsu/__init__` re-exports lazily (the library's public names), and `python -m dsu` runs (the CLI)
+PACKAGE_EXPORTS = ("api", "errors", "cli")
+
+
 def _room(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""  # "" is the package itself (dsu/__init__: the version)
+    if len(parts) < 2 or parts[1] == "__main__":
+        return ""  # the package itself: dsu/__init__ (the version, the library's names) and `python -m dsu`
+    return parts[1]
 
 
 def _imports(path: Path, module: str) -> list[tuple[int, str]]:
@@ -74,7 +80,8 @@ def problems(src: Path = SRC) -> list[str]:
             continue
         for line, target in _imports(path, module):
             other = _room(target)
-            if other == room or other == "__version__" or level.get(other, -1) < level[room]:
+            if other == room or other == "__version__" or level.get(other, -1) < level[room] \
+                    or (room == "" and other in PACKAGE_EXPORTS):
                 continue
             out.append(f"{path.relative_to(src)}:{line}: {room} (layer {level[room]}) imports {target} "
                        f"(layer {level.get(other, '?')})")

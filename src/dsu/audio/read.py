@@ -155,10 +155,16 @@ class FileSignal:
         self.warnings: list[str] = []   # what a finished job reports about its input
         self.cancelled = None           # a job's cancel check, asked before every block decoded
         self._decoded = _Decoded(self.path)
+        self._start(self._decoded.samplerate, self._decoded.channels, self._decoded.frames, samplerate, channels)
+        if not scanned:
+            self._check_input()
+
+    def _start(self, input_samplerate: int, input_channels: int, input_frames: int, samplerate: int | None,
+               channels: int | None) -> None:
         self._frames_read = 0
-        self.input_samplerate = self._decoded.samplerate
-        self.input_channels = self._decoded.channels
-        self.input_frames = self._decoded.frames
+        self.input_samplerate = input_samplerate
+        self.input_channels = input_channels
+        self.input_frames = input_frames
         self.samplerate = samplerate or self.input_samplerate
         self.channels = channels or self.input_channels
         self.length = resampled_length(self.input_frames, self.input_samplerate, self.samplerate)
@@ -168,8 +174,6 @@ class FileSignal:
         self._buf_start = 0  # timeline position of _buf[0]
         self._produced = 0   # samples decoded so far (== _buf_start + len(_buf))
         self._exhausted = False
-        if not scanned:
-            self._check_input()
 
     def fresh(self) -> FileSignal:
         """An independent reader of the same file (for a statistics pass before the real one)."""
@@ -236,10 +240,7 @@ class FileSignal:
         if self.cancelled is not None and self.cancelled():
             raise Cancelled()
         if self._file is None:
-            try:
-                self._file = sf.SoundFile(self._decoded.source)
-            except Exception as e:
-                raise DSUError("unsupported_audio", f"cannot read {self.path.name}: {e}") from None
+            self._open()
             if self.samplerate != self.input_samplerate:
                 self._resampler = soxr.ResampleStream(self.input_samplerate, self.samplerate, self.channels,
                                                       dtype="float32", quality="HQ")
@@ -261,6 +262,12 @@ class FileSignal:
             self.close()
         self._buf = np.concatenate([self._buf, block]) if len(self._buf) else block
         self._produced += len(block)
+
+    def _open(self) -> None:
+        try:
+            self._file = sf.SoundFile(self._decoded.source)
+        except Exception as e:
+            raise DSUError("unsupported_audio", f"cannot read {self.path.name}: {e}") from None
 
     def read(self, start: int, stop: int) -> Tensor:
         want = min(stop, self.length)
@@ -295,6 +302,51 @@ class FileSignal:
             pass
 
 
+
+
+class ArraySignal(FileSignal):
+    """An array [frames, channels] read as `FileSignal` reads a file: the same blocks, channel conversion,
+    resampling and non-finite checks, so a model sees exactly the samples `dsu separate` gives it for a
+    file that holds these values (`name` is how errors speak of it)."""
+
+    def __init__(self, frames: np.ndarray, input_samplerate: int, samplerate: int | None = None,
+                 channels: int | None = None, sanitize: bool = False, name: str = "the audio",
+                 scanned: bool = False):
+        self.path = Path(name)
+        self.sanitize = sanitize
+        self.warnings = []
+        self.cancelled = None
+        self._frames = frames
+        self._start(input_samplerate, frames.shape[1], frames.shape[0], samplerate, channels)
+        if not scanned:
+            self._check_input()
+
+    def fresh(self) -> ArraySignal:
+        other = ArraySignal(self._frames, self.input_samplerate, self.samplerate, self.channels, self.sanitize,
+                            str(self.path), scanned=True)
+        other.cancelled = self.cancelled
+        return other
+
+    def _check_input(self) -> None:
+        bad = ~np.isfinite(self._frames).all(axis=1)
+        count = int(np.count_nonzero(~np.isfinite(self._frames)))
+        if not count:
+            return
+        where = np.flatnonzero(bad)
+        said = f"{count} NaN or infinite samples (frames {where[0]} to {where[-1]})"
+        if not self.sanitize:
+            raise DSUError("unsupported_audio", f"{self.path} holds {said}; the stems would be garbage. Repair "
+                                                "it, or pass `sanitize=True` to read them as silence")
+        self._warn(f"{self.path}: {said} were read as 0 (sanitize)")
+
+    def _open(self) -> None:
+        self._file = True  # a cursor over the array stands for the open file
+
+    def _read_block(self) -> np.ndarray:
+        return self._frames[self._frames_read:self._frames_read + BLOCK]
+
+    def close(self) -> None:
+        self._file = None
 
 
 def read_audio(path: str | os.PathLike, samplerate: int | None = None,

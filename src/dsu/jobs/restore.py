@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import backends, families, paths
+import torch
+
+from .. import backends, engine, families, paths
 from ..audio import FileSignal, StemWriter, output_format
 from ..cache import ModelCache
 from ..families import FAMILIES, LoadedModel
+from . import failures
 from . import models as model_jobs
 from ._pipeline import (
     Cancelled,
@@ -77,6 +80,26 @@ def _restore(model: LoadedModel, input_path: Path, output_path: Path, *, chunk_s
                      paths=[str(output_path.resolve())], stems=[STEM],
                      elapsed=time.perf_counter() - started, samplerate=model.samplerate,
                      extra=runtime_fields(runtime, signal.warnings))
+
+
+def restore_signal(model: LoadedModel, signal, *, chunk_seconds: float | None = None,
+                   overlap_seconds: float | None = None, progress: Progress | None = None,
+                   cancelled: Cancelled | None = None,
+                   runtime: backends.Runtime = backends.EXACT) -> tuple[torch.Tensor, dict]:
+    """`model` over `signal` (at the model's rate, its own channels) into one tensor [channels, samples],
+    the blocks `restore_file` writes; and the result's `extra`."""
+    pieces: list[torch.Tensor] = []
+    try:
+        passes = make_passes(model, signal, {"chunk_seconds": chunk_seconds, "overlap_seconds": overlap_seconds},
+                             cancelled, runtime=runtime)
+        engine.run(passes, signal.length, lambda block: pieces.append(block[0].float().clone()), progress,
+                   cancelled)
+    except BaseException as e:
+        failures.reraise(e, "`chunk_seconds`")
+    finally:
+        signal.close()
+    out = torch.cat(pieces, -1) if pieces else torch.zeros(signal.channels, 0)
+    return out, runtime_fields(runtime, signal.warnings)
 
 
 def run(fields: dict, *, cache: ModelCache, models_dir: Path | None, emit: Emit,

@@ -5,17 +5,18 @@ This is the only place that joins audio files, families and the engine; the work
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .. import backends, families, paths
+from .. import backends, engine, families, paths
 from ..audio import FileSignal, StemWriter
 from ..cache import ModelCache
 from ..errors import DSUError
 from ..families import FAMILIES, LoadedModel
+from . import failures, outputs
 from . import models as model_jobs
-from . import outputs
 from ._pipeline import (
     Cancelled,
     Emit,
@@ -100,12 +101,29 @@ def _separate(model: LoadedModel, input_path: Path, output_dir: Path, *, family:
     clean_debris([output_dir, *(p.parent for p in targets.values())])
     runtime = runtime or runtime_for(model, options)
     passes = make_passes(model, signal, options, cancelled, runtime=runtime)
-    needs_mix = type(model).finish is not LoadedModel.finish or bool(two_stems)
-    mix_reader = signal.fresh() if needs_mix else None
-    position = 0
     writer = StemWriter(targets, model.samplerate, model.audio_channels, fmt,
                         bit_depth or fam.default_bit_depth, out_rate, peak_limit=model.peak_limit(**options),
                         mp3_bitrate=mp3_bitrate)
+    sink = _stem_sink(model, signal, options, wanted, two_stems, writer.write)
+    try:
+        written = run_into(writer, passes, signal.length, sink, progress, cancelled,
+                           lower="`batch_size` or `segment`")
+    finally:
+        signal.close()
+    folder, files = outputs.written_folder(written, output_dir)
+    return JobResult(output_dir=str(folder), files=files,
+                     paths=[str(p.resolve()) for p in written], stems=wanted,
+                     elapsed=time.perf_counter() - started, samplerate=out_rate,
+                     extra=runtime_fields(runtime, signal.warnings))
+
+
+def _stem_sink(model: LoadedModel, signal, options: dict, wanted: list[str], two_stems: str | None,
+               put: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[torch.Tensor], None]:
+    """The engine's sink: each block as the `wanted` stems, after the model's own finish (which may
+    need the mixture) and `no_<stem>` of `two_stems`, handed to `put`."""
+    needs_mix = type(model).finish is not LoadedModel.finish or bool(two_stems)
+    mix_reader = signal.fresh() if needs_mix else None
+    position = 0
 
     def sink(block: torch.Tensor) -> None:
         nonlocal position
@@ -119,19 +137,36 @@ def _separate(model: LoadedModel, input_path: Path, output_dir: Path, *, family:
         if two_stems:
             others = [v for k, v in by_stem.items() if k != two_stems and k in model.stems]
             by_stem[f"no_{two_stems}"] = sum(others) if others else mix - by_stem[two_stems]
-        writer.write({s: by_stem[s] for s in wanted})
+        put({s: by_stem[s] for s in wanted})
         position += n
+    return sink
 
+
+def separate_signal(model: LoadedModel, signal, *, stems=None, two_stems: str | None = None,
+                    options: dict | None = None, progress: Progress | None = None,
+                    cancelled: Cancelled | None = None,
+                    runtime: backends.Runtime | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """`model` over `signal` (already at the model's rate and channels) into whole tensors, exactly the
+    blocks `separate_file` hands its writer: (stem -> [channels, samples], the result's `extra`)."""
+    options = dict(options or {})
+    wanted = _pick_stems(model, model.output_stems(**options), stems, two_stems)
+    runtime = runtime or runtime_for(model, options)
+    passes = make_passes(model, signal, options, cancelled, runtime=runtime)
+    pieces: dict[str, list[torch.Tensor]] = {s: [] for s in wanted}
+
+    def put(blocks: dict[str, torch.Tensor]) -> None:
+        for stem, block in blocks.items():
+            pieces[stem].append(block.float().clone())
+    sink = _stem_sink(model, signal, options, wanted, wanted[0] if two_stems else None, put)
     try:
-        written = run_into(writer, passes, signal.length, sink, progress, cancelled,
-                           lower="`batch_size` or `segment`")
+        engine.run(passes, signal.length, sink, progress, cancelled)
+    except BaseException as e:
+        failures.reraise(e, "`batch_size` or `segment`")
     finally:
         signal.close()
-    folder, files = outputs.written_folder(written, output_dir)
-    return JobResult(output_dir=str(folder), files=files,
-                     paths=[str(p.resolve()) for p in written], stems=wanted,
-                     elapsed=time.perf_counter() - started, samplerate=out_rate,
-                     extra=runtime_fields(runtime, signal.warnings))
+    empty = torch.zeros(model.audio_channels, 0)
+    return ({s: torch.cat(p, -1) if p else empty for s, p in pieces.items()},
+            runtime_fields(runtime, signal.warnings))
 
 
 def run(fields: dict, extra: dict, *, cache: ModelCache, models_dir: Path | None, default_model: str | None,

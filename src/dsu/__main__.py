@@ -1,0 +1,4 @@
+"""`python -m dsu ...` is `dsu ...`."""
+from .cli import main
+
+raise SystemExit(main())
