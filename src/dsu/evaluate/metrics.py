@@ -30,6 +30,7 @@ _TOP_DB = 80.0
 # MSST's bleed_full and AuraMRSTFT_metric use 44.1 kHz whatever the track's rate; so do we, to match
 _MSST_RATE = 44100
 _WHOLE = ("aura_stft", "aura_mrstft", "bss_sdr")
+_CHUNK = 128           # STFT frames transformed at once, so a long block costs no more memory than a short one
 
 
 def check_metrics(names: Sequence[str]) -> tuple[str, ...]:
@@ -130,9 +131,9 @@ class _L1Freq:
 
     def push(self, r: np.ndarray, e: np.ndarray) -> None:
         f = self.frames.push(np.concatenate([r, e]))
-        if f.shape[1]:
-            mag = np.abs(np.fft.rfft(f, axis=-1))
-            c = r.shape[0]
+        c = r.shape[0]
+        for a in range(0, f.shape[1], _CHUNK):
+            mag = np.abs(np.fft.rfft(f[:, a:a + _CHUNK], axis=-1))
             self.total += float(np.sum(np.abs(mag[c:] - mag[:c])))
             self.count += mag[c:].size
 
@@ -150,35 +151,38 @@ class _BleedFull:
     """MSST's bleed_full: Hann 4096/1024 zero-padded, 512 mel bands, AmplitudeToDB(top_db=80).
 
     torchaudio clamps at top_db under the max of the whole [channels, mels, frames] tensor, so the
-    unclamped dB values of every frame go to a temporary file and are compared in `result`."""
+    unclamped dB values of every frame go to a temporary file and are compared in `result`. The file
+    is written and read in chunks rather than mapped: mapped pages would count in the process' memory."""
 
     def __init__(self, channels: int, length: int):
         self.frames = _Frames(4096, 1024, length, reflect=False)
         self.window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(4096) / 4096)    # periodic, as torch's
         self.channels = channels
-        self.file = tempfile.TemporaryFile(prefix="dsu-eval-")
-        self.db = np.memmap(self.file, dtype=np.float32, mode="w+", shape=(self.frames.frames, 2, channels, 512))
+        self.file = tempfile.TemporaryFile(prefix="dsu-eval-")      # [frames, 2, channels, mels] float32
         self.written = 0
         self.peak = [-np.inf, -np.inf]                                  # reference, estimate
 
     def push(self, r: np.ndarray, e: np.ndarray) -> None:
         f = self.frames.push(np.concatenate([r, e]))                    # [2C, T, n_fft]
-        t = f.shape[1]
-        if not t:
-            return
-        mag = np.abs(np.fft.rfft(f * self.window, axis=-1))             # [2C, T, bins]
-        mel = np.einsum("mb,ktb->tkm", _mel_basis(), mag)               # [T, 2C, mels]
-        db = (20 * np.log10(np.maximum(mel, _AMIN))).reshape(t, 2, self.channels, 512)
-        for i in range(2):
-            self.peak[i] = max(self.peak[i], float(db[:, i].max()))
-        self.db[self.written:self.written + t] = db
-        self.written += t
+        for a in range(0, f.shape[1], _CHUNK):
+            mag = np.abs(np.fft.rfft(f[:, a:a + _CHUNK] * self.window, axis=-1))     # [2C, t, bins]
+            mel = (mag @ _mel_basis().T).transpose(1, 0, 2)                           # [t, 2C, mels]
+            t = mel.shape[0]
+            db = (20 * np.log10(np.maximum(mel, _AMIN))).reshape(t, 2, self.channels, 512)
+            for i in range(2):
+                self.peak[i] = max(self.peak[i], float(db[:, i].max()))
+            self.file.write(db.astype(np.float32).tobytes())
+            self.written += t
 
     def result(self) -> tuple[float, float]:
         pos_sum = neg_sum = 0.0
         pos_n = neg_n = 0
-        for a in range(0, self.written, 512):
-            chunk = np.asarray(self.db[a:a + 512], dtype=np.float64)
+        self.file.seek(0)
+        per_frame = 2 * self.channels * 512
+        for a in range(0, self.written, _CHUNK):
+            t = min(_CHUNK, self.written - a)
+            raw = self.file.read(t * per_frame * 4)
+            chunk = np.frombuffer(raw, np.float32).astype(np.float64).reshape(t, 2, self.channels, 512)
             ref = np.maximum(chunk[:, 0], self.peak[0] - _TOP_DB)
             est = np.maximum(chunk[:, 1], self.peak[1] - _TOP_DB)
             diff = est - ref
@@ -193,7 +197,6 @@ class _BleedFull:
         return 100 / (avg_pos + 1), 100 / (-avg_neg + 1)
 
     def close(self) -> None:
-        del self.db
         self.file.close()
 
 
