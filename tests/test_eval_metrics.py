@@ -130,6 +130,9 @@ def test_check_metrics():
     assert err.value.code == "bad_value" and "torchaudio" in err.value.message
     with pytest.raises(DSUError):
         check_metrics([])
+    with pytest.raises(DSUError) as err:
+        TrackScore(STEMS, ["l1_freq"], SR, 2, 1000)     # torch.stft cannot reflect-pad it either
+    assert "l1_freq" in err.value.message
 
 
 def test_streamed_metrics_equal_msst_definitions():

@@ -125,6 +125,9 @@ class _L1Freq:
     """MSST's L1Freq_metric: torch.stft 2048/1024, its defaults (rectangular window, reflect centre)."""
 
     def __init__(self, length: int):
+        if length <= 1024:
+            # torch.stft's reflect padding needs more samples than half a frame, as in MSST
+            raise DSUError("bad_value", f"metric l1_freq needs a track of more than 1024 samples, not {length}")
         self.frames = _Frames(2048, 1024, length, reflect=True)
         self.total = 0.0
         self.count = 0
