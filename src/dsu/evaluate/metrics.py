@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from types import ModuleType
@@ -254,7 +255,8 @@ class TrackScore:
             self._whole = {s: np.zeros((2, channels, length), np.float32) for s in self.stems}
 
     def push(self, references: dict[str, np.ndarray], estimates: dict[str, np.ndarray], mixture: np.ndarray) -> None:
-        """The next block of every stem's reference and estimate, and of the mixture: [channels, n]."""
+        """The next block of every stem's reference and estimate, and of the mixture: [channels, n]
+        (no metric here reads the mixture: MSST passes it to log_wmse only)."""
         n = mixture.shape[-1]
         if self.pushed + n > self.length:
             raise ValueError(f"pushed {self.pushed + n} samples into a track of {self.length}")
@@ -274,7 +276,7 @@ class TrackScore:
         self.pushed += n
 
     def result(self) -> dict[str, dict[str, float]]:
-        """stem -> metric -> value, once all `length` samples were pushed."""
+        """stem -> metric -> value, once all `length` samples were pushed (once: it frees the files)."""
         if self.pushed != self.length:
             raise ValueError(f"result after {self.pushed} of {self.length} samples")
         out: dict[str, dict[str, float]] = {s: {} for s in self.stems}
@@ -304,8 +306,6 @@ class TrackScore:
         win = int(self.samplerate)
         sdr = _museval_metrics().bss_eval(refs, ests, compute_permutation=False, window=win, hop=win,
                                           framewise_filters=False, bsseval_sources_version=False)[0]
-        with np.errstate(all="ignore"):
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)     # a stem silent in every frame: nan
-                return {s: float(np.nanmedian(sdr[i])) for i, s in enumerate(self.stems)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)         # a stem silent in every frame: nan
+            return {s: float(np.nanmedian(sdr[i])) for i, s in enumerate(self.stems)}
