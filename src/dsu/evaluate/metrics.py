@@ -23,7 +23,8 @@ from ..errors import DSUError
 
 METRICS: tuple[str, ...] = ("sdr", "si_sdr", "l1_freq", "bleedless", "fullness", "aura_stft", "aura_mrstft",
                             "bss_sdr")
-DEFAULT: tuple[str, ...] = ("sdr", "si_sdr", "l1_freq", "bleedless", "fullness", "bss_sdr")
+# the streamed ones (flat memory); bss_sdr takes museval's whole-track time and memory (GBs), so on request
+DEFAULT: tuple[str, ...] = ("sdr", "si_sdr", "l1_freq", "bleedless", "fullness")
 
 _EPS = 1e-8            # MSST's sdr and si_sdr
 _AMIN = 1e-10          # torchaudio AmplitudeToDB's floor
