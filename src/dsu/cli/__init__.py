@@ -19,7 +19,7 @@ EXIT_PIPE = 141  # 128 + SIGPIPE: what `yes | head -1` leaves for `yes`
 
 # subcommand modules: each has add_parser(subparsers), which sets `run` (args -> exit code)
 SUBCOMMANDS = ("dsu.cli.separate", "dsu.cli.restore", "dsu.cli.denoise", "dsu.cli.models", "dsu.cli.ensemble",
-               "dsu.cli.batch", "dsu.cli.clean", "dsu.cli.completion")
+               "dsu.cli.batch", "dsu.cli.eval", "dsu.cli.clean", "dsu.cli.completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
