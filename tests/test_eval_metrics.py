@@ -137,28 +137,24 @@ def test_check_metrics():
 
 def test_streamed_metrics_equal_msst_definitions():
     refs, ests, mix = _signals()
-    got = _streamed(("sdr", "si_sdr", "l1_freq", "bleedless", "fullness"), refs, ests, mix)
+    _check_streamed(("sdr", "si_sdr", "l1_freq", "bleedless", "fullness"), refs, ests, mix)
+
+
+def _check_streamed(metrics, refs, ests, mix) -> None:
+    """The streamed scores of `metrics` equal MSST's whole-array definitions on every stem."""
+    got = _streamed(metrics, refs, ests, mix)
+    whole = {"sdr": _msst_sdr, "si_sdr": _msst_si_sdr, "l1_freq": _msst_l1_freq,
+             "bleedless": lambda r, e: _msst_bleed_full(r, e)[0], "fullness": lambda r, e: _msst_bleed_full(r, e)[1]}
     for s in STEMS:
         r, e = refs[s].astype(np.float64), ests[s].astype(np.float64)
-        _close(got[s]["sdr"], _msst_sdr(r, e))
-        _close(got[s]["si_sdr"], _msst_si_sdr(r, e))
-        _close(got[s]["l1_freq"], _msst_l1_freq(r, e))
-        bleedless, fullness = _msst_bleed_full(r, e)
-        _close(got[s]["bleedless"], bleedless)
-        _close(got[s]["fullness"], fullness)
+        for m in metrics:
+            _close(got[s][m], whole[m](r, e))
 
 
 def test_streamed_metrics_short_odd_length():
     """A length that is no whole number of hops, blocks shorter than a frame."""
     refs, ests, mix = _signals(seconds=0.37, channels=1)
-    got = _streamed(("sdr", "l1_freq", "bleedless", "fullness"), refs, ests, mix)
-    for s in STEMS:
-        r, e = refs[s].astype(np.float64), ests[s].astype(np.float64)
-        _close(got[s]["sdr"], _msst_sdr(r, e))
-        _close(got[s]["l1_freq"], _msst_l1_freq(r, e))
-        bleedless, fullness = _msst_bleed_full(r, e)
-        _close(got[s]["bleedless"], bleedless)
-        _close(got[s]["fullness"], fullness)
+    _check_streamed(("sdr", "l1_freq", "bleedless", "fullness"), refs, ests, mix)
 
 
 def test_whole_track_metrics_equal_auraloss_and_museval():
