@@ -23,6 +23,16 @@ from dsu import protocol as spec
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures" / "msst"
+
+
+def shared_corpus() -> Path | None:
+    """The shared test corpus (songs with ground-truth stems): `$DSU_CORPUS`, else `shared/corpus` in,
+    beside or above this checkout (a clean clone elsewhere finds the workplace's `/work/shared`)."""
+    roots = [Path(os.environ["DSU_CORPUS"])] if os.environ.get("DSU_CORPUS") else []
+    here = TESTS.resolve()
+    roots += [p / "shared" / "corpus" for p in (here.parent, here.parents[1], here.parents[2])]
+    roots.append(Path("/work/shared/corpus"))
+    return next((r for r in roots if (r / "measure.py").exists() and (r / "data" / "song_000").is_dir()), None)
 # a runtime policy file of the machine's user (~/.dsu/runtime_policy.json) must not change the workers tested
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
        "DSU_RUNTIME_POLICY_PATH": str(TESTS / "no-runtime-policy.json")}

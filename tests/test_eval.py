@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import in_process
+from helpers import in_process, shared_corpus
 
 import dsu
 from dsu.cli import main
 
 STEMS = ("drums", "bass", "other", "vocals")
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = shared_corpus()
 
 
 def _track(folder: Path, seconds: float = 1.5, seed: int = 0, stems=STEMS, rate: int = 44100) -> dict:
@@ -133,8 +133,9 @@ def test_an_ensemble_is_scored_like_a_model(tmp_path):
 
 
 @pytest.mark.slow  # 30 s of audio, three systems: about 20 s
-@pytest.mark.skipif(not (CORPUS / "data" / "song_000").is_dir(), reason="the shared corpus is not here")
+@pytest.mark.skipif(CORPUS is None, reason="the shared corpus is not here")
 def test_the_corpus_readme_baselines_and_dsp(tmp_path):
+    assert CORPUS is not None
     ran, results = _eval(tmp_path, CORPUS / "data" / "song_000", "-m", "dsp", "--oracle", "irm", "--oracle",
                          "mixture", "--metrics", "sdr")
     assert ran.returncode == 0, ran.stderr

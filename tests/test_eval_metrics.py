@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import shared_corpus
 
 from dsu.errors import DSUError
 from dsu.evaluate.metrics import DEFAULT, METRICS, TrackScore, check_metrics
@@ -17,7 +18,6 @@ from dsu.evaluate.oracles import ORACLES, Oracle
 
 SR = 44100
 STEMS = ("drums", "bass", "vocals")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _signals(seconds: float = 3.0, channels: int = 2):
@@ -178,13 +178,6 @@ def test_whole_track_metrics_equal_auraloss_and_museval():
     assert np.isnan(bss[2]).any() and np.isfinite(got["vocals"]["bss_sdr"])
 
 
-def _corpus() -> Path | None:
-    for root in (REPO / "shared", REPO.parent / "shared", REPO.parents[1] / "shared"):
-        if (root / "corpus" / "measure.py").exists() and (root / "corpus" / "data" / "song_000").is_dir():
-            return root / "corpus"
-    return None
-
-
 def _run_oracle(name, stems, refs, mix):
     oracle = Oracle(name, stems, mix.shape[0], mix.shape[1])
     parts: dict[str, list[np.ndarray]] = {s: [] for s in stems}
@@ -197,7 +190,7 @@ def _run_oracle(name, stems, refs, mix):
 
 
 def test_oracles_match_measure_py_on_song_000():
-    corpus = _corpus()
+    corpus = shared_corpus()
     if corpus is None:
         pytest.skip("no shared/corpus with measure.py and data/song_000 beside this checkout")
     spec = importlib.util.spec_from_file_location("_test_measure", corpus / "measure.py")
