@@ -112,6 +112,15 @@ def test_stems_the_model_does_not_make_are_skipped_and_names_match(tmp_path):
     assert results["systems"]["dsp"]["skipped"] == {"t": ["accompaniment"]}
 
 
+def test_tracks_of_the_same_name_in_two_folders_are_both_scored(tmp_path):
+    _track(tmp_path / "one" / "song", seed=1)
+    _track(tmp_path / "two" / "song", seed=2)
+    ran, results = _eval(tmp_path, tmp_path / "one", tmp_path / "two", "-m", "dsp", "--metrics", "sdr")
+    assert ran.returncode == 0, ran.stderr
+    scores = results["systems"]["dsp"]["tracks"]
+    assert sorted(scores) == ["song", "song~2"] and scores["song"] != scores["song~2"]
+
+
 def test_mistakes_on_the_command_line(tmp_path):
     _track(tmp_path / "lib" / "t")
     for args, words in [(["-m", "dsp", "--metrics", "sdr,loudness"], "unknown metric 'loudness'"),

@@ -236,6 +236,7 @@ def evaluate(dirs: Sequence[str | Path], chosen: list[System], *, cache_dir: str
             done[track.name] = result["scores"]
             if result["skipped"]:
                 skipped[track.name] = result["skipped"]
+        system._runner = None  # done with it: the process cache may let its model go for the next system
         out["systems"][system.name] = {"kind": system.kind, "tracks": done, "summary": summary(done),
                                        "errors": errors, "skipped": skipped}
     return out

@@ -77,4 +77,15 @@ def find(dirs: list[str | Path]) -> list[Track]:
             out.append(Track(given.name, given, error=f"{given}: no track (a folder with mixture.<ext> and a "
                                                       "file per stem, or folders of such)"))
         out += [_check(t) for t in found]
-    return out
+    return _unique(out)
+
+
+def _unique(tracks: list[Track]) -> list[Track]:
+    """Names made unique (`name~2`, ...): results and cache folders are keyed by them, and two DIRs
+    may each hold a `song_000`."""
+    seen: dict[str, int] = {}
+    for t in tracks:
+        seen[t.name] = seen.get(t.name, 0) + 1
+        if seen[t.name] > 1:
+            t.name = f"{t.name}~{seen[t.name]}"
+    return tracks
