@@ -41,21 +41,25 @@ def htdemucs(tmp_path_factory) -> Path:
 def test_arrays_give_the_samples_dsu_separate_writes(which, htdemucs, tmp_path):
     # demucs draws its shifts at random (as demucs does): none, so that two runs can be compared
     naming = {"model": "dsp"} if which == "dsp" else {"model_path": htdemucs, "shifts": 0}
-    separator = dsu.Separator(**naming, device="cpu")
+    # one thread on both sides: a convolution's sums are ordered by its threads, so bit-identity holds
+    # between equal thread counts (torch's threads are the process', set back afterwards)
+    threads = torch.get_num_threads()
+    separator = dsu.Separator(**naming, device="cpu", threads=1)
     audio = _pcm16(tmp_path / "song.wav", _noise(1.3))
     stems = separator.separate(audio, 44100)
     assert list(stems) == separator.stems
     assert all(v.dtype == np.float32 and v.shape == audio.shape for v in stems.values())
     flags = ["-m", "dsp"] if which == "dsp" else ["--model-path", str(htdemucs), "-O", "shifts=0"]
     cli = subprocess.run([sys.executable, "-m", "dsu", "separate", str(tmp_path / "song.wav"), "-o",
-                          str(tmp_path / "cli"), "--bit-depth", "32", "-q", *flags], env=ENV, capture_output=True,
-                         text=True, timeout=300)
+                          str(tmp_path / "cli"), "--bit-depth", "32", "--threads", "1", "-q", *flags], env=ENV,
+                         capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     written = {p.stem: p for p in (tmp_path / "cli").rglob("*.wav")}
     assert sorted(written) == sorted(stems)
     for stem, path in written.items():  # float32 files hold the blocks exactly
         assert np.array_equal(_read(path), stems[stem]), stem
     files = separator.separate_file(tmp_path / "song.wav", tmp_path / "api", bit_depth=32)
+    torch.set_num_threads(threads)
     assert sorted(p.relative_to(tmp_path / "api") for p in files) == \
         sorted(p.relative_to(tmp_path / "cli") for p in written.values())
 
