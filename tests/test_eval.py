@@ -82,6 +82,25 @@ def test_dsp_scores_equal_a_direct_computation_and_the_cache_is_reused(tmp_path)
     assert results3["systems"]["dsp"]["tracks"]["a"]["vocals"]["sdr"] == dsp["tracks"]["a"]["vocals"]["sdr"]
 
 
+def test_tampered_cache_records_are_redone_not_trusted(tmp_path):
+    _track(tmp_path / "lib" / "t")
+    ran, first = _eval(tmp_path, tmp_path / "lib", "-m", "dsp", "--metrics", "sdr")
+    assert ran.returncode == 0, ran.stderr
+    folder = tmp_path / "cache" / "dsp" / "t"
+    entry = json.loads((folder / "entry.json").read_text())
+    entry["files"]["vocals"] = "../../../lib/t/vocals.wav"  # a record pointing outside its folder
+    (folder / "entry.json").write_text(json.dumps(entry))
+    scores = json.loads((folder / "scores.json").read_text())
+    scores["scores"]["vocals"]["sdr"] = "99"
+    (folder / "scores.json").write_text(json.dumps(scores))
+    again, second = _eval(tmp_path, tmp_path / "lib", "-m", "dsp", "--metrics", "sdr")
+    assert again.returncode == 0 and "separating" in again.stderr and "cached" not in again.stderr
+    assert second["systems"]["dsp"]["tracks"] == first["systems"]["dsp"]["tracks"]
+    (folder / "scores.json").write_text("{" * 100000)  # not JSON, and deep: rescored, not a crash
+    third, _ = _eval(tmp_path, tmp_path / "lib", "-m", "dsp", "--metrics", "sdr")
+    assert third.returncode == 0 and "cached separation" in third.stderr and "scoring" in third.stderr
+
+
 def test_bad_tracks_are_named_and_the_others_go_on(tmp_path):
     lib = tmp_path / "lib"
     _track(lib / "good")

@@ -152,10 +152,10 @@ class _Loaded:
         for event in list(self._running):
             event.set()
 
-    def _load(self, ref: ModelRef, run: _Run | None = None) -> LoadedModel:
+    def _load(self, ref: ModelRef) -> LoadedModel:
         if self.progress:
             self.progress(0.0, "loading")
-        model, _ = model_jobs.load(ref, _cache(self.device), run.emit if run else (lambda *a, **k: None))
+        model, _ = model_jobs.load(ref, _cache(self.device), lambda *a, **k: None)
         return model
 
 

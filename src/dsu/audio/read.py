@@ -328,11 +328,11 @@ class ArraySignal(FileSignal):
         return other
 
     def _check_input(self) -> None:
-        bad = ~np.isfinite(self._frames).all(axis=1)
-        count = int(np.count_nonzero(~np.isfinite(self._frames)))
+        nonfinite = ~np.isfinite(self._frames)
+        count = int(np.count_nonzero(nonfinite))
         if not count:
             return
-        where = np.flatnonzero(bad)
+        where = np.flatnonzero(nonfinite.any(axis=1))
         said = f"{count} NaN or infinite samples (frames {where[0]} to {where[-1]})"
         if not self.sanitize:
             raise DSUError("unsupported_audio", f"{self.path} holds {said}; the stems would be garbage. Repair "

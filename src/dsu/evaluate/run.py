@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import paths, tempfiles
+from .. import paths, tempfiles, untrusted
 from ..api import Ensemble, Separator
 from ..audio import FileSignal
 from ..errors import DSUError
@@ -143,11 +143,37 @@ def _score_oracle(track: Track, name: str, metrics: Sequence[str]) -> dict:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A cache record read as every untrusted JSON file is (size, depth); None when absent or unreadable,
+    so the work it would have saved is done again."""
+    if not path.is_file():
+        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = untrusted.read_json(path, "an evaluation cache record")
+    except (DSUError, OSError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _cached_files(entry: dict, folder: Path) -> dict[str, Path] | None:
+    """The stem files a separation record names, when each is a plain file name in `folder` that exists."""
+    files = entry.get("files")
+    if not isinstance(files, dict) or not files or \
+            not all(isinstance(n, str) and n and Path(n).name == n for n in files.values()):
+        return None
+    found = {str(stem): folder / name for stem, name in files.items()}
+    return found if all(p.is_file() for p in found.values()) else None
+
+
+def _cached_scores(record: dict, metrics: Sequence[str]) -> dict | None:
+    """A scores record's scores when they are stem -> every metric -> a number, else None."""
+    scores = record.get("scores")
+    if not isinstance(scores, dict) or not all(
+            isinstance(by, dict) and set(by) == set(metrics)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in by.values())
+            for by in scores.values()):
+        return None
+    skipped = record.get("skipped", [])
+    return scores if isinstance(skipped, list) and all(isinstance(x, str) for x in skipped) else None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -161,11 +187,10 @@ def _estimates(system: System, track: Track, folder: Path, report: Report) -> di
     """The system's stems of `track`, from the cache when a finished separation of this mixture is there."""
     key = {"system": system.spec, "track": track.key()}
     entry = _read_json(folder / ENTRY)
-    if entry and entry.get("key") == key:
-        files = {stem: folder / name for stem, name in entry.get("files", {}).items()}
-        if files and all(p.is_file() for p in files.values()):
-            report(system.name, track.name, "cached separation")
-            return files
+    files = _cached_files(entry, folder) if entry and entry.get("key") == key else None
+    if files:
+        report(system.name, track.name, "cached separation")
+        return files
     report(system.name, track.name, "separating")
     files = system.separate(track, folder)
     _write_json(folder / ENTRY, {"key": key, "files": {stem: p.name for stem, p in files.items()}})
@@ -177,7 +202,7 @@ def _track(system: System, track: Track, metrics: Sequence[str], cache_dir: Path
     folder = cache_dir / paths.safe_component(system.name) / paths.safe_component(track.name)
     key = {"system": system.spec, "track": track.key(), "metrics": list(metrics)}
     cached = _read_json(folder / SCORES)
-    if cached and cached.get("key") == key:
+    if cached and cached.get("key") == key and _cached_scores(cached, metrics) is not None:
         report(system.name, track.name, "cached scores")
         return {"scores": cached["scores"], "skipped": cached.get("skipped", [])}
     if system.kind == "oracle":
